@@ -1,0 +1,126 @@
+"""The Flower ClientApp of a Sentinel node: profile handshake, local training, evaluation.
+
+Thin by design: it parses messages, calls ``client.training`` and packs the reply.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from pydantic import BaseModel as PydanticModel
+from pydantic import ConfigDict, Field
+
+from client import protocol as P
+from client.federated_data import federated_split, node_train_val
+from client.node import cached_base_model, node_identity, node_key, node_public_key
+from client.records import from_array_record, parse_global_view, to_array_record
+from client.training import GlobalView, evaluate_model, materialise_global, train_local
+from ledger.crypto import sign_b64
+from ledger.recorder import content_hash_of_arrays
+
+app = ClientApp()
+
+
+class TrainInstruction(PydanticModel):
+    """The config of a train message, validated at the boundary."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    server_round: int = Field(alias=P.C_ROUND, ge=1)
+    role: P.Role = Field(alias=P.C_ROLE)
+    lora_rank: int = Field(alias=P.C_RANK, ge=1)
+    local_steps: int = Field(alias=P.C_STEPS, ge=1)
+    batch_size: int = Field(alias=P.C_BATCH, ge=1)
+    learning_rate: float = Field(alias=P.C_LR, gt=0)
+    seed: int = Field(alias=P.C_SEED)
+    model: str = Field(alias=P.C_MODEL)
+    dataset: str = Field(alias=P.C_DATASET)
+    partition: str = Field(alias=P.C_PARTITION)
+    num_partitions: int = Field(alias=P.C_NUM_PARTITIONS, ge=1)
+    dirichlet_alpha: float = Field(alias=P.C_ALPHA, gt=0)
+    test_fraction: float = Field(alias=P.C_TEST_FRACTION)
+    val_fraction: float = Field(alias=P.C_VAL_FRACTION)
+    max_length: int = Field(alias=P.C_MAX_LENGTH, ge=4)
+    consent_restricted: bool = Field(alias=P.C_RESTRICTED, default=False)
+    permitted: list[str] = Field(alias=P.C_PERMITTED, default_factory=list)
+    run_seed: int = Field(alias=P.C_RUN_SEED, default=0)
+
+
+@app.query("profile")
+def profile(msg: Message, context: Context) -> Message:
+    """Tell the coordinator who this node is: partition, configured role, public key."""
+    ident = node_identity(context)
+    run_seed = int(msg.content[P.REC_CONFIG].get(P.C_RUN_SEED, 0)) if P.REC_CONFIG in msg.content else 0
+    record = ConfigRecord(
+        {
+            P.P_PARTITION_ID: ident.partition_id,
+            P.P_NUM_PARTITIONS: ident.num_partitions,
+            P.P_ROLE: ident.role or "",
+            P.P_PUBLIC_KEY: node_public_key(ident, run_seed),
+        }
+    )
+    return Message(RecordDict({P.REC_PROFILE: record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train a fresh LoRA on the global model within the permitted set and reply with it."""
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
+    train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+    base = cached_base_model(ins.model, data.num_labels)
+    factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
+    update = train_local(
+        base,
+        GlobalView(factors=factors, head=head, head_mask=head_mask),
+        train_set,
+        val_set,
+        rank=ins.lora_rank,
+        steps=ins.local_steps,
+        batch_size=ins.batch_size,
+        learning_rate=ins.learning_rate,
+        max_length=ins.max_length,
+        seed=ins.seed,
+        permitted=set(ins.permitted) if ins.consent_restricted else None,
+    )
+    content_hash = content_hash_of_arrays(update.arrays)
+    signature = sign_b64(node_key(ident.partition_id, ident.key_file, ins.run_seed), content_hash.encode())
+    content = RecordDict(
+        {
+            P.REC_ARRAYS: to_array_record(update.arrays),
+            P.REC_METRICS: MetricRecord(
+                {
+                    P.M_EXAMPLES: update.num_examples,
+                    P.M_TRAIN_LOSS: update.train_loss,
+                    P.M_VAL_ACC: update.val_accuracy,
+                    P.M_VAL_LOSS: update.val_loss,
+                    P.M_SCALING: update.scaling,
+                    P.M_RANK: update.rank,
+                }
+            ),
+            P.REC_IMPORTANCE: to_array_record(
+                {P.KEY_ENTROPY: update.entropy, P.KEY_GRAD_IMPORTANCE: update.gradient_importance}
+            ),
+            P.REC_SIGNATURE: ConfigRecord({"content-hash": content_hash, "signature": signature}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global model on this node's validation data."""
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
+    _, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+    base = cached_base_model(ins.model, data.num_labels)
+    factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
+    model = materialise_global(base, GlobalView(factors=factors, head=head, head_mask=head_mask))
+    acc, loss = evaluate_model(model, base, val_set, ins.batch_size * 2, ins.max_length)
+    metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(val_set)})
+    return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
+
+
+__all__ = ["app", "TrainInstruction"]

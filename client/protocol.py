@@ -1,0 +1,75 @@
+"""The wire protocol between the coordinator and the nodes: message types and record keys.
+
+Keys are API: both the ServerApp and the ClientApp import them from here, so a
+rename happens in one place. Array keys for the global state the coordinator
+sends are ``lora_A/<module>``, ``lora_B/<module>`` (rank-r factors of the global
+ΔW, scaling 1) and ``head/<param>`` (the classification head); a node replies
+with its adapter in PEFT's saved-key format (no adapter name).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Role = Literal["edge", "gpu", "central"]
+ROLES: Final[tuple[Role, ...]] = ("edge", "gpu", "central")
+
+# Message types ("<category>.<action>").
+MSG_PROFILE: Final = "query.profile"
+MSG_TRAIN: Final = "train"
+MSG_EVALUATE: Final = "evaluate"
+
+# RecordDict keys.
+REC_ARRAYS: Final = "arrays"
+REC_CONFIG: Final = "config"
+REC_METRICS: Final = "metrics"
+REC_IMPORTANCE: Final = "importance"
+REC_PROFILE: Final = "profile"
+
+# Array-key prefixes of the global state sent to nodes.
+KEY_LORA_A: Final = "lora_A/"
+KEY_LORA_B: Final = "lora_B/"
+KEY_HEAD: Final = "head/"
+
+# Importance arrays (layers × heads).
+KEY_ENTROPY: Final = "entropy"
+KEY_GRAD_IMPORTANCE: Final = "gradient"
+
+# Metric keys.
+M_EXAMPLES: Final = "num-examples"
+M_TRAIN_LOSS: Final = "train-loss"
+M_VAL_ACC: Final = "val-accuracy"
+M_VAL_LOSS: Final = "val-loss"
+M_SCALING: Final = "lora-scaling"
+M_RANK: Final = "lora-rank"
+M_ACCURACY: Final = "accuracy"
+M_LOSS: Final = "loss"
+KEY_HEAD_MASK: Final = "head_mask"
+
+# Config keys the coordinator sends with every train message.
+C_ROUND: Final = "server-round"
+C_ROLE: Final = "role"
+C_RANK: Final = "lora-rank"
+C_STEPS: Final = "local-steps"
+C_BATCH: Final = "batch-size"
+C_LR: Final = "learning-rate"
+C_SEED: Final = "seed"
+C_MODEL: Final = "model"
+C_DATASET: Final = "dataset"
+C_PARTITION: Final = "partition"
+C_NUM_PARTITIONS: Final = "num-partitions"
+C_ALPHA: Final = "dirichlet-alpha"
+C_TEST_FRACTION: Final = "test-fraction"
+C_VAL_FRACTION: Final = "val-fraction"
+C_MAX_LENGTH: Final = "max-length"
+C_PERMITTED: Final = "permitted"
+C_RESTRICTED: Final = "consent-restricted"
+C_CONTRACT_VERSION: Final = "contract-version"
+
+# Profile keys a node reports in reply to MSG_PROFILE.
+P_PARTITION_ID: Final = "partition-id"
+P_NUM_PARTITIONS: Final = "num-partitions"
+P_ROLE: Final = "role"
+P_PUBLIC_KEY: Final = "public-key"
+REC_SIGNATURE: Final = "signature"
+C_RUN_SEED: Final = "run-seed"

@@ -1,0 +1,162 @@
+"""A node's local round: apply the global state, train a fresh LoRA within consent, report.
+
+No Flower here: the ClientApp translates messages into these calls. Each round
+starts from the pristine base model plus the global ΔW the coordinator sent (as
+rank-r factors, merged into the base weights) and the global classification
+head; the node then trains a *fresh* LoRA adapter (B = 0). Its update is
+therefore exactly s·B·A, which the coordinator can aggregate exactly at any
+rank, and consent masking keeps forbidden head slices of that update exactly zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.batching import iter_batches, sample_batches
+from client.data import Example
+from models.consent import restrict_lora_to_heads
+from models.deltas import add_weight_deltas
+from models.head_mask import apply_head_mask
+from models.importance import head_importance
+from models.loading import BaseModel
+from models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
+
+@dataclass(frozen=True)
+class GlobalView:
+    """What a node receives of the global state: ΔW factors per module and the head."""
+
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    """Module path → (A, B) with ΔW ≈ B @ A (scaling 1)."""
+    head: Mapping[str, np.ndarray]
+    """Base-model parameter name → value (the classification head)."""
+    head_mask: np.ndarray | None = None
+    """Layers × heads 0/1 mask of the global model (None: all heads on)."""
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What a node returns from a round of local training."""
+
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    train_loss: float
+    val_accuracy: float
+    val_loss: float
+    scaling: float
+    rank: int
+    entropy: np.ndarray
+    gradient_importance: np.ndarray
+
+
+def materialise_global(base: BaseModel, view: GlobalView) -> torch.nn.Module:
+    """A copy of the base model with the global ΔW (from its factors) merged in and the head loaded."""
+    deltas = {m: b.astype(np.float32) @ a.astype(np.float32) for m, (a, b) in view.factors.items()}
+    return materialise(base, deltas, view.head)
+
+
+def materialise(base: BaseModel, deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """A copy of the base model with dense ΔW per module added and head parameters loaded."""
+    model = copy.deepcopy(base.model)
+    add_weight_deltas(model, {m: np.asarray(d, dtype=np.float32) for m, d in deltas.items()})
+    if head:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in head.items():
+                if name not in params:
+                    raise KeyError(f"global head parameter `{name}` does not exist in model {base.name}")
+                params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+    return model
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module, base: BaseModel, examples: Sequence[Example], batch_size: int, max_length: int
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of a classifier on ``examples``."""
+    if not examples:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for batch in iter_batches(base.tokenizer, examples, batch_size, max_length):
+        out = model(**batch)
+        logits = out.logits
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    model.train(was_training)
+    return correct / len(examples), loss_sum / len(examples)
+
+
+def train_local(
+    base: BaseModel,
+    view: GlobalView,
+    train: Sequence[Example],
+    val: Sequence[Example],
+    *,
+    rank: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    max_length: int,
+    seed: int,
+    permitted: Iterable[str] | None = None,
+    importance_batches: int = 2,
+) -> LocalUpdate:
+    """Train a fresh LoRA on top of the global model for ``steps`` steps and report the update.
+
+    ``permitted`` is the node's permitted set (component ids) for this round; None
+    means everything. The returned arrays are PEFT adapter arrays (lora_A/lora_B
+    and the head). Deterministic for a given ``seed``.
+    """
+    torch.manual_seed(seed)
+    model = materialise_global(base, view)
+    peft_model = attach_lora(model, rank=rank, seed=seed)
+    mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
+    gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    peft_model.train()
+    losses: list[float] = []
+    for batch in sample_batches(base.tokenizer, train, batch_size, max_length, steps, seed):
+        optimiser.zero_grad(set_to_none=True)
+        loss = peft_model(**batch).loss
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    peft_model.eval()
+    val_acc, val_loss = evaluate_model(peft_model, base, val, batch_size * 2, max_length)
+    probe = list(iter_batches(base.tokenizer, list(val or train), batch_size, max_length))[:importance_batches]
+    importance = head_importance(peft_model, probe)
+    if mask is not None:
+        mask.remove()
+    if gates is not None:
+        gates.remove()
+    return LocalUpdate(
+        arrays=adapter_arrays(peft_model),
+        num_examples=len(train),
+        train_loss=float(np.mean(losses)) if losses else float("nan"),
+        val_accuracy=val_acc,
+        val_loss=val_loss,
+        scaling=lora_scaling(peft_model),
+        rank=rank,
+        entropy=np.asarray(importance.entropy, dtype=np.float32),
+        gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
+    )
+
+
+def split_adapter_arrays(
+    arrays: Mapping[str, np.ndarray],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """Split PEFT adapter arrays into per-module (A, B) pairs and head parameters.
+
+    Module paths and head parameter names are relative to the base model, matching
+    the global state's keys.
+    """
+    pairs = {m: (arrays[p.a_key], arrays[p.b_key]) for m, p in lora_pairs(arrays).items()}
+    head = {module_path(k): arrays[k] for k in head_module_keys(arrays)}
+    return pairs, head

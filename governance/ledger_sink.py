@@ -1,0 +1,40 @@
+"""What governance needs from the ledger: somewhere to append signed entries.
+
+Governance records every act (registration, proposal, vote, execution, contract
+change) through this protocol, so it does not depend on the ledger's internals;
+``ledger.store.Ledger`` satisfies it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+# Ledger entry kinds that governance writes.
+NODE_REGISTERED = "node_registered"
+NODE_REMOVED = "node_removed"
+PROPOSAL = "proposal"
+VOTE = "vote"
+EXECUTION = "execution"
+CONTRACT_CHANGED = "contract_changed"
+
+
+@runtime_checkable
+class LedgerSink(Protocol):
+    """Appends one entry to the ledger and returns it (or raises, leaving the ledger unchanged).
+
+    ``node_signature`` is a node's base64 Ed25519 signature over
+    ``canonical_json(payload)``; the ledger verifies it against the node's
+    registered key (or ``node_public_key`` when given) before appending.
+    """
+
+    def append(
+        self,
+        kind: str,
+        actor: str,
+        payload: dict[str, Any],
+        *,
+        node_signature: str | None = None,
+        node_public_key: str | None = None,
+    ) -> object:
+        """Append an entry of ``kind`` by ``actor`` carrying ``payload``."""
+        ...

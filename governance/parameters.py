@@ -1,0 +1,51 @@
+"""Federation parameters that only governance may change (``set_parameter`` proposals).
+
+Stored versioned in the governance database; the coordinator reads the current
+version each round.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from governance.exceptions import InvalidRequestError
+
+
+class FederationParameters(BaseModel):
+    """Validator, gate, token and voting parameters of the federation, with their version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(default=1, ge=1, description="Incremented on every change.")
+    validator_quorum: float = Field(
+        default=2 / 3, gt=0.0, le=1.0, description="Fraction of an update's validators that must accept it."
+    )
+    entropy_gate_threshold: float = Field(
+        default=0.15, gt=0.0, description="Largest per-head normalised entropy shift the entropy gate accepts."
+    )
+    token_budget: float = Field(default=1000.0, ge=0.0, description="Tokens distributed per round.")
+    governance_quorum: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Fraction of active voting nodes that must vote for a decision."
+    )
+    governance_majority: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="A proposal passes when yes / (yes + no) is above this."
+    )
+    proposal_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0.0, description="Default voting period of a proposal.")
+
+    @classmethod
+    def settable(cls) -> list[str]:
+        """Names a ``set_parameter`` proposal may change."""
+        return [name for name in cls.model_fields if name != "version"]
+
+    def with_value(self, name: str, value: float) -> FederationParameters:
+        """A copy with ``name`` set to ``value`` and the version incremented; invalid values raise."""
+        if name not in self.settable():
+            raise InvalidRequestError(f"`name` {name!r} is not a federation parameter; one of {', '.join(self.settable())}")
+        data = self.model_dump()
+        data[name] = value
+        data["version"] = self.version + 1
+        try:
+            return FederationParameters.model_validate(data)
+        except ValidationError as e:
+            msg = "; ".join(err["msg"] for err in e.errors())
+            raise InvalidRequestError(f"parameter `{name}` = {value!r} is invalid: {msg}") from e

@@ -1,0 +1,97 @@
+"""What an entry's hash and signatures cover: pure functions shared by append, verify and clients.
+
+An entry's **hash** is the SHA-256 of the RFC 8785 canonical JSON of its envelope::
+
+    {"actor", "kind", "node_public_key", "node_signature", "payload",
+     "prev_hash", "prev_signature", "seq", "timestamp"}
+
+where ``payload`` is the payload's canonical JSON *text* (a string, so a verifier
+never re-parses it), ``prev_hash`` is the previous entry's hash (64 zeros for
+entry 0) and ``prev_signature`` the previous entry's coordinator signature (null
+for entry 0). The coordinator's **signature** is Ed25519 over the hash's 64 hex
+characters (ASCII). A node's **signature** is Ed25519 over the payload text.
+
+Chaining the previous signature as well as the previous hash means one valid
+coordinator signature vouches for every entry before it, signatures included, so
+:mod:`ledger.verify` checks all hashes but only O(log n) signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ledger.crypto import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, sign_b64
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of entry 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The hashed content of one entry."""
+
+    seq: int
+    timestamp: str
+    kind: str
+    actor: str
+    payload: str
+    prev_hash: str
+    prev_signature: str | None
+    node_signature: str | None
+    node_public_key: str | None
+
+
+def payload_text(payload: object) -> str:
+    """The canonical JSON text of a payload: what is stored, what nodes sign."""
+    return canonical_json(payload).decode("utf-8")
+
+
+def envelope_bytes(env: Envelope) -> bytes:
+    """RFC 8785 canonical JSON of the envelope.
+
+    Every value is a string, an int below 2**53 or null and every key is ASCII, and
+    for those ``json.dumps`` with sorted keys, compact separators and
+    ``ensure_ascii=False`` emits exactly the RFC 8785 bytes (same escapes, same
+    lowercase ``\\u00xx``), at a fifth of the cost; a test pins the equality.
+    """
+    return json.dumps(
+        {
+            "actor": env.actor,
+            "kind": env.kind,
+            "node_public_key": env.node_public_key,
+            "node_signature": env.node_signature,
+            "payload": env.payload,
+            "prev_hash": env.prev_hash,
+            "prev_signature": env.prev_signature,
+            "seq": env.seq,
+            "timestamp": env.timestamp,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode("utf-8")
+
+
+def entry_hash(env: Envelope) -> str:
+    """Hex SHA-256 of the envelope's canonical bytes."""
+    return hashlib.sha256(envelope_bytes(env)).hexdigest()
+
+
+def sign_hash(key: Ed25519PrivateKey, hash_hex: str) -> str:
+    """The coordinator's base64 signature over an entry hash."""
+    return sign_b64(key, hash_hex.encode("ascii"))
+
+
+def signature_valid(public_key: Ed25519PublicKey, signature_b64: str | None, message: bytes) -> bool:
+    """True iff ``signature_b64`` is a valid base64 Ed25519 signature of ``message`` by ``public_key``."""
+    if not signature_b64:
+        return False
+    try:
+        raw = base64.b64decode(signature_b64, validate=True)
+        public_key.verify(raw, message)
+    except Exception:  # bad base64, wrong length, InvalidSignature: all mean "not valid"
+        return False
+    return True

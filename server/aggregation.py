@@ -1,0 +1,167 @@
+"""LoRA aggregation math: exact heterogeneous-rank aggregation, FedIT, SVD redistribution.
+
+Pure functions over ``dict[str, np.ndarray]``; no Flower, no torch. A client update
+for one adapted weight is the pair (A, B) with A of shape (r, in) and B of shape
+(out, r) plus its LoRA scaling s = alpha / r, meaning ΔW = s · B @ A (out × in).
+
+*Exact* aggregation averages the products: ΔW = Σᵢ wᵢ sᵢ Bᵢ Aᵢ, which equals the
+weighted mean of the clients' updates whatever each client's rank. *Naive*
+aggregation (FedIT) averages A and B separately (zero-padded to the largest rank,
+as in HetLoRA) and multiplies the averages, which is not the mean of the products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "LoraUpdate",
+    "Factorised",
+    "normalised_weights",
+    "exact_aggregate",
+    "naive_aggregate",
+    "weighted_mean",
+    "svd_factorise",
+    "factorise_all",
+]
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """One client's LoRA factors per adapted module, with its scaling and weight."""
+
+    a: Mapping[str, np.ndarray]
+    """Module path → A (r × in)."""
+    b: Mapping[str, np.ndarray]
+    """Module path → B (out × r)."""
+    scaling: float
+    """alpha / r of this client's adapter."""
+    weight: float
+    """Aggregation weight (number of training examples)."""
+
+    def delta(self, module: str) -> np.ndarray:
+        """This client's ΔW = s · B @ A for one module (float64)."""
+        return self.scaling * (self.b[module].astype(np.float64) @ self.a[module].astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Factorised:
+    """A rank-r factorisation B @ A of a dense update and what truncation dropped."""
+
+    a: np.ndarray
+    b: np.ndarray
+    dropped_sq: float
+    """Squared Frobenius norm of ΔW − B @ A (the discarded singular values)."""
+    total_sq: float
+    """Squared Frobenius norm of ΔW."""
+
+
+def normalised_weights(weights: Sequence[float]) -> np.ndarray:
+    """Weights scaled to sum to one; ``ValueError`` for negative or all-zero weights."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        raise ValueError("`weights` is empty: nothing to aggregate")
+    if np.any(w < 0):
+        raise ValueError(f"`weights` must be non-negative, got {w.tolist()}")
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("`weights` sum to zero: every update has zero examples")
+    return w / total
+
+
+def _common_modules(updates: Sequence[LoraUpdate]) -> list[str]:
+    modules = sorted(updates[0].a)
+    for i, u in enumerate(updates):
+        if sorted(u.a) != modules or sorted(u.b) != modules:
+            raise ValueError(f"update {i} adapts different modules than update 0")
+        for m in modules:
+            if u.a[m].shape[0] != u.b[m].shape[1]:
+                raise ValueError(
+                    f"update {i}, module `{m}`: rank of A ({u.a[m].shape[0]}) != rank of B ({u.b[m].shape[1]})"
+                )
+    return modules
+
+
+def exact_aggregate(updates: Sequence[LoraUpdate]) -> dict[str, np.ndarray]:
+    """The weighted mean of the clients' products, ΔW = Σᵢ wᵢ sᵢ Bᵢ Aᵢ, per module.
+
+    Exact for any mixture of ranks: the result is the mean of what each client
+    would have applied to the model.
+    """
+    modules = _common_modules(updates)
+    w = normalised_weights([u.weight for u in updates])
+    return {m: sum(wi * u.delta(m) for wi, u in zip(w, updates)) for m in modules}
+
+
+def _pad_rank(x: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, rank - x.shape[axis])
+    return np.pad(x.astype(np.float64), pad)
+
+
+def naive_aggregate(updates: Sequence[LoraUpdate]) -> dict[str, np.ndarray]:
+    """FedIT: average (s·B) and A separately, zero-padded to the largest rank, then multiply.
+
+    Provided as a baseline: (Σ wᵢ sᵢ Bᵢ)(Σ wᵢ Aᵢ) differs from Σ wᵢ sᵢ Bᵢ Aᵢ by
+    the cross terms between clients.
+    """
+    modules = _common_modules(updates)
+    w = normalised_weights([u.weight for u in updates])
+    out: dict[str, np.ndarray] = {}
+    for m in modules:
+        rank = max(u.a[m].shape[0] for u in updates)
+        a_mean = sum(wi * _pad_rank(u.a[m], rank, 0) for wi, u in zip(w, updates))
+        b_mean = sum(wi * u.scaling * _pad_rank(u.b[m], rank, 1) for wi, u in zip(w, updates))
+        out[m] = b_mean @ a_mean
+    return out
+
+
+def weighted_mean(arrays: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Per-key weighted mean of dense arrays with identical keys and shapes (FedAvg)."""
+    w = normalised_weights(weights)
+    keys = sorted(arrays[0])
+    for i, a in enumerate(arrays):
+        if sorted(a) != keys:
+            raise ValueError(f"arrays {i} has keys {sorted(a)}, expected {keys}")
+    return {k: sum(wi * a[k].astype(np.float64) for wi, a in zip(w, arrays)) for k in keys}
+
+
+def svd_factorise(delta: np.ndarray, rank: int) -> Factorised:
+    """Best rank-r approximation of ``delta`` (Eckart–Young), as factors B (out×r), A (r×in).
+
+    The singular values are split evenly (B = U√S, A = √S Vᵀ) so both factors have
+    comparable scale. Ranks above min(out, in) are padded with zero rows/columns so
+    a node always receives the rank it asked for.
+    """
+    if rank < 1:
+        raise ValueError(f"`rank` must be >= 1, got {rank}")
+    d = np.asarray(delta, dtype=np.float64)
+    u, s, vt = np.linalg.svd(d, full_matrices=False)
+    k = min(rank, s.size)
+    root = np.sqrt(s[:k])
+    b = u[:, :k] * root
+    a = root[:, None] * vt[:k]
+    if k < rank:
+        b = np.pad(b, [(0, 0), (0, rank - k)])
+        a = np.pad(a, [(0, rank - k), (0, 0)])
+    return Factorised(
+        a=a.astype(np.float32),
+        b=b.astype(np.float32),
+        dropped_sq=float(np.sum(s[k:] ** 2)),
+        total_sq=float(np.sum(s**2)),
+    )
+
+
+def factorise_all(deltas: Mapping[str, np.ndarray], rank: int) -> tuple[dict[str, Factorised], float]:
+    """Factorise every module's ΔW at ``rank``; also return the relative norm dropped.
+
+    The relative residual is ‖ΔW − B A‖_F / ‖ΔW‖_F over all modules together
+    (0.0 when the global update is still zero).
+    """
+    parts = {m: svd_factorise(d, rank) for m, d in deltas.items()}
+    dropped = sum(p.dropped_sq for p in parts.values())
+    total = sum(p.total_sq for p in parts.values())
+    return parts, (float(np.sqrt(dropped / total)) if total > 0 else 0.0)

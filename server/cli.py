@@ -1,0 +1,26 @@
+"""The ``sentinel`` command line: one Typer app that mounts each package's commands."""
+
+from __future__ import annotations
+
+import typer
+
+from governance.cli import app as governance_app
+from governance.cli import keys_app
+from ledger.cli import app as ledger_app
+from models.cli import app as models_app
+from server.cli_simulate import simulate_command
+
+app = typer.Typer(
+    help="Sentinel Federation: federated LoRA and head pruning with consent governance and a signed ledger.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(models_app, name="models", help="Inspect base models and export them to ONNX.")
+app.add_typer(ledger_app, name="ledger", help="Query and verify the contribution ledger.")
+app.add_typer(governance_app, name="governance", help="Consent contracts, nodes, proposals and votes.")
+app.add_typer(keys_app, name="keys", help="Node key pairs (Ed25519).")
+app.command("simulate")(simulate_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,108 @@
+"""Run configuration of a federation: what the coordinator reads and sends to nodes.
+
+One pydantic model validated at the boundary (CLI options, Flower's run config);
+after that the rest of the coordinator trusts it. Role profiles give each kind of
+node its LoRA rank and amount of local work: an edge device a small rank and few
+steps, a GPU server a larger rank and more steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from client.protocol import ROLES, Role
+
+Aggregation = Literal["exact", "naive"]
+PartitionMethod = Literal["iid", "by-domain", "dirichlet"]
+
+
+class RoleProfile(BaseModel):
+    """How a node of one role trains: LoRA rank and its local work per round."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lora_rank: int = Field(ge=1, le=256, description="LoRA rank of this role's adapter.")
+    local_steps: int = Field(ge=1, description="Optimiser steps per round.")
+    batch_size: int = Field(default=16, ge=1, description="Examples per step.")
+    learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
+
+
+DEFAULT_PROFILES: dict[Role, RoleProfile] = {
+    "edge": RoleProfile(lora_rank=4, local_steps=8),
+    "gpu": RoleProfile(lora_rank=16, local_steps=24),
+    "central": RoleProfile(lora_rank=16, local_steps=24),
+}
+
+
+class FederationConfig(BaseModel):
+    """Everything a federated run needs to be reproduced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default="minilm", description="Base model: preset name, local directory or Hugging Face id.")
+    dataset: str = Field(default="builtin:reviews", description="Dataset spec (see client.data.load_examples).")
+    partition: PartitionMethod = Field(default="by-domain", description="How examples are split among nodes.")
+    dirichlet_alpha: float = Field(default=0.5, gt=0, description="α of the Dirichlet label split.")
+    nodes: int = Field(default=6, ge=1, description="Number of nodes (SuperNodes in simulation).")
+    edge_fraction: float = Field(default=0.33, ge=0, le=1, description="Fraction of nodes with role edge.")
+    roles: list[Role] | None = Field(default=None, description="Explicit role per partition id; overrides edge_fraction.")
+    rounds: int = Field(default=10, ge=1, description="Maximum number of rounds.")
+    aggregation: Aggregation = Field(default="exact", description="exact (Σ w·B·A) or naive (FedIT: mean A, mean B).")
+    seed: int = Field(default=0, description="Seed of every random choice in the run.")
+    patience: int = Field(default=3, ge=1, description="Rounds without central improvement before early stopping.")
+    min_delta: float = Field(default=1e-4, ge=0, description="Accuracy gain that counts as an improvement.")
+    test_fraction: float = Field(default=0.15, gt=0, lt=1, description="Share of the data held out by the coordinator.")
+    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="Share of each node's partition kept for validation.")
+    max_length: int = Field(default=48, ge=4, description="Tokens per example.")
+    checkpoint_rank: int = Field(default=32, ge=1, description="Rank of the PEFT adapter written for checkpoints.")
+    profiles: dict[Role, RoleProfile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    timeout_s: float = Field(default=1800.0, gt=0, description="How long to wait for node replies per round.")
+
+    @field_validator("profiles")
+    @classmethod
+    def _all_roles_have_profiles(cls, v: dict[Role, RoleProfile]) -> dict[Role, RoleProfile]:
+        merged = dict(DEFAULT_PROFILES)
+        merged.update(v)
+        return merged
+
+    @model_validator(mode="after")
+    def _roles_match_nodes(self) -> FederationConfig:
+        if self.roles is not None and len(self.roles) != self.nodes:
+            raise ValueError(f"`roles` lists {len(self.roles)} roles but `nodes` is {self.nodes}")
+        return self
+
+    def role_of_partition(self, partition_id: int) -> Role:
+        """The role a simulated node takes from its partition id.
+
+        Explicit ``roles`` win. Otherwise the first ⌊nodes·edge_fraction⌉
+        partitions are edge devices, the next one (when at least three nodes
+        remain possible) is the central node, and the rest are GPU servers.
+        """
+        if self.roles is not None:
+            return self.roles[partition_id]
+        n_edge = min(self.nodes, int(math.floor(self.nodes * self.edge_fraction + 0.5)))
+        if partition_id < n_edge:
+            return "edge"
+        if partition_id == n_edge and self.nodes >= 3:
+            return "central"
+        return "gpu"
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """Build from Flower's flat run config (``[tool.flwr.app.config]`` / ``--run-config``).
+
+        Keys use dashes (``edge-fraction``); ``roles`` is a comma-separated list.
+        """
+        data: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name == "roles" and isinstance(value, str):
+                value = [r.strip() for r in value.split(",") if r.strip()]
+            data[name] = value
+        return cls.model_validate(data)
+
+
+__all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "PartitionMethod", "ROLES", "RoleProfile"]

@@ -1,0 +1,100 @@
+"""Assembling a coordinator run: base model, data, strategy, evaluator, checkpoints.
+
+Shared by ``sentinel simulate`` (simulation engine) and the deployment ServerApp,
+so both run exactly the same federation logic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.serverapp import Grid
+
+from client.federated_data import federated_split
+from models.consent import touched_components
+from models.components import model_layout
+from models.loading import BaseModel, load_base_model
+from server.config import FederationConfig
+from server.global_state import GlobalState
+from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
+from server.rounds import RoundObserver, RunResult, resume_state, run_federation
+from server.strategy import PermittedFn, SentinelStrategy
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class Coordinator:
+    """Everything the coordinator needs for one run, built once."""
+
+    config: FederationConfig
+    out_dir: Path
+    base: BaseModel
+    evaluator: CentralEvaluator
+    observers: list[RoundObserver] = field(default_factory=list)
+    permitted_fn: PermittedFn | None = None
+
+    @classmethod
+    def build(cls, config: FederationConfig, out_dir: Path) -> Coordinator:
+        """Load the base model and the coordinator's held-out test set."""
+        data = federated_split(
+            config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed
+        )
+        base = load_base_model(config.model, task="classification", num_labels=data.num_labels, seed=config.seed)
+        return cls(config, Path(out_dir), base, CentralEvaluator(base, data.test, config.max_length))
+
+    def strategy(self) -> SentinelStrategy:
+        """A fresh strategy wired to this model's components."""
+        layout = model_layout(self.base.model)
+        return SentinelStrategy(
+            self.config,
+            touched_fn=lambda arrays, head: set(touched_components(layout, arrays, head)),
+            permitted_fn=self.permitted_fn,
+        )
+
+    def starting_state(self, resume: bool) -> GlobalState:
+        """Round 0 (fresh run) or the last checkpoint (``--resume``)."""
+        if resume:
+            return resume_state(self.out_dir / CHECKPOINT_DIR)
+        return initial_state(self.base)
+
+    def export_best(self, state: GlobalState, directory: Path) -> None:
+        """Write the best round's adapter in PEFT format."""
+        export_peft_adapter(self.base, state, directory, self.config.checkpoint_rank)
+
+    def run(self, grid: Grid, resume: bool = False, extra_observers: Sequence[RoundObserver] = ()) -> RunResult:
+        """Run the federation on ``grid`` and return its result."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        return run_federation(
+            grid,
+            self.config,
+            self.strategy(),
+            self.evaluator,
+            self.starting_state(resume),
+            self.out_dir / CHECKPOINT_DIR,
+            observers=[*self.observers, *extra_observers],
+            export_best=self.export_best,
+        )
+
+
+    def report_extra(self) -> dict[str, object]:
+        """What observers add to the run report (ledger totals, consent figures, ...)."""
+        extra: dict[str, object] = {}
+        for obs in self.observers:
+            contribute = getattr(obs, "report", None)
+            if callable(contribute):
+                extra.update(contribute())
+        return extra
+
+
+def load_run_config(out_dir: Path) -> FederationConfig:
+    """The configuration a run in ``out_dir`` was started with (for ``--resume``)."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} holds no Sentinel run: `{CONFIG_FILE}` is missing")
+    return FederationConfig.model_validate(json.loads(path.read_text()))
