@@ -5,6 +5,8 @@ Thin by design: it parses messages, calls ``client.training`` and packs the repl
 
 from __future__ import annotations
 
+import math
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel as PydanticModel
@@ -30,6 +32,7 @@ class TrainInstruction(PydanticModel):
     role: P.Role = Field(alias=P.C_ROLE)
     lora_rank: int = Field(alias=P.C_RANK, ge=1)
     local_steps: int = Field(alias=P.C_STEPS, ge=1)
+    local_epochs: float = Field(alias=P.C_EPOCHS, ge=0, default=0.0)
     batch_size: int = Field(alias=P.C_BATCH, ge=1)
     learning_rate: float = Field(alias=P.C_LR, gt=0)
     seed: int = Field(alias=P.C_SEED)
@@ -44,6 +47,12 @@ class TrainInstruction(PydanticModel):
     consent_restricted: bool = Field(alias=P.C_RESTRICTED, default=False)
     permitted: list[str] = Field(alias=P.C_PERMITTED, default_factory=list)
     run_seed: int = Field(alias=P.C_RUN_SEED, default=0)
+
+    def steps_for(self, num_train: int) -> int:
+        """Optimiser steps this round: from local epochs when given, else local steps."""
+        if self.local_epochs > 0:
+            return max(1, math.ceil(self.local_epochs * num_train / self.batch_size))
+        return self.local_steps
 
 
 @app.query("profile")
@@ -77,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
         train_set,
         val_set,
         rank=ins.lora_rank,
-        steps=ins.local_steps,
+        steps=ins.steps_for(len(train_set)),
         batch_size=ins.batch_size,
         learning_rate=ins.learning_rate,
         max_length=ins.max_length,

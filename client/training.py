@@ -127,7 +127,7 @@ def train_local(
         loss = peft_model(**batch).loss
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     peft_model.eval()
     val_acc, val_loss = evaluate_model(peft_model, base, val, batch_size * 2, max_length)
     probe = list(iter_batches(base.tokenizer, list(val or train), batch_size, max_length))[:importance_batches]

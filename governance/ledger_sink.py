@@ -7,6 +7,8 @@ change) through this protocol, so it does not depend on the ledger's internals;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 # Ledger entry kinds that governance writes.
@@ -38,3 +40,28 @@ class LedgerSink(Protocol):
     ) -> object:
         """Append an entry of ``kind`` by ``actor`` carrying ``payload``."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    """One ledger entry an act will append (same fields as ``ledger.entries.AppendRequest``)."""
+
+    kind: str
+    actor: str
+    payload: dict[str, Any]
+    node_signature: str | None = None
+    node_public_key: str | None = None
+
+
+def append_entries(ledger: LedgerSink, entries: Sequence[PendingEntry]) -> list[object]:
+    """Append ``entries`` in order: in one ledger transaction when the ledger has ``append_many``
+    (``ledger.store.Ledger`` does), else one by one."""
+    if not entries:
+        return []
+    append_many = getattr(ledger, "append_many", None)
+    if callable(append_many):
+        return list(append_many(list(entries)))
+    return [
+        ledger.append(e.kind, e.actor, e.payload, node_signature=e.node_signature, node_public_key=e.node_public_key)
+        for e in entries
+    ]

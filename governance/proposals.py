@@ -5,36 +5,23 @@ derived from the signed bytes. A vote is a :class:`VoteBody` —
 ``{proposal_id, voter, choice, nonce, timestamp}`` — signed by the voter; the
 ledger entry of a vote is exactly that body, so anyone can verify it.
 
-Counting (:func:`tally_votes`, :func:`decide`): the electorate is the active
-nodes that hold a key. A proposal passes when at least ``quorum`` of the
-electorate voted (abstentions count towards the quorum) and yes / (yes + no) is
-above ``majority``. It is decided early as soon as the outcome cannot change
-whatever the remaining voters do, otherwise at its deadline.
-
-Execution (:func:`execute_spec`) is pure: it returns the new contract set, node
-record or parameters, which the governor writes in one transaction.
+Counting is in :mod:`governance.voting`, execution in :mod:`governance.execution`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from governance.contracts import AgencyState, AgencyStateName, ConsentContract, ContractSet, Grant, Operation, Role
-from governance.exceptions import InvalidRequestError
-from governance.parameters import FederationParameters
-from governance.registry import NodeRecord, NodeRegistry, validate_node_id, validate_public_key
+from governance.contracts import AgencyStateName, Grant, Operation, Role
+from governance.registry import validate_node_id, validate_public_key
 from governance.signing import check_nonce_format, format_timestamp, new_nonce, parse_timestamp, sign_document
+from governance.voting import Choice, Tally
 from ledger.crypto import Ed25519PrivateKey, canonical_json, sha256_hex
 
-Choice = Literal["yes", "no", "abstain"]
 ProposalStatus = Literal["open", "executed", "rejected", "failed"]
-CHOICES: tuple[Choice, ...] = ("yes", "no", "abstain")
 
 
 class _Spec(BaseModel):
@@ -237,57 +224,6 @@ def sign_vote(
     return SignedVote(body=body, signature=sign_document(key, body.signed_payload()))
 
 
-class Tally(BaseModel):
-    """Votes counted against the electorate, with the thresholds they were held to."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    yes: int = 0
-    no: int = 0
-    abstain: int = 0
-    eligible: int = 0
-    quorum: float
-    majority: float
-
-    @property
-    def cast(self) -> int:
-        """Votes cast, abstentions included."""
-        return self.yes + self.no + self.abstain
-
-    @property
-    def quorum_reached(self) -> bool:
-        """At least ``quorum`` of the electorate voted."""
-        return self.eligible > 0 and self.cast >= self.quorum * self.eligible
-
-    @property
-    def majority_reached(self) -> bool:
-        """yes / (yes + no) is above ``majority``."""
-        return self.yes + self.no > 0 and self.yes > self.majority * (self.yes + self.no)
-
-
-def tally_votes(choices: Iterable[Choice], *, eligible: int, quorum: float, majority: float) -> Tally:
-    """Count ``choices`` for an electorate of ``eligible`` nodes."""
-    counts = {c: 0 for c in CHOICES}
-    for choice in choices:
-        counts[choice] += 1
-    return Tally(yes=counts["yes"], no=counts["no"], abstain=counts["abstain"], eligible=eligible, quorum=quorum, majority=majority)
-
-
-def decide(tally: Tally, *, deadline_passed: bool) -> Literal["passed", "rejected"] | None:
-    """The outcome if it is settled: at the deadline always, before it only when no further vote can change it."""
-    if deadline_passed:
-        return "passed" if tally.quorum_reached and tally.majority_reached else "rejected"
-    if tally.eligible == 0:
-        return None
-    remaining = max(0, tally.eligible - tally.cast)
-    decisive_worst = tally.yes + tally.no + remaining
-    if tally.quorum_reached and tally.yes > tally.majority * decisive_worst:
-        return "passed"
-    if tally.yes + remaining <= tally.majority * decisive_worst:
-        return "rejected"
-    return None
-
-
 class ProposalRecord(BaseModel):
     """A stored proposal: its signed document, status, deadline and result."""
 
@@ -314,85 +250,3 @@ class ProposalRecord(BaseModel):
         return self.document.proposer
 
 
-@dataclass
-class Effects:
-    """What executing a proposal changes (None: that part is unchanged)."""
-
-    contracts: ContractSet | None = None
-    node: NodeRecord | None = None
-    parameters: FederationParameters | None = None
-    changed_components: list[str] = field(default_factory=list)
-    summary: str = ""
-
-
-def resolve_components(patterns: Iterable[str], contracts: ContractSet) -> list[str]:
-    """Component ids named by ``patterns`` (exact ids or ``fnmatch`` globs); each pattern must match one."""
-    all_ids = contracts.components()
-    found: set[str] = set()
-    for pattern in patterns:
-        matched = [c for c in all_ids if fnmatch.fnmatchcase(c, pattern)]
-        if not matched:
-            raise InvalidRequestError(f"`components` pattern {pattern!r} matches no component of model {contracts.model!r}")
-        found.update(matched)
-    return sorted(found)
-
-
-def execute_spec(
-    spec: ProposalSpec,
-    contracts: ContractSet,
-    registry: NodeRegistry,
-    parameters: FederationParameters,
-    *,
-    at: datetime,
-) -> Effects:
-    """The state after ``spec`` takes effect at ``at``; :class:`InvalidRequestError` if it cannot."""
-    if isinstance(spec, ContractChangeSpec):
-        return _change_grants(spec, contracts)
-    if isinstance(spec, SetAgencySpec):
-        agency = AgencyState(state=spec.state, reason=spec.reason, since=at, source="governance")
-        revised = [contracts.get(c).revised(agency=agency) for c in resolve_components(spec.components, contracts)]  # type: ignore[union-attr]
-        return Effects(
-            contracts=contracts.with_contracts(revised),
-            changed_components=[c.component for c in revised],
-            summary=f"agency of {len(revised)} component(s) set to {spec.state}",
-        )
-    if isinstance(spec, RegisterNodeSpec):
-        existing = registry.get(spec.node_id)
-        if existing is not None and existing.active:
-            raise InvalidRequestError(f"node {spec.node_id!r} is already registered")
-        node = NodeRecord(
-            node_id=spec.node_id, role=spec.role, organisation=spec.organisation,
-            public_key=spec.public_key or None, status="active", registered_at=at,
-        )
-        return Effects(node=node, summary=f"node {spec.node_id} registered as {spec.role}")
-    if isinstance(spec, RemoveNodeSpec):
-        existing = registry.get(spec.node_id)
-        if existing is None or not existing.active:
-            raise InvalidRequestError(f"node {spec.node_id!r} is not an active registered node")
-        node = existing.model_copy(update={"status": "removed", "removed_at": at})
-        return Effects(node=node, summary=f"node {spec.node_id} removed")
-    new_parameters = parameters.with_value(spec.name, spec.value)
-    return Effects(parameters=new_parameters, summary=f"parameter {spec.name} set to {spec.value}")
-
-
-def _change_grants(spec: ContractChangeSpec, contracts: ContractSet) -> Effects:
-    delta = spec.as_grant()
-    revised: list[ConsentContract] = []
-    for component in resolve_components(spec.components, contracts):
-        contract = contracts.get(component)
-        assert contract is not None  # resolve_components only returns ids of the set
-        old = contract.grant(spec.operation)
-        new = old.union(delta) if spec.kind == "grant" else old.minus(delta)
-        if new == old:
-            continue
-        operations = {op: g for op, g in contract.operations.items() if op != spec.operation}
-        if not new.is_empty():
-            operations[spec.operation] = new
-        revised.append(contract.revised(operations=operations))
-    if not revised:
-        return Effects(summary=f"{spec.kind} of {spec.operation} changed no contract (already in that state)")
-    return Effects(
-        contracts=contracts.with_contracts(revised),
-        changed_components=[c.component for c in revised],
-        summary=f"{spec.kind} {spec.operation} on {len(revised)} component(s)",
-    )

@@ -1,0 +1,37 @@
+"""The contribution ledger: a signed, hash-chained, append-only record of the federation.
+
+Who registered, what was submitted, accepted or rejected, who contributed what
+and who earned which tokens, verifiable by anyone holding the coordinator's
+public key. Knows nothing of Flower or torch; the coordinator calls
+:class:`ledger.recorder.LedgerRecorder`. Main names are importable from here
+lazily (``from ledger import Ledger``), so ``import ledger.crypto`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Ledger": "ledger.store",
+    "AppendRequest": "ledger.entries",
+    "LedgerEntry": "ledger.entries",
+    "VerifyReport": "ledger.entries",
+    "NodeSummary": "ledger.entries",
+    "Problem": "ledger.entries",
+    "EntryKind": "ledger.kinds",
+    "LedgerRecorder": "ledger.recorder",
+    "content_hash_of_arrays": "ledger.recorder",
+    "leave_one_out": "ledger.contribution",
+    "monte_carlo_shapley": "ledger.contribution",
+    "distribute_tokens": "ledger.tokens",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ledger' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -44,8 +44,38 @@ class Envelope:
     node_public_key: str | None
 
 
+_INT_MIN, _INT_MAX = -(2**53) + 1, 2**53 - 1  # RFC 8785's exact integer range
+
+
+def _plain(value: object) -> bool:
+    """True if ``value`` holds only ASCII-keyed objects, arrays, strings, safe ints, bools and nulls."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return _INT_MIN <= value <= _INT_MAX
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
 def payload_text(payload: object) -> str:
-    """The canonical JSON text of a payload: what is stored, what nodes sign."""
+    """The canonical JSON (RFC 8785) text of a payload: what is stored, what nodes sign.
+
+    Payloads without floats or non-ASCII keys (nearly all) take a fast path whose
+    output is byte-identical to :func:`ledger.crypto.canonical_json` (for such
+    values RFC 8785 is sorted keys, compact separators and JSON string escapes,
+    which ``json.dumps`` produces; a test pins the equality); anything else goes
+    through ``canonical_json`` itself.
+    """
+    if _plain(payload):
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass  # lone surrogates: let canonical_json name the problem
     return canonical_json(payload).decode("utf-8")
 
 

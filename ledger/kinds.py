@@ -162,11 +162,13 @@ class ContributionPayload(_Payload):
     score: StrictStr | StrictInt
     method: ContributionMethod
 
-    @field_validator("score")
+    @field_validator("score", mode="before")
     @classmethod
-    def _score(cls, value: str | int) -> str | int:
+    def _score(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(f"must be a decimal string or an int, not {type(value).__name__} (use ledger.kinds.score_text)")
         if isinstance(value, str) and not _DECIMAL.fullmatch(value):
-            raise ValueError(f"`score` {value!r} is not a decimal number (use ledger.kinds.score_text)")
+            raise ValueError(f"{value!r} is not a decimal number (use ledger.kinds.score_text)")
         return value
 
 

@@ -165,12 +165,11 @@ def parse_component(cid: str) -> tuple[str, int | None, int | None]:
 
 def check_component(layout: ModelLayout, cid: str) -> None:
     """Raise `ComponentError` if `cid` is malformed or names a layer/head the layout lacks."""
-    kind, layer, head = parse_component(cid)
+    _, layer, head = parse_component(cid)
     if layer is not None and layer >= layout.num_layers:
         raise ComponentError(f"component {cid!r}: layer {layer} out of range (model has {layout.num_layers})")
     if head is not None and head >= layout.num_heads:
         raise ComponentError(f"component {cid!r}: head {head} out of range (layers have {layout.num_heads})")
-    del kind
 
 
 # ---------------------------------------------------------------- layout
@@ -267,8 +266,8 @@ def head_feature_ranges(layout: ModelLayout, role: Role, head: int) -> list[tupl
     return [(offset + q_range[0], offset + q_range[1]) for offset in (0, width, 2 * width)]
 
 
-def _base_layer(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """The nn.Linear/Conv1D under a (possibly PEFT-wrapped) module and its name suffix."""
+def base_layer_of(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The nn.Linear or Conv1D under a (possibly PEFT-wrapped) module, and the name suffix leading to it."""
     suffix = ""
     while hasattr(module, "base_layer") and isinstance(module.base_layer, torch.nn.Module):
         module = module.base_layer
@@ -280,7 +279,7 @@ def _base_layer(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
 
 def _projection(path: str, module: torch.nn.Module, offset: int, size: int) -> Projection:
     """Locate a projection's base layer and parameter names."""
-    base, suffix = _base_layer(module)
+    base, suffix = base_layer_of(module)
     return Projection(
         path=path,
         module=base,

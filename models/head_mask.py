@@ -51,14 +51,16 @@ class AttentionSite:
 
     `attention` is the module whose forward returns ``(output, attention_probs)``;
     `o_module` is the output projection as the forward calls it (the PEFT
-    wrapper when LoRA is attached); `o_inside` is True when ``o`` runs inside
+    wrapper when LoRA is attached); both come with their paths in the model; `o_inside` is True when ``o`` runs inside
     `attention`'s forward (GPT-2, Llama) and False when it runs after it
     (BERT's ``attention.output.dense``). `heads` are the original ids of the
     query heads the layer has, in the order of its projection slices.
     """
 
     layer: int
+    attention_path: str
     attention: torch.nn.Module
+    o_path: str
     o_module: torch.nn.Module
     o_inside: bool
     heads: tuple[int, ...]
@@ -80,7 +82,9 @@ def attention_sites(model: torch.nn.Module) -> list[AttentionSite]:
         sites.append(
             AttentionSite(
                 layer=parts.layer,
+                attention_path=attention_path,
                 attention=attention,
+                o_path=parts.o.path,
                 o_module=model.get_submodule(parts.o.path),
                 o_inside=parts.o.path.startswith(attention_path + "."),
                 heads=kept_heads(attention, layout.num_heads),

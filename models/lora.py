@@ -185,7 +185,9 @@ def load_adapter(
         raise AdapterError(f"{path} is not a PEFT adapter directory (no adapter_config.json)")
     model, _ = _model_and_task(base)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise AdapterError(f"cannot load adapter from {path}: {e}") from e
     if not is_trainable:

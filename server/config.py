@@ -25,7 +25,10 @@ class RoleProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     lora_rank: int = Field(ge=1, le=256, description="LoRA rank of this role's adapter.")
-    local_steps: int = Field(ge=1, description="Optimiser steps per round.")
+    local_steps: int = Field(ge=1, description="Optimiser steps per round (unless `local_epochs` is set).")
+    local_epochs: float | None = Field(
+        default=None, gt=0, description="Passes over the node's training data per round; overrides `local_steps`."
+    )
     batch_size: int = Field(default=16, ge=1, description="Examples per step.")
     learning_rate: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
 

@@ -101,7 +101,29 @@ def _row(outcome: RoundOutcome, accuracy: float, loss: float, duration: float) -
         # The largest relative norm dropped when factorising the global ΔW for any rank sent.
         "svd_residual": max(residuals.values()) if residuals else 0.0,
         "svd_residual_by_rank": {str(k): v for k, v in sorted(residuals.items())},
+        "per_node": [
+            {
+                "node_id": str(r.node.node_id),
+                "partition_id": r.node.partition_id,
+                "role": r.node.role,
+                "rank": r.rank,
+                "accepted": r.accepted,
+                "reason": r.reason,
+                "offending": r.offending,
+                "examples": r.num_examples,
+                "train_loss": r.train_loss,
+                "val_accuracy": r.val_accuracy,
+                "bytes_up": r.bytes_up,
+            }
+            for r in outcome.results
+        ],
     }
+
+
+def _save_best(state: GlobalState, checkpoint_dir: Path, export_best: Callable[[GlobalState, Path], None] | None) -> None:
+    save_state(state, checkpoint_dir / BEST_STATE)
+    if export_best is not None:
+        export_best(state, checkpoint_dir / BEST)
 
 
 def run_federation(
@@ -125,7 +147,8 @@ def run_federation(
     if state.round == 0 and not history:
         acc, loss = evaluate(state)
         history.append({"round": 0, "accuracy": acc, "loss": loss})
-        meta.update(best_round=0, best_accuracy=acc, stale=0)
+        meta.update(best_round=0, best_accuracy=acc, stale=0, history=history)
+        _save_best(state, checkpoint_dir, export_best)
     stopped_early = bool(meta.get("stopped_early", False))
     for rnd in range(state.round + 1, config.rounds + 1):
         if stopped_early:
@@ -151,9 +174,7 @@ def run_federation(
         stopped_early = int(meta["stale"]) >= config.patience
         meta.update(history=history, stopped_early=stopped_early)
         if improved:
-            save_state(state, checkpoint_dir / BEST_STATE)
-            if export_best is not None:
-                export_best(state, checkpoint_dir / BEST)
+            _save_best(state, checkpoint_dir, export_best)
         save_state(state, checkpoint_dir / LAST)
         for obs in observers:
             obs.on_round(strategy.outcome, row, state)

@@ -147,6 +147,7 @@ class SentinelStrategy(Strategy):
                 P.C_ROLE: node.role,
                 P.C_RANK: profile.lora_rank,
                 P.C_STEPS: profile.local_steps,
+                P.C_EPOCHS: profile.local_epochs or 0.0,
                 P.C_BATCH: profile.batch_size,
                 P.C_LR: profile.learning_rate,
                 P.C_SEED: node_seed(self.config.seed, server_round, node.partition_id),

@@ -72,6 +72,7 @@ def load_delimited(path: str | Path, delimiter: str, columns: Columns = Columns(
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     records: list[_Record] = []
     header: list[str] | None = None
+    where: tuple[int, int, int | None] = (0, 0, None)
     try:
         for row in reader:
             line = reader.line_num

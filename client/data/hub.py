@@ -57,6 +57,8 @@ def load_hf(
         if any(y < 0 for y in labels):
             raise DataError(f"{where} has unlabelled rows (label -1); choose a labelled `split`")
     else:
+        if names is not None:  # explicit `classes` reorder a ClassLabel column by name
+            raw_labels = [names[v] if v >= 0 else v for v in raw_labels]
         # Row numbers stand in for line numbers in error messages.
         labels, label_names = encode_labels([(v, i + 1) for i, v in enumerate(raw_labels)], where, classes)
     domains = [str(d) for d in table[domain]] if domain is not None else [DEFAULT_DOMAIN] * len(texts)

@@ -1,0 +1,69 @@
+"""Shared pieces of the governance command line: options, console, error handling, client factories."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from governance.exceptions import GovernanceError
+
+if TYPE_CHECKING:
+    from governance.client import GovernanceClient
+    from ledger.store import Ledger
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_TARGET = "127.0.0.1:50052"
+DEFAULT_DB = "sqlite:///governance.db"
+DEFAULT_LEDGER_DB = "sqlite:///ledger.db"
+
+Target = Annotated[str, typer.Option("--target", "-t", envvar="SENTINEL_GOVERNANCE_TARGET", help="GovernanceService host:port.")]
+RootCert = Annotated[Path | None, typer.Option("--root-cert", help="PEM CA certificate: use TLS and trust it.")]
+NodeId = Annotated[str, typer.Option("--node-id", "-n", envvar="SENTINEL_NODE_ID", help="Your registered node id (the signer).")]
+KeyPath = Annotated[Path, typer.Option("--key", "-k", envvar="SENTINEL_NODE_KEY", help="Your node's PEM private key.")]
+Title = Annotated[str, typer.Option("--title", help="A short title for the proposal.")]
+VotingPeriod = Annotated[
+    float | None, typer.Option("--voting-period", help="Seconds until the deadline (default: the federation's).")
+]
+Db = Annotated[str, typer.Option("--db", envvar="SENTINEL_GOVERNANCE_DB", help="Governance database URL or SQLite path.")]
+LedgerDb = Annotated[str, typer.Option("--ledger-db", envvar="SENTINEL_LEDGER_DB", help="Ledger database URL.")]
+LedgerKey = Annotated[
+    Path, typer.Option("--ledger-key", envvar="SENTINEL_COORDINATOR_KEY", help="Coordinator PEM key that signs ledger entries (created if missing).")
+]
+Components = Annotated[list[str], typer.Option("--component", "-c", help="Component id or glob (repeatable), e.g. 'layer.0.head.*'.")]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def friendly_errors(command: _F) -> _F:
+    """Print governance and input errors as one red line and exit 1 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (GovernanceError, ValueError, FileNotFoundError, OSError) as e:
+            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(1) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_client(target: str, root_cert: Path | None, node_id: str | None = None, key: Path | None = None) -> GovernanceClient:
+    """A client of the service at ``target`` (TLS when ``root_cert``), signing as ``node_id`` with ``key``."""
+    from governance.client import GovernanceClient
+
+    return GovernanceClient(target, node_id=node_id, key=key, root_cert=root_cert)
+
+
+def open_ledger(url: str, key: Path) -> Ledger:
+    """The ledger at ``url``, signing with the coordinator key at ``key`` (created if missing)."""
+    from ledger.store import Ledger
+
+    return Ledger.open(url, key)

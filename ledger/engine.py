@@ -1,0 +1,105 @@
+"""Database engines for the ledger, and the one way to write: a serialised transaction.
+
+Serialisation (documented choice):
+
+* SQLite: writes start with ``BEGIN IMMEDIATE``, which takes the database's write
+  lock before the head is read, so two writers (threads or processes) can never
+  both extend the same head; others wait (``busy_timeout``). WAL journaling lets
+  readers (verify, the API's streams) run while a writer holds the lock.
+* PostgreSQL: writes lock the head record with ``SELECT ... FOR UPDATE``; the
+  next writer blocks on that row until the first commits, then (READ COMMITTED)
+  sees the new head.
+
+Either way the entry rows and the head record change in one transaction, and
+``seq`` is the primary key, so a crash leaves each entry there whole or not at
+all and a forked chain cannot be stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from ledger.tables import ENTRY_TABLE, HEAD_TABLE
+
+SQLITE_BUSY_TIMEOUT_S = 60.0
+_WRITE = "ledger_write"
+
+
+def _is_memory(database: str | None) -> bool:
+    return database in (None, "", ":memory:")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///FILE``, ``sqlite://`` in memory, ``postgresql+psycopg://...``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    memory = _is_memory(parsed.database)
+    if not memory:
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        poolclass=StaticPool if memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True for SQLite engines."""
+    return engine.dialect.name == "sqlite"
+
+
+def init_schema(engine: Engine) -> None:
+    """Create the ledger tables and the head record if missing (safe to race from several processes)."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sentinel-ledger-init'))"))
+            ENTRY_TABLE.metadata.create_all(conn, tables=[ENTRY_TABLE, HEAD_TABLE])
+            if conn.execute(select(HEAD_TABLE.c.id)).first() is None:
+                conn.execute(HEAD_TABLE.insert().values(id=1))
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the ledger's write lock from its start to its commit."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.execution_options(**{_WRITE: True})
+        with conn.begin():
+            if not is_sqlite(engine):
+                conn.execute(select(HEAD_TABLE.c.id).where(HEAD_TABLE.c.id == 1).with_for_update())
+            yield conn
+
+
+@contextmanager
+def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees one consistent state of the chain throughout."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn

@@ -1,0 +1,178 @@
+"""How much each attention head matters: attention entropy and gradient importance.
+
+Two per-head signals, both ``[num_layers, num_heads]`` arrays in original head
+ids (a physically pruned head gets NaN entropy and 0 importance):
+
+- attention entropy: how diffuse a head's attention is (natural log; 0 = all
+  weight on one key, ``log n`` = uniform over ``n`` keys). Validators compare
+  entropy profiles before and after an update (the entropy gate).
+- gradient importance (Michel et al. 2019, "Are Sixteen Heads Really Better
+  than One?"): with a gate ``ξ_h = 1`` on every head's output,
+  ``I_h = E_x |∂L(x)/∂ξ_h|``, then ℓ2-normalised within each layer. Low
+  importance marks a head that pruning would hurt least.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.components import model_layout
+from models.head_mask import HeadGates, attention_sites
+
+LossFn = Callable[[object, Mapping[str, torch.Tensor]], torch.Tensor]
+"""``loss_fn(model_outputs, batch) -> scalar``: the mean over the batch's examples of a per-example loss."""
+
+
+@dataclass(frozen=True)
+class HeadImportance:
+    """Both importance signals of one model on one data set, ``[num_layers, num_heads]`` each."""
+
+    entropy: np.ndarray
+    gradient: np.ndarray
+
+    def to_dict(self) -> dict[str, list[list[float | None]]]:
+        """JSON-ready nested lists; NaN (a pruned head's entropy) becomes None."""
+        return {"entropy": _to_lists(self.entropy), "gradient": _to_lists(self.gradient)}
+
+
+def _to_lists(array: np.ndarray) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in array]
+
+
+# ---------------------------------------------------------------- pure math
+
+
+def query_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each query's attention distribution: ``[..., Q, K] -> [..., Q]``; 0·log 0 = 0."""
+    return torch.special.entr(probs.double()).sum(dim=-1)
+
+
+def entropy_sums(probs: torch.Tensor, query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head, the sum of query entropies over real queries and the number of real queries.
+
+    `probs` ``[B, H, Q, K]``; `query_mask` ``[B, Q]`` (1 = real token, 0 =
+    padding; None = all real). Masked keys carry probability 0, so padding
+    keys add nothing; padding queries are left out by `query_mask`.
+    """
+    entropy = query_entropy(probs)  # [B, H, Q]
+    if query_mask is None:
+        query_mask = torch.ones(probs.shape[0], probs.shape[2], device=probs.device)
+    weights = query_mask.to(entropy.dtype)[:, None, : probs.shape[2]]
+    return (entropy * weights).sum(dim=(0, 2)), weights.sum(dim=(0, 2)).expand(probs.shape[1])
+
+
+def normalise_per_layer(importance: np.ndarray) -> np.ndarray:
+    """ℓ2-normalise each row (layer); a row of zeros stays zeros (no NaN)."""
+    norms = np.linalg.norm(importance, axis=-1, keepdims=True)
+    return np.divide(importance, norms, out=np.zeros_like(importance, dtype=np.float64), where=norms > 0)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off for a measurement, the caller's train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device, keep_labels: bool) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if keep_labels or k != "labels"}
+
+
+def attention_entropy(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> np.ndarray:
+    """Mean attention entropy (nats) per head over real query tokens: ``[num_layers, num_heads]``.
+
+    Each batch holds the model's inputs (``input_ids``, ``attention_mask``, …;
+    ``labels`` is ignored). Padding queries (``attention_mask == 0``) are left
+    out. Runs under ``no_grad`` in eval mode. Pruned heads get NaN.
+    """
+    layout = model_layout(model)
+    sites = attention_sites(model)
+    device = next(model.parameters()).device
+    sums = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    counts = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    with torch.no_grad(), _eval_mode(model):
+        for batch in batches:
+            inputs = _model_inputs(batch, device, keep_labels=False)
+            outputs = model(**inputs, output_attentions=True)
+            query_mask = inputs.get("attention_mask")
+            for site, probs in zip(sites, outputs.attentions, strict=True):
+                total, count = entropy_sums(probs, query_mask)
+                heads = list(site.heads)
+                sums[site.layer, heads] += total.cpu()
+                counts[site.layer, heads] += count.cpu()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts.numpy() > 0, sums.numpy() / counts.numpy(), np.nan)
+
+
+def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
+    for key in ("input_ids", "attention_mask", "inputs_embeds"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    raise ValueError(f"batch has none of `input_ids`, `attention_mask`, `inputs_embeds`: keys {sorted(batch)}")
+
+
+def gradient_importance(
+    model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: LossFn | None = None
+) -> np.ndarray:
+    """Michel et al. head importance ``E_x |∂L(x)/∂ξ_h|``, ℓ2-normalised per layer: ``[L, H]``.
+
+    Every example gets its own gates (all ones, so the model's outputs are
+    unchanged), so the absolute value is taken per example, as in the paper's
+    expectation, not per batch. The loss is the model's own (batches must hold
+    ``labels``) or ``loss_fn(outputs, batch)``, which must be the mean over
+    the batch's examples of a per-example loss (for a token-averaged language
+    model loss the per-example weighting is approximate). Gradients are
+    taken with respect to the gates only: model parameters' ``.grad`` are not
+    touched. Runs in eval mode. Pruned heads get 0.
+    """
+    layout = model_layout(model)
+    total = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    examples = 0
+    with _eval_mode(model):
+        for batch in batches:
+            size = _batch_size(batch)
+            gates = HeadGates(model, torch.ones(size, layout.num_layers, layout.num_heads), requires_grad=True)
+            try:
+                device = gates.gates.device
+                outputs = model(**_model_inputs(batch, device, keep_labels=loss_fn is None))
+                loss = _loss(outputs, batch, loss_fn)
+                (grad,) = torch.autograd.grad(loss, gates.gates)
+            finally:
+                gates.remove()
+            # d(mean loss)/d(ξ of example b) = (1/B) dL_b/dξ_b: scale back before |·|.
+            total += (grad.detach().double() * size).abs().sum(dim=0).cpu()
+            examples += size
+    if examples == 0:
+        raise ValueError("`batches` is empty: gradient importance needs at least one example")
+    return normalise_per_layer((total / examples).numpy())
+
+
+def _loss(outputs: object, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None) -> torch.Tensor:
+    if loss_fn is not None:
+        return loss_fn(outputs, batch)
+    loss = getattr(outputs, "loss", None)
+    if loss is None:
+        raise ValueError("the model returned no loss: give batches `labels` or pass `loss_fn`")
+    return loss
+
+
+def head_importance(
+    model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: LossFn | None = None
+) -> HeadImportance:
+    """Attention entropy and gradient importance of every head over the same batches."""
+    batches = list(batches)
+    return HeadImportance(
+        entropy=attention_entropy(model, batches), gradient=gradient_importance(model, batches, loss_fn)
+    )

@@ -1,0 +1,65 @@
+"""Fixtures for federation tests: tiny configurations and in-process grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.app import app as client_app
+from server.config import FederationConfig, RoleProfile
+from server.local_grid import LocalGrid
+
+TINY_PROFILES = {
+    "edge": RoleProfile(lora_rank=2, local_steps=3, batch_size=8, learning_rate=5e-3),
+    "gpu": RoleProfile(lora_rank=8, local_steps=6, batch_size=8, learning_rate=5e-3),
+    "central": RoleProfile(lora_rank=8, local_steps=6, batch_size=8, learning_rate=5e-3),
+}
+
+
+def tiny_config(**overrides: object) -> FederationConfig:
+    """3 nodes (edge, central, gpu) on tiny-bert and a small built-in dataset."""
+    values: dict[str, object] = dict(
+        model="tiny-bert",
+        dataset="builtin:reviews?n=360",
+        partition="by-domain",
+        nodes=3,
+        rounds=2,
+        patience=5,
+        max_length=24,
+        checkpoint_rank=32,
+        profiles=TINY_PROFILES,
+    )
+    values.update(overrides)
+    return FederationConfig.model_validate(values)
+
+
+def local_grid(num_nodes: int, first_id: int = 1001) -> LocalGrid:
+    """A LocalGrid of ``num_nodes`` real ClientApps with partition ids 0..n-1."""
+    ids = [first_id + 7 * i for i in range(num_nodes)]
+    return LocalGrid(
+        {n: client_app for n in ids},
+        {n: {"partition-id": i, "num-partitions": num_nodes} for i, n in enumerate(ids)},
+    )
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+@pytest.fixture(name="tiny_config")
+def tiny_config_fixture():  # noqa: ANN201
+    """Factory of tiny federation configs (see :func:`tiny_config`)."""
+    return tiny_config
+
+
+@pytest.fixture(name="local_grid")
+def local_grid_fixture():  # noqa: ANN201
+    """Factory of in-process grids (see :func:`local_grid`)."""
+    return local_grid
+
+
+@pytest.fixture(name="tiny_profiles")
+def tiny_profiles_fixture() -> dict[str, RoleProfile]:
+    return dict(TINY_PROFILES)

@@ -1,0 +1,43 @@
+"""Child process for the atomicity tests (run as a script: test modules are not importable from children).
+
+usage: _writer.py append URL KEY_PEM WORKER GO_FILE   -- signal ready, wait for GO_FILE, append 30 entries
+       _writer.py crash  URL KEY_PEM                  -- start a 50-entry append and die just before its commit
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import event
+
+from ledger.crypto import load_private_key
+from ledger.entries import AppendRequest
+from ledger.store import Ledger
+
+
+def _round(i: int) -> AppendRequest:
+    return AppendRequest("round_started", "coordinator", {"round": i})
+
+
+def main(mode: str, url: str, key_path: str, *rest: str) -> None:
+    led = Ledger(url, load_private_key(key_path))
+    if mode == "crash":
+        event.listen(led.engine, "commit", lambda conn: os._exit(17))  # no cleanup, no rollback: a hard crash
+        led.append_many([_round(i) for i in range(50)])
+        os._exit(0)
+    worker, go = rest[0], Path(rest[1])
+    go.with_name(f"ready-{worker}").touch()  # the parent starts everyone at once, after all are ready
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(10):
+        led.append("update_accepted", "coordinator", {"node": worker, "round": i})
+        led.append_many([_round(i), _round(i)])
+    led.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

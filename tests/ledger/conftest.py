@@ -1,0 +1,135 @@
+"""Fixtures for ledger tests: databases (SQLite file and PostgreSQL), keys, a filled ledger.
+
+PostgreSQL tests take the server from ``SENTINEL_TEST_PG_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``) and skip, saying why, when
+no server answers. Each test gets a fresh schema (via ``search_path`` in the URL),
+dropped afterwards, so runs are repeatable and never see each other's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
+from ledger.recorder import LedgerRecorder, update_submitted_payload
+from ledger.signing import sign_payload
+from ledger.store import Ledger
+
+PG_URL = os.environ.get("SENTINEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+_pg_problem: list[str] = []
+
+
+def _pg_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used (None when it can); probed once per session."""
+    if not _pg_problem:
+        try:
+            engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            engine.dispose()
+            _pg_problem.append("")
+        except Exception as e:  # any failure to connect means "skip", with the reason
+            _pg_problem.append(f"no PostgreSQL server answers at {PG_URL} (set SENTINEL_TEST_PG_URL): {type(e).__name__}: {e}"[:300])
+    return _pg_problem[0] or None
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL schema (skips when there is no server)."""
+    reason = _pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """URL of a new SQLite file."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on a SQLite file and on PostgreSQL."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def signer() -> Ed25519PrivateKey:
+    """The coordinator's key."""
+    return generate_private_key()
+
+
+@pytest.fixture
+def node_keys() -> dict[str, Ed25519PrivateKey]:
+    """Keys of three nodes with Flower-style (uint64) ids."""
+    return {node: generate_private_key() for node in ("7", "18446744073709551557", "42")}
+
+
+@pytest.fixture
+def ledger(db_url: str, signer: Ed25519PrivateKey) -> Iterator[Ledger]:
+    """An empty signing ledger on each backend."""
+    with Ledger(db_url, signer) as led:
+        yield led
+
+
+def fill(ledger: Ledger, node_keys: dict[str, Ed25519PrivateKey], rounds: int = 2) -> None:
+    """A small federation's history: registrations, rounds with signed submissions, decisions, scores, tokens."""
+    rec = LedgerRecorder(ledger)
+    for node, key in node_keys.items():
+        rec.node_registered(node, "edge", public_key_b64(key))
+    for rnd in range(1, rounds + 1):
+        rec.round_started(rnd, {"lr": 0.001, "local-steps": 5})
+        for i, (node, key) in enumerate(node_keys.items()):
+            payload = update_submitted_payload(node, rnd, f"{i + rnd:064x}", 10 * (i + 1))
+            rec.update_submitted(node, rnd, payload["content_hash"], payload["examples"], sign_payload(key, payload))
+        nodes = list(node_keys)
+        rec.update_accepted(nodes[0], rnd)
+        rec.update_accepted(nodes[1], rnd)
+        rec.update_rejected(nodes[2], rnd, "loss gate")
+        rec.contribution(rnd, {nodes[0]: 0.25, nodes[1]: 0.75}, "loo")
+        rec.tokens(rnd, {nodes[0]: 25, nodes[1]: 75}, budget=100)
+        rec.checkpoint(rnd, f"{rnd:064x}")
+
+
+@pytest.fixture
+def filled(ledger: Ledger, node_keys: dict[str, Ed25519PrivateKey]) -> Ledger:
+    """A signing ledger holding :func:`fill`'s history (25 entries; seq 4 is a node-signed submission)."""
+    fill(ledger, node_keys)
+    return ledger
+
+
+def run_sql(ledger: Ledger, sql: str, **params: Any) -> None:
+    """Change the database behind the ledger's back (what an attacker with DB access does)."""
+    with ledger.engine.connect() as conn:
+        with conn.begin():
+            conn.execute(text(sql), params)
+
+
+@pytest.fixture
+def sql():  # type: ignore[no-untyped-def]
+    """:func:`run_sql`, for tests (test modules cannot import conftest)."""
+    return run_sql
+
+
+@pytest.fixture
+def history():  # type: ignore[no-untyped-def]
+    """:func:`fill`, for tests that build their own ledgers."""
+    return fill
