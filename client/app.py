@@ -17,8 +17,8 @@ from client.federated_data import federated_split, node_train_val
 from client.node import cached_base_model, node_identity, node_key, node_public_key
 from client.records import from_array_record, parse_global_view, to_array_record
 from client.training import GlobalView, evaluate_model, materialise_global, train_local
-from ledger.crypto import sign_b64
-from ledger.recorder import content_hash_of_arrays
+from ledger.recorder import content_hash_of_arrays, update_submitted_payload
+from ledger.signing import sign_payload
 
 app = ClientApp()
 
@@ -94,7 +94,9 @@ def train(msg: Message, context: Context) -> Message:
         permitted=set(ins.permitted) if ins.consent_restricted else None,
     )
     content_hash = content_hash_of_arrays(update.arrays)
-    signature = sign_b64(node_key(ident.partition_id, ident.key_file, ins.run_seed), content_hash.encode())
+    # The node vouches for its update by signing exactly the ledger's submission payload.
+    payload = update_submitted_payload(context.node_id, ins.server_round, content_hash, update.num_examples)
+    signature = sign_payload(node_key(ident.partition_id, ident.key_file, ins.run_seed), payload)
     content = RecordDict(
         {
             P.REC_ARRAYS: to_array_record(update.arrays),
@@ -111,7 +113,7 @@ def train(msg: Message, context: Context) -> Message:
             P.REC_IMPORTANCE: to_array_record(
                 {P.KEY_ENTROPY: update.entropy, P.KEY_GRAD_IMPORTANCE: update.gradient_importance}
             ),
-            P.REC_SIGNATURE: ConfigRecord({"content-hash": content_hash, "signature": signature}),
+            P.REC_SIGNATURE: ConfigRecord({P.S_CONTENT_HASH: content_hash, P.S_SIGNATURE: signature}),
         }
     )
     return Message(content, reply_to=msg)

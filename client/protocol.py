@@ -74,3 +74,7 @@ P_ROLE: Final = "role"
 P_PUBLIC_KEY: Final = "public-key"
 REC_SIGNATURE: Final = "signature"
 C_RUN_SEED: Final = "run-seed"
+
+# Keys of the signature record a node attaches to its update.
+S_CONTENT_HASH: Final = "content-hash"
+S_SIGNATURE: Final = "signature"

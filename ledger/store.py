@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from ledger import summary
 from ledger.chain import GENESIS_HASH, Envelope, entry_hash, payload_text, sign_hash, signature_valid
@@ -158,48 +158,58 @@ class Ledger:
         if not prepared:
             return []
         with self._lock, write_transaction(self._engine) as conn:
-            head = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.public_key)).one()
-            last = conn.execute(
-                select(_E.seq, _E.hash, _E.signature, _E.timestamp).order_by(_E.seq.desc()).limit(1)
-            ).first()
-            prev_seq, prev_hash, prev_sig, prev_ts = last if last is not None else (-1, GENESIS_HASH, None, "")
-            if (prev_seq, prev_hash) != (head.seq, head.hash):
-                raise LedgerStateError(
-                    f"the last stored entry (seq {prev_seq}) is not the recorded head (seq {head.seq}); "
-                    "entries were removed or added outside the ledger: run `sentinel ledger verify`"
-                )
-            key_b64 = public_key_b64(self._signer)
-            if head.public_key not in (None, key_b64):
-                raise SignerMismatchError(f"the ledger is signed by key {head.public_key}, not {key_b64}")
-            timestamp = max(utc_timestamp(), prev_ts)
+            prev_seq, prev_hash, prev_sig, prev_ts = self._locked_tail(conn)
+            timestamp = max(utc_timestamp(), prev_ts)  # never earlier than the entry before
             registered: dict[str, str | None] = {}
             rows: list[dict[str, Any]] = []
             for seq, item in enumerate(prepared, start=prev_seq + 1):
-                node_key = self._check_node_signature(conn, item, registered)
-                env = Envelope(
-                    seq, timestamp, item.kind.value, item.actor, item.text, prev_hash, prev_sig,
-                    item.node_signature, node_key,
-                )
-                prev_hash = entry_hash(env)
-                prev_sig = sign_hash(self._signer, prev_hash)
-                rows.append(
-                    dict(
-                        seq=seq, timestamp=timestamp, kind=env.kind, actor=env.actor, node=item.node,
-                        payload=env.payload, prev_hash=env.prev_hash, prev_signature=env.prev_signature,
-                        hash=prev_hash, signature=prev_sig, node_signature=env.node_signature,
-                        node_public_key=node_key,
-                    )
-                )
+                row = self._signed_row(seq, timestamp, item, prev_hash, prev_sig, self._node_key(conn, item, registered))
+                rows.append(row)
+                prev_hash, prev_sig = row["hash"], row["signature"]
                 if item.kind is EntryKind.NODE_REGISTERED and item.node is not None:
                     registered[item.node] = item.payload.get("public_key") or None
             conn.execute(ENTRY_TABLE.insert(), rows)
-            conn.execute(
-                HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(seq=rows[-1]["seq"], hash=prev_hash, public_key=key_b64)
-            )
+            conn.execute(HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(seq=rows[-1]["seq"], hash=prev_hash))
         return [row_to_entry([row[c] for c in ENTRY_COLUMNS]) for row in rows]
 
-    def _check_node_signature(self, conn: Any, item: _Prepared, registered: dict[str, str | None]) -> str | None:
-        """The key that verified ``item``'s node signature (None when it has none); raises if it does not verify."""
+    def _locked_tail(self, conn: Connection) -> tuple[int, str, str | None, str]:
+        """Seq, hash, signature and time of the last entry, once the head record agrees and names our key."""
+        head = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.public_key)).one()
+        last = conn.execute(select(_E.seq, _E.hash, _E.signature, _E.timestamp).order_by(_E.seq.desc()).limit(1)).first()
+        tail = tuple(last) if last is not None else (-1, GENESIS_HASH, None, "")
+        if tail[:2] != (head.seq, head.hash):
+            raise LedgerStateError(
+                f"the last stored entry (seq {tail[0]}) is not the recorded head (seq {head.seq}); "
+                "entries were removed or added outside the ledger: run `sentinel ledger verify`"
+            )
+        key_b64 = public_key_b64(self._signer)  # type: ignore[arg-type]
+        if head.public_key is None:
+            conn.execute(HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(public_key=key_b64))
+        elif head.public_key != key_b64:
+            raise SignerMismatchError(f"the ledger is signed by key {head.public_key}, not {key_b64}")
+        return tail  # type: ignore[return-value]
+
+    def _signed_row(
+        self, seq: int, timestamp: str, item: _Prepared, prev_hash: str, prev_sig: str | None, node_key: str | None
+    ) -> dict[str, Any]:
+        """The stored row of ``item`` at ``seq``: hashed over its envelope and signed by the coordinator."""
+        env = Envelope(
+            seq, timestamp, item.kind.value, item.actor, item.text, prev_hash, prev_sig, item.node_signature, node_key
+        )
+        hash_hex = entry_hash(env)
+        return dict(
+            seq=seq, timestamp=timestamp, kind=env.kind, actor=env.actor, node=item.node, payload=env.payload,
+            prev_hash=prev_hash, prev_signature=prev_sig, hash=hash_hex,
+            signature=sign_hash(self._signer, hash_hex),  # type: ignore[arg-type]
+            node_signature=item.node_signature, node_public_key=node_key,
+        )
+
+    def _node_key(self, conn: Connection, item: _Prepared, registered: dict[str, str | None]) -> str | None:
+        """The key that verifies ``item``'s node signature (None when it has none); raises if none does.
+
+        The node's latest registration wins (``registered`` caches lookups and holds
+        registrations earlier in the same batch), else the request's ``node_public_key``.
+        """
         if item.node_signature is None:
             return None
         node = item.actor
@@ -212,7 +222,7 @@ class Ledger:
                 .order_by(_E.seq.desc())
                 .limit(1)
             ).first()
-            key = row_to_key(row[0]) if row is not None else None
+            key = (json.loads(row[0]).get("public_key") or None) if row is not None else None
             registered[node] = key  # the lock is held: it cannot change during this batch
         key = key or item.node_public_key
         if not key:
@@ -321,7 +331,3 @@ class Ledger:
         with self._engine.connect() as conn:
             return conn.execute(select(HEAD_TABLE.c.public_key).where(HEAD_TABLE.c.id == 1)).scalar_one_or_none()
 
-
-def row_to_key(payload_json: str) -> str | None:
-    """The ``public_key`` of a ``node_registered`` payload (None when absent or empty)."""
-    return json.loads(payload_json).get("public_key") or None

@@ -29,6 +29,7 @@ merged first (``merge_and_unload()``). A layer must keep at least one head.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -305,14 +306,14 @@ def _sites(model: nn.Module) -> tuple[ModelLayout, list[AttentionSite]]:
 def _check_heads(heads: Mapping[int, Iterable[int]], layout: ModelLayout, what: str) -> dict[int, set[int]]:
     checked: dict[int, set[int]] = {}
     for layer, layer_heads in heads.items():
-        if not isinstance(layer, int) or not 0 <= layer < layout.num_layers:
+        if not isinstance(layer, numbers.Integral) or not 0 <= layer < layout.num_layers:
             raise PruningError(f"`{what}`: layer {layer!r} out of range (model has {layout.num_layers} layers)")
         for head in layer_heads:
-            if not isinstance(head, int) or not 0 <= head < layout.num_heads:
+            if not isinstance(head, numbers.Integral) or not 0 <= head < layout.num_heads:
                 raise PruningError(
                     f"`{what}`: layer {layer} head {head!r} out of range (layers have {layout.num_heads} heads)"
                 )
-            checked.setdefault(layer, set()).add(int(head))
+            checked.setdefault(int(layer), set()).add(int(head))
     return checked
 
 
@@ -348,7 +349,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> PruneRe
     return record
 
 
-def _fresh_head(layout: ModelLayout, like: HeadWeights, std: float, gen: torch.Generator) -> HeadWeights:
+def _fresh_head(like: HeadWeights, std: float, gen: torch.Generator) -> HeadWeights:
     """New q (and k/v) rows ~ N(0, std), zero biases, and ZERO o columns (see `regrow_heads`)."""
 
     def normal(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -396,20 +397,21 @@ def regrow_heads(
         missing = layer_heads - set(record.heads.get(layer, ()))
         if missing:
             raise PruningError(f"`heads`: layer {layer} heads {sorted(missing)} were not pruned by this `record`")
+        present = layer_heads & set(sites[layer].heads)
+        if present:
+            raise PruningError(f"`heads`: layer {layer} heads {sorted(present)} are already present (regrown before?)")
     std = float(getattr(model_config(model), "initializer_range", 0.02))
     gen = torch.Generator().manual_seed(seed)
     for layer, grow in sorted(wanted.items()):
         site = sites[layer]
-        if grow & set(site.heads):
-            raise PruningError(f"layer {layer} heads {sorted(grow & set(site.heads))} are already present")
         weights = _read_layer(site, layout)
-        like = next(iter(weights.heads.values()))
         for head in sorted(grow):
             saved = record.weights[(layer, head)]
-            weights.heads[head] = saved if init == "restore" else _fresh_head(layout, saved, std, gen)
+            weights.heads[head] = saved if init == "restore" else _fresh_head(saved, std, gen)
             kv_head = head // layout.kv_group_size
             if layout.num_kv_heads != layout.num_heads and kv_head not in weights.kv:
-                weights.kv[kv_head] = _regrown_kv(record, layer, kv_head, init, like, next(iter(weights.kv.values())), std, gen)
+                template = next(iter(weights.kv.values()))
+                weights.kv[kv_head] = _regrown_kv(record, layer, kv_head, init, template, std, gen)
         _install_layer(model, site, layout, weights, sorted(set(site.heads) | grow))
     remaining = {
         layer: tuple(h for h in hs if h not in wanted.get(layer, set()))
@@ -426,10 +428,9 @@ def regrow_heads(
 
 
 def _regrown_kv(
-    record: PruneRecord, layer: int, kv_head: int, init: str, like: HeadWeights, kv_like: KVWeights, std: float, gen: torch.Generator
+    record: PruneRecord, layer: int, kv_head: int, init: str, kv_like: KVWeights, std: float, gen: torch.Generator
 ) -> KVWeights:
     """The key/value head a regrown GQA query head needs when its whole group had been pruned."""
-    del like
     if init == "fresh":
         return KVWeights(
             torch.randn(kv_like.k_weight.shape, generator=gen).mul_(std).to(kv_like.k_weight),

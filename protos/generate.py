@@ -24,8 +24,8 @@ def fix_imports(source: str) -> str:
     return _BARE_IMPORT.sub(lambda m: f"from protos import {m.group(1)}{m.group(2) or ''}", source)
 
 
-def generate(proto_files: list[Path] | None = None) -> list[Path]:
-    """Compile ``proto_files`` (default: all of ``protos/*.proto``); returns the files written."""
+def generate(proto_files: list[Path] | None = None, out_root: Path = ROOT) -> list[Path]:
+    """Compile ``proto_files`` (default: all of ``protos/*.proto``) into ``out_root/protos``; returns the files written."""
     from grpc_tools import protoc  # dev dependency, needed only here
 
     files = sorted(proto_files or PROTOS_DIR.glob("*.proto"))
@@ -37,9 +37,9 @@ def generate(proto_files: list[Path] | None = None) -> list[Path]:
         "grpc_tools.protoc",
         f"-I{ROOT}",
         f"-I{include}",
-        f"--python_out={ROOT}",
-        f"--pyi_out={ROOT}",
-        f"--grpc_python_out={ROOT}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
         *relative,
     ]
     if protoc.main(args) != 0:
@@ -47,7 +47,7 @@ def generate(proto_files: list[Path] | None = None) -> list[Path]:
     written: list[Path] = []
     for f in files:
         for suffix in ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi"):
-            out = f.with_name(f.stem + suffix)
+            out = out_root / "protos" / (f.stem + suffix)
             if out.exists():
                 out.write_text(fix_imports(out.read_text(encoding="utf-8")), encoding="utf-8")
                 written.append(out)
@@ -57,7 +57,7 @@ def generate(proto_files: list[Path] | None = None) -> list[Path]:
 def main() -> int:
     """Command-line entry: regenerate everything and list what was written."""
     for path in generate([Path(a) for a in sys.argv[1:]] or None):
-        print(path.relative_to(ROOT))
+        print(path.relative_to(ROOT))  # e.g. `python protos/generate.py protos/ledger.proto` for one file
     return 0
 
 

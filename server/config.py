@@ -17,6 +17,7 @@ from client.protocol import ROLES, Role
 
 Aggregation = Literal["exact", "naive"]
 PartitionMethod = Literal["iid", "by-domain", "dirichlet"]
+ContributionMethodOption = Literal["loo", "shapley", "none"]
 
 
 class RoleProfile(BaseModel):
@@ -63,6 +64,12 @@ class FederationConfig(BaseModel):
     checkpoint_rank: int = Field(default=32, ge=1, description="Rank of the PEFT adapter written for checkpoints.")
     profiles: dict[Role, RoleProfile] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
     timeout_s: float = Field(default=1800.0, gt=0, description="How long to wait for node replies per round.")
+    policy: str | None = Field(default=None, description="Consent policy file (YAML/JSON); None: the built-in default.")
+    consent: bool = Field(default=True, description="Enforce consent contracts (permitted sets) on every update.")
+    contribution: ContributionMethodOption = Field(default="loo", description="loo | shapley | none: how contributions are scored.")
+    shapley_permutations: int = Field(default=20, ge=1, description="Monte-Carlo permutations for Shapley scores.")
+    contribution_examples: int = Field(default=256, ge=8, description="Held-out examples used to score contributions.")
+    token_budget: int = Field(default=1000, ge=0, description="Tokens distributed per round, in proportion to contribution.")
 
     @field_validator("profiles")
     @classmethod

@@ -13,18 +13,26 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
+from client.data import Example
 from client.federated_data import federated_split
+from ledger.store import Ledger
+from models.components import list_components, model_layout
 from models.consent import touched_components
-from models.components import model_layout
 from models.loading import BaseModel, load_base_model
 from server.config import FederationConfig
 from server.global_state import GlobalState
 from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
+from server.contribution import contribution_scores
+from server.governance_binding import GovernanceBinding
+from server.ledger_observer import LedgerObserver
 from server.rounds import RoundObserver, RunResult, resume_state, run_federation
-from server.strategy import PermittedFn, SentinelStrategy
+from server.strategy import PermittedFn, RoundOutcome, SentinelStrategy
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoint"
+LEDGER_FILE = "ledger.db"
+GOVERNANCE_FILE = "governance.db"
+COORDINATOR_KEY = "coordinator.key"
 
 
 @dataclass
@@ -37,15 +45,47 @@ class Coordinator:
     evaluator: CentralEvaluator
     observers: list[RoundObserver] = field(default_factory=list)
     permitted_fn: PermittedFn | None = None
+    ledger: Ledger | None = None
+    governance: GovernanceBinding | None = None
 
     @classmethod
-    def build(cls, config: FederationConfig, out_dir: Path) -> Coordinator:
-        """Load the base model and the coordinator's held-out test set."""
+    def build(cls, config: FederationConfig, out_dir: Path, *, accountable: bool = True) -> Coordinator:
+        """Load the base model and held-out test set; open the ledger and governance in ``out_dir``.
+
+        With ``accountable=False`` the run keeps no ledger and enforces no consent
+        (benchmarks that only measure learning).
+        """
+        out_dir = Path(out_dir)
         data = federated_split(
             config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed
         )
         base = load_base_model(config.model, task="classification", num_labels=data.num_labels, seed=config.seed)
-        return cls(config, Path(out_dir), base, CentralEvaluator(base, data.test, config.max_length))
+        coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length))
+        if accountable:
+            coordinator._open_accountability(data.test[: config.contribution_examples])
+        return coordinator
+
+    def _open_accountability(self, contribution_set: Sequence[Example]) -> None:
+        """Open the ledger and governance stores and register their observers."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger.open(f"sqlite:///{self.out_dir / LEDGER_FILE}", self.out_dir / COORDINATOR_KEY)
+        self.governance = GovernanceBinding.open(
+            self.out_dir / GOVERNANCE_FILE, self.ledger, list_components(self.base.model), self.config.model, self.config.policy
+        )
+        self.observers.append(self.governance)  # first: it registers nodes on the ledger
+        if self.config.consent:
+            self.permitted_fn = self.governance.permitted
+        scorer = None
+        if self.config.contribution != "none":
+            scoring_eval = CentralEvaluator(self.base, contribution_set, self.config.max_length)
+            method, cfg = self.config.contribution, self.config
+
+            def scorer(outcome: RoundOutcome, previous: GlobalState) -> dict[str, float]:
+                return contribution_scores(
+                    outcome.accepted, previous, cfg.aggregation, scoring_eval, method, cfg.shapley_permutations, cfg.seed + outcome.round
+                )
+
+        self.observers.append(LedgerObserver(self.ledger, scorer, self.config.token_budget, self.config.contribution))
 
     def strategy(self) -> SentinelStrategy:
         """A fresh strategy wired to this model's components."""

@@ -44,7 +44,11 @@ class RoundProgress:
         roles = ", ".join(f"{n.partition_id}:{n.role}" for n in nodes)
         self.progress.update(self.task, description=f"{len(nodes)} nodes ({roles})")
 
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState) -> None:
+    def on_round_start(self, server_round: int) -> None:
+        """Show which round is running."""
+        self.progress.update(self.task, description=f"round {server_round} training")
+
+    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
         """Print the round's figures and advance the bar."""
         self.console.print(
             f"round {row['round']:>3}  acc [bold]{row['accuracy']:.4f}[/]  loss {row['loss']:.4f}  "

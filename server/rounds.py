@@ -37,8 +37,17 @@ class NodesUnavailableError(RuntimeError):
 class RoundObserver(Protocol):
     """Something that wants to know what the round loop did (progress, ledger, report)."""
 
-    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None: ...
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState) -> None: ...
+    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
+        """The nodes of the run are known (after the profile handshake)."""
+
+    def on_round_start(self, server_round: int) -> None:
+        """A round is about to be configured."""
+
+    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
+        """A round finished: ``previous`` was the global state before it, ``state`` after.
+
+        Observers may add JSON-ready fields to ``row`` (it goes into the history).
+        """
 
 
 @dataclass
@@ -154,6 +163,9 @@ def run_federation(
         if stopped_early:
             break
         t0 = time.monotonic()
+        for obs in observers:
+            obs.on_round_start(rnd)
+        previous = state
         msgs = strategy.configure_train(rnd, state_to_record(state.deltas, state.head), ConfigRecord(), grid)
         replies = list(grid.send_and_receive(msgs, timeout=config.timeout_s))
         new_record, _ = strategy.aggregate_train(rnd, replies)
@@ -165,6 +177,8 @@ def run_federation(
             state = GlobalState(state.deltas, state.head, state.head_mask, rnd, meta)
         acc, loss = evaluate(state)
         row = _row(strategy.outcome, acc, loss, time.monotonic() - t0)
+        for obs in observers:
+            obs.on_round(strategy.outcome, row, state, previous)
         history.append(row)
         improved = acc > float(meta["best_accuracy"]) + config.min_delta
         if improved:
@@ -176,8 +190,6 @@ def run_federation(
         if improved:
             _save_best(state, checkpoint_dir, export_best)
         save_state(state, checkpoint_dir / LAST)
-        for obs in observers:
-            obs.on_round(strategy.outcome, row, state)
         log(INFO, "round %s: accuracy %.4f loss %.4f (%s accepted)", rnd, acc, loss, row["accepted"])
     if stopped_early:
         log(INFO, "early stopping: no improvement for %s rounds", config.patience)

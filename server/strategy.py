@@ -24,6 +24,8 @@ from client.records import from_array_record, global_view_record, to_array_recor
 from client.training import split_adapter_arrays
 from client.protocol import Role
 from server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
+from ledger.recorder import content_hash_of_arrays, update_submitted_payload
+from ledger.signing import payload_signature_valid
 from server.config import FederationConfig
 
 STATE_DELTA = "delta/"
@@ -53,6 +55,8 @@ class NodeResult:
     rank: int = 0
     scaling: float = 1.0
     bytes_up: int = 0
+    content_hash: str = ""
+    signature: str | None = None
     offending: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     entropy: np.ndarray | None = None
@@ -116,6 +120,8 @@ class SentinelStrategy(Strategy):
         The permitted set of a node in a round; None means no consent restrictions.
     head_mask : np.ndarray, optional
         Global layers × heads mask sent to every node.
+    require_signatures : bool
+        Reject updates that are not signed by the node's key from the handshake.
     """
 
     def __init__(
@@ -124,8 +130,10 @@ class SentinelStrategy(Strategy):
         touched_fn: TouchedFn,
         permitted_fn: PermittedFn | None = None,
         head_mask: np.ndarray | None = None,
+        require_signatures: bool = True,
     ) -> None:
         self.config = config
+        self.require_signatures = require_signatures
         self.touched_fn = touched_fn
         self.permitted_fn = permitted_fn
         self.head_mask = head_mask
@@ -213,6 +221,14 @@ class SentinelStrategy(Strategy):
             entropy=importance.get(P.KEY_ENTROPY),
             gradient_importance=importance.get(P.KEY_GRAD_IMPORTANCE),
         )
+        signed = msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None
+        result.content_hash = content_hash_of_arrays(arrays)
+        result.signature = str(signed[P.S_SIGNATURE]) if signed is not None else None
+        problem = self._authenticity_problem(result, signed)
+        if problem:
+            result.accepted = False
+            result.reason = problem
+            return result
         permitted, head_sent = self._sent.get(node.node_id, (None, {}))
         if permitted is not None:
             offending = sorted(self.touched_fn(arrays, head_sent) - permitted)
@@ -221,6 +237,25 @@ class SentinelStrategy(Strategy):
                 result.offending = offending
                 result.reason = f"consent violation: update changes {len(offending)} component(s) outside the permitted set"
         return result
+
+    def _authenticity_problem(self, result: NodeResult, signed: ConfigRecord | None) -> str:
+        """Why an update cannot be attributed to its node ('' when it can).
+
+        The node signs the ledger's submission payload (node, round, content hash,
+        examples); the coordinator recomputes the content hash of what it received.
+        """
+        if self.require_signatures and (signed is None or not result.node.public_key):
+            return "unsigned update"
+        if signed is None:
+            return ""
+        if str(signed[P.S_CONTENT_HASH]) != result.content_hash:
+            return "content hash mismatch: the arrays received are not the ones the node signed"
+        if result.node.public_key:
+            assert self.outcome is not None
+            payload = update_submitted_payload(result.node.node_id, self.outcome.round, result.content_hash, result.num_examples)
+            if not payload_signature_valid(result.node.public_key, str(signed[P.S_SIGNATURE]), payload):
+                return "bad signature: the update is not signed by the node's registered key"
+        return ""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each update's consent, then aggregate the accepted ones into a new global state."""

@@ -115,3 +115,15 @@ def test_read_only_ledger_refuses_appends(filled: Ledger) -> None:
 def test_another_coordinator_key_cannot_extend_the_chain(filled: Ledger) -> None:
     with pytest.raises(SignerMismatchError):
         Ledger(filled.url, generate_private_key())
+
+
+def test_open_creates_the_coordinator_key_once_and_reuses_it(tmp_path: Path) -> None:
+    url, key_path = f"sqlite:///{tmp_path / 'run' / 'ledger.db'}", tmp_path / "keys" / "coordinator.pem"
+    with Ledger.open(url, key_path) as first:
+        first.append("round_started", "coordinator", {"round": 1})
+        key = first.public_key_b64
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    with Ledger.open(url, key_path) as again:
+        assert again.public_key_b64 == key
+        again.append("round_started", "coordinator", {"round": 2})
+        assert again.verify().ok and again.count() == 2

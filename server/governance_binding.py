@@ -1,0 +1,74 @@
+"""Binding the coordinator to governance: contracts, node registry and permitted sets.
+
+At start the model's consent contracts are derived from the policy file and
+installed (a restart keeps the installed ones; later changes go through
+proposals), and every node of the run is registered. Each round, a node's
+permitted set for ``adapt`` comes from the current policy engine, so a proposal
+that passed between rounds changes what the next round allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from governance.governor import Governor
+from governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
+from governance.store import GovernanceStore
+from ledger.store import Ledger
+from server.global_state import GlobalState
+from server.strategy import NodeInfo, RoundOutcome
+
+
+class GovernanceBinding:
+    """Round observer and permitted-set source backed by a :class:`Governor`."""
+
+    def __init__(self, governor: Governor, policy: PolicyFile) -> None:
+        self.governor = governor
+        self.policy = policy
+        self.violations_per_round: dict[int, int] = {}
+
+    @classmethod
+    def open(
+        cls, db_url: str | Path, ledger: Ledger, components: Sequence[str], model: str, policy_path: str | None = None
+    ) -> GovernanceBinding:
+        """Open the governance store and install the model's contracts from the policy."""
+        policy = load_policy(policy_path) if policy_path else load_default_policy()
+        governor = Governor(GovernanceStore(db_url), ledger)
+        governor.ensure_contracts(derive_contracts(policy, components, steward="coordinator", model=model))
+        return cls(governor, policy)
+
+    def permitted(self, node: NodeInfo, server_round: int) -> frozenset[str]:
+        """The node's permitted set for adapting, under the contracts in force now."""
+        return self.governor.permitted_set(str(node.node_id), "adapt")
+
+    @property
+    def contract_version(self) -> int:
+        """Version of the contract set in force."""
+        return int(self.governor.contracts().version)
+
+    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
+        """Register the run's nodes (a governance bootstrap act, recorded on the ledger)."""
+        for node in nodes:
+            self.governor.ensure_node(str(node.node_id), node.role, public_key=node.public_key)
+
+    def on_round_start(self, server_round: int) -> None:
+        """Nothing to do: permitted sets are read fresh when the round is configured."""
+
+    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
+        """Note the contract version the round ran under and its consent violations."""
+        row["contract_version"] = self.contract_version
+        self.violations_per_round[outcome.round] = sum(1 for r in outcome.results if r.offending)
+
+    def report(self) -> dict[str, Any]:
+        """Governance figures for the run report."""
+        contracts = self.governor.contracts()
+        return {
+            "governance": {
+                "policy": self.policy.name,
+                "contract_version": int(contracts.version),
+                "active_nodes": len(self.governor.nodes().active()),
+                "consent_violations": sum(self.violations_per_round.values()),
+            }
+        }

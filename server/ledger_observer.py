@@ -1,0 +1,94 @@
+"""Writing a run to the contribution ledger: nodes, submissions, verdicts, scores, tokens, checkpoints."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ledger.kinds import EntryKind
+from ledger.recorder import LedgerRecorder, content_hash_of_arrays
+from ledger.store import Ledger
+from ledger.tokens import distribute_tokens
+from server.global_state import GlobalState
+from server.strategy import NodeInfo, RoundOutcome
+
+Scorer = Callable[[RoundOutcome, GlobalState], dict[str, float]]
+
+
+def state_hash(state: GlobalState) -> str:
+    """Content hash of a global state (what checkpoint entries commit to)."""
+    arrays = {f"delta/{k}": v for k, v in state.deltas.items()}
+    arrays.update({f"head/{k}": v for k, v in state.head.items()})
+    return content_hash_of_arrays(arrays)
+
+
+class LedgerObserver:
+    """Round observer that records every act of the run on the ledger.
+
+    Per round: ``round_started``; per update ``update_submitted`` (carrying the
+    node's own signature, verified by the ledger), then ``consent_violation`` and
+    ``update_rejected`` or ``update_accepted``; ``contribution`` scores and the
+    round's ``tokens``; and a ``checkpoint`` with the new global state's hash.
+    """
+
+    def __init__(self, ledger: Ledger, scorer: Scorer | None, token_budget: int, method: str) -> None:
+        self.ledger = ledger
+        self.recorder = LedgerRecorder(ledger)
+        self.scorer = scorer
+        self.token_budget = token_budget
+        self.method = method
+        self.contribution_totals: dict[str, float] = defaultdict(float)
+
+    def _registered(self) -> set[str]:
+        return {e.node for e in self.ledger.iter_entries(kind=EntryKind.NODE_REGISTERED) if e.node}
+
+    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
+        """Register nodes not yet on the ledger (a resumed run keeps its registrations)."""
+        known = self._registered()
+        for node in nodes:
+            if str(node.node_id) not in known:
+                self.recorder.node_registered(node.node_id, node.role, node.public_key)
+
+    def on_round_start(self, server_round: int) -> None:
+        """Record that the round began."""
+        self.recorder.round_started(server_round)
+
+    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
+        """Record the round's submissions and decisions, score contributions, distribute tokens."""
+        r = outcome.round
+        for res in outcome.results:
+            if res.signature is not None and not res.reason.startswith(("bad signature", "content hash")):
+                self.recorder.update_submitted(res.node.node_id, r, res.content_hash, res.num_examples, node_signature=res.signature)
+            if res.offending:
+                self.recorder.consent_violation(res.node.node_id, r, res.offending)
+            if res.accepted:
+                self.recorder.update_accepted(res.node.node_id, r)
+            else:
+                self.recorder.update_rejected(res.node.node_id, r, res.reason)
+        scores = self.scorer(outcome, previous) if self.scorer and outcome.accepted else {}
+        allocations: dict[str, int] = {}
+        if scores:
+            self.recorder.contribution(r, scores, self.method)  # type: ignore[arg-type]
+            allocations = distribute_tokens(scores, self.token_budget)
+            self.recorder.tokens(r, allocations, self.token_budget)
+            for node, score in scores.items():
+                self.contribution_totals[node] += score
+        self.recorder.checkpoint(r, state_hash(state))
+        row["contributions"] = scores
+        row["tokens"] = allocations
+
+    def report(self) -> dict[str, Any]:
+        """Per-node contribution totals and token balances (balances derived from the ledger)."""
+        balances = self.ledger.balances()
+        nodes = sorted(set(self.contribution_totals) | set(balances))
+        verify = self.ledger.verify()
+        return {
+            "ledger": {
+                "entries": self.ledger.count(),
+                "verified": verify.ok,
+                "public_key": self.ledger.public_key_b64,
+                "contribution_method": self.method,
+                "per_node": {n: {"contribution": self.contribution_totals.get(n, 0.0), "tokens": balances.get(n, 0)} for n in nodes},
+            }
+        }
