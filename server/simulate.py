@@ -11,7 +11,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from client.app import app as client_app
+from flwr.clientapp import ClientApp
+
+from client.app import app as default_client_app
 from server.config import FederationConfig
 from server.coordinator import Coordinator
 from server.progress import RoundProgress
@@ -51,8 +53,13 @@ def simulate(
     resume: bool = False,
     console: Console | None = None,
     coordinator: Coordinator | None = None,
+    client_app: ClientApp = default_client_app,
 ) -> dict[str, Any]:
-    """Run the federation in Flower's simulation engine and write the report; returns it."""
+    """Run the federation in Flower's simulation engine and write the report; returns it.
+
+    ``client_app`` is the nodes' app (the honest Sentinel node by default; red-team
+    tests pass one from ``client.adversarial``).
+    """
     from flwr.simulation import run_simulation
 
     quiet_flower()

@@ -1,0 +1,67 @@
+"""Misbehaving nodes for red-team tests of the coordinator's defences.
+
+A real federation must assume some nodes ignore the rules. These ClientApps
+behave like an honest node except for one deliberate fault, so tests (and
+operators rehearsing an incident) can check that the coordinator catches it:
+
+- ``consent_ignoring_app``: trains every head, ignoring its permitted set.
+- ``signature_forging_app``: signs its update with a key that is not its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from client import app as honest
+from client import protocol as P
+from client.node import node_identity
+from ledger.crypto import generate_private_key
+from ledger.signing import sign_payload
+from ledger.recorder import update_submitted_payload
+
+
+def _misbehaves(context: Context, partitions: Collection[int]) -> bool:
+    ident = node_identity(context)
+    return ident.partition_id in partitions or bool(context.node_config.get("misbehave", False))
+
+
+def consent_ignoring_app(partitions: Collection[int]) -> ClientApp:
+    """A ClientApp whose nodes on ``partitions`` (or with node config ``misbehave=true``) ignore consent."""
+    partitions = frozenset(partitions)
+    app = ClientApp()
+    app.query("profile")(honest.profile)
+    app.evaluate()(honest.evaluate)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if _misbehaves(context, partitions):
+            cfg = ConfigRecord(dict(msg.content[P.REC_CONFIG]))
+            cfg[P.C_RESTRICTED] = False  # train outside the permitted set
+            msg.content[P.REC_CONFIG] = cfg
+        return honest.train(msg, context)
+
+    return app
+
+
+def signature_forging_app(partitions: Collection[int]) -> ClientApp:
+    """A ClientApp whose nodes on ``partitions`` sign their updates with a foreign key."""
+    partitions = frozenset(partitions)
+    app = ClientApp()
+    app.query("profile")(honest.profile)
+    app.evaluate()(honest.evaluate)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        reply = honest.train(msg, context)
+        if _misbehaves(context, partitions):
+            signed = reply.content[P.REC_SIGNATURE]
+            round_ = int(msg.content[P.REC_CONFIG][P.C_ROUND])
+            examples = int(reply.content[P.REC_METRICS][P.M_EXAMPLES])
+            payload = update_submitted_payload(context.node_id, round_, str(signed[P.S_CONTENT_HASH]), examples)
+            signed[P.S_SIGNATURE] = sign_payload(generate_private_key(), payload)
+        return reply
+
+    return app
