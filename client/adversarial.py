@@ -19,8 +19,8 @@ from client import app as honest
 from client import protocol as P
 from client.node import node_identity
 from ledger.crypto import generate_private_key
-from ledger.signing import sign_payload
 from ledger.recorder import update_submitted_payload
+from ledger.signing import sign_payload
 
 
 def _misbehaves(context: Context, partitions: Collection[int]) -> bool:

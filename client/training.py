@@ -26,6 +26,7 @@ from models.importance import head_importance
 from models.loading import BaseModel
 from models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
 
+
 @dataclass(frozen=True)
 class GlobalView:
     """What a node receives of the global state: ΔW factors per module and the head."""

@@ -14,9 +14,9 @@ from governance.contracts import ConsentContract, ContractSet, Operation
 from governance.exceptions import RemoteGovernanceError
 from governance.policy import Decision
 from governance.proposals import ProposalRecord, ProposalSpec, SignedVote, sign_proposal, sign_vote
-from governance.voting import Choice
 from governance.registry import NodeRecord
 from governance.signing import format_timestamp
+from governance.voting import Choice
 from ledger.crypto import Ed25519PrivateKey, load_private_key
 from protos import governance_pb2 as pb
 from protos import governance_pb2_grpc as pb_grpc

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 
 from governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
 from governance.contracts import ContractSet, Operation, Role
+from governance.entries import contract_set_payload, execution_payload, node_payload
 from governance.exceptions import (
     ContractsNotInstalledError,
     DuplicateVoteError,
@@ -33,6 +34,7 @@ from governance.exceptions import (
     ProposalClosedError,
     ProposalNotFoundError,
 )
+from governance.execution import Effects, execute_spec
 from governance.ledger_sink import (
     CONTRACT_CHANGED,
     EXECUTION,
@@ -47,13 +49,11 @@ from governance.ledger_sink import (
 from governance.parameters import FederationParameters
 from governance.policy import Decision, PolicyEngine, resolve_time
 from governance.policy_file import EntropySaturationRule
-from governance.entries import contract_set_payload, execution_payload, node_payload
-from governance.execution import Effects, execute_spec
 from governance.proposals import ProposalRecord, RegisterNodeSpec, RemoveNodeSpec, SignedProposal, SignedVote
-from governance.voting import Tally, decide, tally_votes
 from governance.registry import NodeRecord, NodeRegistry
 from governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp
 from governance.store import GovernanceStore, StoreTransaction
+from governance.voting import Tally, decide, tally_votes
 
 COORDINATOR = "coordinator"
 

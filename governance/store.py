@@ -27,8 +27,8 @@ from governance.contracts import ConsentContract, ContractSet
 from governance.exceptions import ReplayedRequestError, StoreError
 from governance.parameters import FederationParameters
 from governance.proposals import ProposalDocument, ProposalRecord, ProposalStatus, SignedVote, VoteBody
-from governance.voting import Tally
 from governance.registry import NodeRecord, NodeRegistry
+from governance.voting import Tally
 
 
 class ActRow(SQLModel, table=True):

@@ -15,8 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 from governance.contracts import ConsentContract, ContractSet
 from governance.exceptions import InvalidRequestError
 from governance.proposals import ProposalDocument, ProposalRecord, ProposalSpec, SignedProposal, SignedVote, VoteBody
-from governance.voting import Tally
 from governance.registry import NodeRecord
+from governance.voting import Tally
 from protos import governance_pb2 as pb
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProposalSpec)

@@ -115,7 +115,8 @@ def serve(
     tls_client_ca: Annotated[Path | None, typer.Option(help="Require client certificates signed by this CA.", exists=True)] = None,
 ) -> None:
     """Serve the ledger read-only over gRPC (LedgerService) until interrupted."""
-    from ledger.service import TlsConfig, serve as start
+    from ledger.service import TlsConfig
+    from ledger.service import serve as start
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together")

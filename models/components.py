@@ -32,7 +32,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from models.exceptions import ComponentError, UnsupportedModelError
-from models.loading import Family, model_config, family_of
+from models.loading import Family, family_of, model_config
 
 EMBEDDINGS = "embeddings"
 CLASSIFIER = "classifier"

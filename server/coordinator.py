@@ -20,11 +20,11 @@ from models.components import list_components, model_layout
 from models.consent import touched_components
 from models.loading import BaseModel, load_base_model
 from server.config import FederationConfig
-from server.global_state import GlobalState
-from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
 from server.contribution import contribution_scores
+from server.global_state import GlobalState
 from server.governance_binding import GovernanceBinding
 from server.ledger_observer import LedgerObserver
+from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
 from server.rounds import RoundObserver, RunResult, resume_state, run_federation
 from server.strategy import PermittedFn, RoundOutcome, SentinelStrategy
 

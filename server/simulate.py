@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
-
-from flwr.clientapp import ClientApp
 
 from client.app import app as default_client_app
 from server.config import FederationConfig

@@ -20,12 +20,12 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from client import protocol as P
+from client.protocol import Role
 from client.records import from_array_record, global_view_record, to_array_record
 from client.training import split_adapter_arrays
-from client.protocol import Role
-from server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
 from ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from ledger.signing import payload_signature_valid
+from server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
 from server.config import FederationConfig
 
 STATE_DELTA = "delta/"

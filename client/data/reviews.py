@@ -39,8 +39,19 @@ from typing import TypeVar
 
 from client.data.examples import Example
 from client.data.review_lexicon import (
-    ADJECTIVES, ATTITUDE_VERBS, CLOSERS, COMPARATIVES, FEELINGS, GENERAL_OPENERS,
-    INTENSIFIERS, NEGATABLE, NEGATIVE, POSITIVE, REVIEW_DOMAINS, VERB_PHRASES, Aspect,
+    ADJECTIVES,
+    ATTITUDE_VERBS,
+    CLOSERS,
+    COMPARATIVES,
+    FEELINGS,
+    GENERAL_OPENERS,
+    INTENSIFIERS,
+    NEGATABLE,
+    NEGATIVE,
+    POSITIVE,
+    REVIEW_DOMAINS,
+    VERB_PHRASES,
+    Aspect,
     ReviewDomain,
 )
 

@@ -150,8 +150,7 @@ def main() -> None:
 
     table = Table(title=f"ledger throughput ({len(requests)} entries, batches of {args.batch})")
     columns = (
-        "backend", "batched appends/s", "CPU µs/append", "single appends/s", "verify (s)", "verify CPU (s)",
-        "verify + node sigs (s)",
+        "backend", "batched/s", "CPU µs/entry", "single/s", "verify s", "verify CPU s", "+ node sigs s",
     )
     for column in columns:
         table.add_column(column, justify="right")

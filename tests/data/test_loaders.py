@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from client.data import (
-    KNOWN_SCHEMES, DataFileError, DataSpecError, Example, MissingDependencyError, domains,
-    load_examples, load_labelled_dataset, num_labels,
+    KNOWN_SCHEMES,
+    DataFileError,
+    DataSpecError,
+    Example,
+    MissingDependencyError,
+    domains,
+    load_examples,
+    load_labelled_dataset,
+    num_labels,
 )
 
 

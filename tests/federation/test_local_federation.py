@@ -16,8 +16,8 @@ from server.report import write_report
 
 
 def _run(config, out_dir: Path, resume: bool = False):
-    from server.local_grid import LocalGrid
     from client.app import app as client_app
+    from server.local_grid import LocalGrid
 
     coordinator = Coordinator.build(config, out_dir)
     ids = [1001 + 7 * i for i in range(config.nodes)]

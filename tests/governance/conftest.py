@@ -7,15 +7,11 @@ none answers; each test gets its own schema, dropped afterwards.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from governance.components import standard_components
 from governance.contracts import ContractSet
@@ -25,45 +21,9 @@ from governance.store import GovernanceStore
 from ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
 from ledger.store import Ledger
 
-PG_URL = os.environ.get("SENTINEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-_pg_problem: list[str] = []
-
 NUM_LAYERS, NUM_HEADS = 3, 4
 ROLES = {"101": "edge", "202": "gpu", "303": "central"}
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
-
-def _pg_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used (None when it can); probed once per session."""
-    if not _pg_problem:
-        try:
-            engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            engine.dispose()
-            _pg_problem.append("")
-        except Exception as e:  # any failure to connect means "skip", with the reason
-            _pg_problem.append(f"no PostgreSQL server answers at {PG_URL} (set SENTINEL_TEST_PG_URL): {type(e).__name__}: {e}"[:300])
-    return _pg_problem[0] or None
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """URL of a fresh, empty PostgreSQL schema (skips when there is no server)."""
-    reason = _pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    schema = f"governance_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

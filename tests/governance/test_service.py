@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from governance import wire
 from governance.client import GovernanceClient
 from governance.exceptions import RemoteGovernanceError
 from governance.proposals import (
@@ -20,7 +21,6 @@ from governance.proposals import (
     sign_vote,
 )
 from governance.service import GovernanceServer, TLSConfig, serve
-from governance import wire
 from ledger.crypto import Ed25519PrivateKey, canonical_json, generate_private_key, public_key_b64, verify_b64
 from ledger.store import Ledger
 from protos import governance_pb2 as pb

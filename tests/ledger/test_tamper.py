@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+
 from ledger.chain import Envelope, entry_hash, sign_hash
 from ledger.crypto import generate_private_key, public_key_b64
 from ledger.entries import Problem
