@@ -46,6 +46,7 @@ class TrainInstruction(PydanticModel):
     max_length: int = Field(alias=P.C_MAX_LENGTH, ge=4)
     consent_restricted: bool = Field(alias=P.C_RESTRICTED, default=False)
     permitted: list[str] = Field(alias=P.C_PERMITTED, default_factory=list)
+    contract_version: int = Field(alias=P.C_CONTRACT_VERSION, default=0, ge=0)
     run_seed: int = Field(alias=P.C_RUN_SEED, default=0)
 
     def steps_for(self, num_train: int) -> int:
@@ -108,10 +109,15 @@ def train(msg: Message, context: Context) -> Message:
                     P.M_VAL_LOSS: update.val_loss,
                     P.M_SCALING: update.scaling,
                     P.M_RANK: update.rank,
+                    P.M_CONTRACT_VERSION: ins.contract_version,  # the contracts this update was trained under
                 }
             ),
             P.REC_IMPORTANCE: to_array_record(
-                {P.KEY_ENTROPY: update.entropy, P.KEY_GRAD_IMPORTANCE: update.gradient_importance}
+                {
+                    P.KEY_ENTROPY: update.entropy,
+                    P.KEY_GRAD_IMPORTANCE: update.gradient_importance,
+                    P.KEY_ENTROPY_NORMALISED: update.normalised_entropy,
+                }
             ),
             P.REC_SIGNATURE: ConfigRecord({P.S_CONTENT_HASH: content_hash, P.S_SIGNATURE: signature}),
         }

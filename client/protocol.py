@@ -34,6 +34,7 @@ KEY_HEAD: Final = "head/"
 # Importance arrays (layers × heads).
 KEY_ENTROPY: Final = "entropy"
 KEY_GRAD_IMPORTANCE: Final = "gradient"
+KEY_ENTROPY_NORMALISED: Final = "entropy-normalised"
 
 # Metric keys.
 M_EXAMPLES: Final = "num-examples"
@@ -42,6 +43,7 @@ M_VAL_ACC: Final = "val-accuracy"
 M_VAL_LOSS: Final = "val-loss"
 M_SCALING: Final = "lora-scaling"
 M_RANK: Final = "lora-rank"
+M_CONTRACT_VERSION: Final = "contract-version"
 M_ACCURACY: Final = "accuracy"
 M_LOSS: Final = "loss"
 KEY_HEAD_MASK: Final = "head_mask"

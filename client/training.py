@@ -22,7 +22,7 @@ from client.data import Example
 from models.consent import restrict_lora_to_heads
 from models.deltas import add_weight_deltas
 from models.head_mask import apply_head_mask
-from models.importance import head_importance
+from models.importance import attention_entropy, head_importance
 from models.loading import BaseModel
 from models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
 
@@ -52,6 +52,8 @@ class LocalUpdate:
     rank: int
     entropy: np.ndarray
     gradient_importance: np.ndarray
+    normalised_entropy: np.ndarray
+    """Entropy ÷ log(keys seen): 1.0 is uniform attention (read by the consent agency rule)."""
 
 
 def materialise_global(base: BaseModel, view: GlobalView) -> torch.nn.Module:
@@ -133,6 +135,7 @@ def train_local(
     val_acc, val_loss = evaluate_model(peft_model, base, val, batch_size * 2, max_length)
     probe = list(iter_batches(base.tokenizer, list(val or train), batch_size, max_length))[:importance_batches]
     importance = head_importance(peft_model, probe)
+    normalised = attention_entropy(peft_model, probe, normalised=True)
     if mask is not None:
         mask.remove()
     if gates is not None:
@@ -147,6 +150,7 @@ def train_local(
         rank=rank,
         entropy=np.asarray(importance.entropy, dtype=np.float32),
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
+        normalised_entropy=np.asarray(normalised, dtype=np.float32),
     )
 
 

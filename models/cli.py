@@ -134,7 +134,7 @@ def export_onnx_command(
     """
     import numpy as np
 
-    from models.onnx_export import OnnxClassifier, export_onnx, prepare_for_export
+    from models.onnx_export import ADAPTER_CONTRACTS_FILE, OnnxClassifier, export_onnx, prepare_for_export
     from models.pruning import count_parameters
 
     console = Console(stderr=True)
@@ -144,7 +144,10 @@ def export_onnx_command(
             params_before = count_parameters(base.model)
             prepared = prepare_for_export(base.model, adapter_dir=adapter, head_mask=head_mask)
         with console.status(f"Exporting to {out}…"):
-            path = export_onnx(prepared, base.tokenizer, out, opset=opset, name=model)
+            # Consent contracts saved with the adapter travel into the ONNX metadata.
+            contracts = adapter / ADAPTER_CONTRACTS_FILE if adapter is not None else None
+            metadata = {"consent_contracts": contracts.read_text()} if contracts and contracts.is_file() else None
+            path = export_onnx(prepared, base.tokenizer, out, opset=opset, name=model, metadata=metadata)
         with console.status("Comparing onnxruntime with torch…"):
             encoded = base.tokenizer(PROBE_SENTENCES, padding=True, truncation=True, return_tensors="pt")
             with torch.no_grad():
@@ -156,3 +159,5 @@ def export_onnx_command(
     typer.echo(f"path: {path}")
     typer.echo(f"parameters: {count_parameters(prepared)} (before pruning: {params_before})")
     typer.echo(f"max |logit diff| vs torch: {float(np.abs(got - reference).max()):.3g}")
+    if metadata:
+        typer.echo(f"consent contracts: embedded from {contracts}")

@@ -52,17 +52,30 @@ def query_entropy(probs: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(probs.double()).sum(dim=-1)
 
 
-def entropy_sums(probs: torch.Tensor, query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def entropy_sums(
+    probs: torch.Tensor, query_mask: torch.Tensor | None, *, normalised: bool = False, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per head, the sum of query entropies over real queries and the number of real queries.
 
     `probs` ``[B, H, Q, K]``; `query_mask` ``[B, Q]`` (1 = real token, 0 =
     padding; None = all real). Masked keys carry probability 0, so padding
-    keys add nothing; padding queries are left out by `query_mask`.
+    keys add nothing; padding queries are left out by `query_mask`. With
+    `normalised`, each query's entropy is divided by the log of the number of
+    keys it may attend to (real keys; with `causal`, only those at or before it),
+    so 1.0 means uniform attention; queries that see a single key are left out.
     """
     entropy = query_entropy(probs)  # [B, H, Q]
+    q_len, k_len = probs.shape[2], probs.shape[3]
     if query_mask is None:
-        query_mask = torch.ones(probs.shape[0], probs.shape[2], device=probs.device)
-    weights = query_mask.to(entropy.dtype)[:, None, : probs.shape[2]]
+        query_mask = torch.ones(probs.shape[0], q_len, device=probs.device)
+    weights = query_mask.to(entropy.dtype)[:, None, :q_len]
+    if normalised:
+        keys = query_mask.to(entropy.dtype)[:, None, :k_len].expand(-1, q_len, -1)  # [B, Q, K]
+        if causal:
+            keys = keys * torch.tril(torch.ones(q_len, k_len, dtype=entropy.dtype, device=probs.device), diagonal=k_len - q_len)
+        n_keys = keys.sum(-1)[:, None, :]  # [B, 1, Q]
+        weights = weights * (n_keys > 1).to(entropy.dtype)
+        entropy = entropy / torch.log(n_keys.clamp(min=2))
     return (entropy * weights).sum(dim=(0, 2)), weights.sum(dim=(0, 2)).expand(probs.shape[1])
 
 
@@ -90,14 +103,20 @@ def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device, keep_
     return {k: v.to(device) for k, v in batch.items() if keep_labels or k != "labels"}
 
 
-def attention_entropy(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> np.ndarray:
+def attention_entropy(
+    model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, normalised: bool = False
+) -> np.ndarray:
     """Mean attention entropy (nats) per head over real query tokens: ``[num_layers, num_heads]``.
 
     Each batch holds the model's inputs (``input_ids``, ``attention_mask``, …;
     ``labels`` is ignored). Padding queries (``attention_mask == 0``) are left
-    out. Runs under ``no_grad`` in eval mode. Pruned heads get NaN.
+    out. Runs under ``no_grad`` in eval mode. Pruned heads get NaN. With
+    ``normalised`` each query's entropy is divided by the log of the number of
+    keys it sees (1.0 = uniform attention), which makes heads comparable across
+    sequence lengths: the consent policy's entropy-saturation rule reads it.
     """
     layout = model_layout(model)
+    causal = layout.family in ("gpt2", "llama")
     sites = attention_sites(model)
     device = next(model.parameters()).device
     sums = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
@@ -108,7 +127,7 @@ def attention_entropy(model: torch.nn.Module, batches: Iterable[Mapping[str, tor
             outputs = model(**inputs, output_attentions=True)
             query_mask = inputs.get("attention_mask")
             for site, probs in zip(sites, outputs.attentions, strict=True):
-                total, count = entropy_sums(probs, query_mask)
+                total, count = entropy_sums(probs, query_mask, normalised=normalised, causal=causal)
                 heads = list(site.heads)
                 sums[site.layer, heads] += total.cpu()
                 counts[site.layer, heads] += count.cpu()

@@ -44,6 +44,9 @@ from models.loading import family_of, model_config
 from models.lora import load_adapter
 from models.pruning import count_parameters, prune_heads, pruned_heads
 
+ADAPTER_CONTRACTS_FILE = "consent_contracts.json"
+"""File beside a PEFT adapter holding the consent contracts it was trained under (copied into ONNX metadata)."""
+
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 """Model inputs an export may have, in graph order."""
 

@@ -42,6 +42,10 @@ def simulate_command(
     aggregation: Annotated[str, typer.Option(help="exact | naive")] = "exact",
     patience: Annotated[int, typer.Option(help="Rounds without improvement before early stopping.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    policy: Annotated[Optional[Path], typer.Option(help="Consent policy file (YAML/JSON). Default: the built-in policy.", exists=True, dir_okay=False)] = None,
+    consent: Annotated[bool, typer.Option(help="Enforce consent contracts on every update.")] = True,
+    contribution: Annotated[str, typer.Option(help="Contribution scores: loo | shapley | none.")] = "loo",
+    token_budget: Annotated[int, typer.Option(help="Tokens distributed per round in proportion to contribution.")] = 1000,
     out: Annotated[Optional[Path], typer.Option(help="Output directory. Default: runs/<timestamp>.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
@@ -67,6 +71,10 @@ def simulate_command(
                 aggregation=aggregation,  # type: ignore[arg-type]
                 patience=patience,
                 seed=seed,
+                policy=str(policy) if policy else None,
+                consent=consent,
+                contribution=contribution,  # type: ignore[arg-type]
+                token_budget=token_budget,
             )
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e

@@ -19,9 +19,10 @@ from ledger.store import Ledger
 from models.components import list_components, model_layout
 from models.consent import touched_components
 from models.loading import BaseModel, load_base_model
+from models.onnx_export import ADAPTER_CONTRACTS_FILE
 from server.config import FederationConfig
 from server.contribution import contribution_scores
-from server.global_state import GlobalState
+from server.global_state import GlobalState, write_text_atomically
 from server.governance_binding import GovernanceBinding
 from server.ledger_observer import LedgerObserver
 from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
@@ -90,10 +91,12 @@ class Coordinator:
     def strategy(self) -> SentinelStrategy:
         """A fresh strategy wired to this model's components."""
         layout = model_layout(self.base.model)
+        governance = self.governance
         return SentinelStrategy(
             self.config,
             touched_fn=lambda arrays, head: set(touched_components(layout, arrays, head)),
             permitted_fn=self.permitted_fn,
+            contract_version_fn=(lambda: governance.contract_version) if governance is not None else None,
         )
 
     def starting_state(self, resume: bool) -> GlobalState:
@@ -103,8 +106,10 @@ class Coordinator:
         return initial_state(self.base)
 
     def export_best(self, state: GlobalState, directory: Path) -> None:
-        """Write the best round's adapter in PEFT format."""
+        """Write the best round's adapter in PEFT format, with the consent contracts it was trained under."""
         export_peft_adapter(self.base, state, directory, self.config.checkpoint_rank)
+        if self.governance is not None:
+            write_text_atomically(directory / ADAPTER_CONTRACTS_FILE, self.governance.contracts_json())
 
     def run(self, grid: Grid, resume: bool = False, extra_observers: Sequence[RoundObserver] = ()) -> RunResult:
         """Run the federation on ``grid`` and return its result."""

@@ -81,6 +81,16 @@ def _write_dir_atomically(target: Path, write: Any) -> Path:
     return target
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a text file through a temp file and rename (readers see the old or the new file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_state(state: GlobalState, directory: str | Path) -> Path:
     """Save the state to ``directory`` atomically (a crash never leaves a half checkpoint)."""
 
@@ -112,4 +122,4 @@ def load_state(directory: str | Path) -> GlobalState:
     )
 
 
-__all__ = ["GlobalState", "load_state", "save_state", "_write_dir_atomically"]
+__all__ = ["GlobalState", "load_state", "save_state", "write_text_atomically"]

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from governance.governor import Governor
 from governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
 from governance.store import GovernanceStore
 from ledger.store import Ledger
+from models.components import head_id
 from server.global_state import GlobalState
 from server.strategy import NodeInfo, RoundOutcome
 
@@ -28,6 +31,7 @@ class GovernanceBinding:
         self.governor = governor
         self.policy = policy
         self.violations_per_round: dict[int, int] = {}
+        self.entropy_history: dict[str, list[float]] = {}
 
     @classmethod
     def open(
@@ -48,6 +52,10 @@ class GovernanceBinding:
         """Version of the contract set in force."""
         return int(self.governor.contracts().version)
 
+    def contracts_json(self) -> str:
+        """The contract set in force, as JSON (saved with checkpoints and adapters)."""
+        return self.governor.contracts().to_json()
+
     def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         """Register the run's nodes (a governance bootstrap act, recorded on the ledger)."""
         for node in nodes:
@@ -57,9 +65,30 @@ class GovernanceBinding:
         """Nothing to do: permitted sets are read fresh when the round is configured."""
 
     def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """Note the contract version the round ran under and its consent violations."""
+        """Note the contract version and violations; put the contracts into the checkpoint's metadata."""
+        self._signal_agency(outcome, row)
         row["contract_version"] = self.contract_version
+        state.meta["consent_contracts"] = self.contracts_json()
         self.violations_per_round[outcome.round] = sum(1 for r in outcome.results if r.offending)
+
+    def _signal_agency(self, outcome: RoundOutcome, row: dict[str, Any]) -> None:
+        """Let heads signal their own state from this round's entropy, as the policy's rule says.
+
+        Each head's normalised attention entropy is averaged over the nodes that
+        reported it (accepted or not: it is a measurement, not an update) and
+        appended to its history; the rule puts heads that stay saturated to rest.
+        """
+        rule = self.policy.agency.entropy_saturation if self.policy.agency else None
+        reports = [r.normalised_entropy for r in outcome.results if r.normalised_entropy is not None]
+        if rule is None or not reports:
+            return
+        mean = np.nanmean(np.stack(reports), axis=0)
+        for layer, heads in enumerate(mean):
+            for head, value in enumerate(heads):
+                if np.isfinite(value):
+                    self.entropy_history.setdefault(head_id(layer, head), []).append(float(value))
+        changes = self.governor.update_agency_from_entropy(self.entropy_history, rule)
+        row["agency_changes"] = [f"{c.component}: {c.from_state} -> {c.to_state} ({c.reason})" for c in changes]
 
     def report(self) -> dict[str, Any]:
         """Governance figures for the run report."""

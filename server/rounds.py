@@ -120,6 +120,7 @@ def _row(outcome: RoundOutcome, accuracy: float, loss: float, duration: float) -
                 "reason": r.reason,
                 "offending": r.offending,
                 "examples": r.num_examples,
+                "contract_version": r.contract_version,
                 "train_loss": r.train_loss,
                 "val_accuracy": r.val_accuracy,
                 "bytes_up": r.bytes_up,

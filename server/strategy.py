@@ -57,10 +57,12 @@ class NodeResult:
     bytes_up: int = 0
     content_hash: str = ""
     signature: str | None = None
+    contract_version: int = 0
     offending: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     entropy: np.ndarray | None = None
     gradient_importance: np.ndarray | None = None
+    normalised_entropy: np.ndarray | None = None
 
 
 @dataclass
@@ -122,6 +124,8 @@ class SentinelStrategy(Strategy):
         Global layers × heads mask sent to every node.
     require_signatures : bool
         Reject updates that are not signed by the node's key from the handshake.
+    contract_version_fn : Callable[[], int], optional
+        Version of the consent contract set in force, sent to nodes with their permitted set.
     """
 
     def __init__(
@@ -131,9 +135,11 @@ class SentinelStrategy(Strategy):
         permitted_fn: PermittedFn | None = None,
         head_mask: np.ndarray | None = None,
         require_signatures: bool = True,
+        contract_version_fn: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.require_signatures = require_signatures
+        self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
         self.permitted_fn = permitted_fn
         self.head_mask = head_mask
@@ -170,6 +176,7 @@ class SentinelStrategy(Strategy):
                 P.C_MAX_LENGTH: self.config.max_length,
                 P.C_RESTRICTED: permitted is not None,
                 P.C_PERMITTED: sorted(permitted) if permitted else [],
+                P.C_CONTRACT_VERSION: self.contract_version_fn() if self.contract_version_fn else 0,
             }
         )
         return cfg
@@ -216,10 +223,12 @@ class SentinelStrategy(Strategy):
             val_accuracy=float(metrics[P.M_VAL_ACC]),
             rank=int(metrics[P.M_RANK]),
             scaling=float(metrics[P.M_SCALING]),
+            contract_version=int(metrics.get(P.M_CONTRACT_VERSION, 0)),
             bytes_up=msg.content[P.REC_ARRAYS].count_bytes(),
             arrays=arrays,
             entropy=importance.get(P.KEY_ENTROPY),
             gradient_importance=importance.get(P.KEY_GRAD_IMPORTANCE),
+            normalised_entropy=importance.get(P.KEY_ENTROPY_NORMALISED),
         )
         signed = msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None
         result.content_hash = content_hash_of_arrays(arrays)

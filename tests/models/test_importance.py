@@ -63,6 +63,22 @@ def test_uniform_head_has_maximal_entropy(preset: str) -> None:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_normalised_entropy_is_one_for_a_uniform_head_and_ignores_padding(preset: str) -> None:
+    base = load_base_model(preset)
+    parts = attention_modules(base.model)[1]
+    with torch.no_grad():
+        parts.q.module.weight.mul_(60.0)
+        parts.k.module.weight.mul_(60.0)
+    _zero_rows(parts.q, _head_rows(base, 2))
+    short, long = "a short one", "a sentence of quite some length"
+    alone = attention_entropy(base.model, [_batch(base, [short], labels=False)], normalised=True)
+    padded = attention_entropy(base.model, [_batch(base, [short, long], labels=False)], normalised=True)
+    assert alone[1, 2] == pytest.approx(1.0, abs=1e-5)  # uniform over the keys each query may see
+    assert padded[1, 2] == pytest.approx(1.0, abs=1e-5)
+    assert (np.delete(alone[1], 2) < 0.99).all() and (alone >= 0).all() and (alone <= 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_padding_does_not_change_entropy(preset: str) -> None:
     base = load_base_model(preset)
     tight = _batch(base, TEXTS, labels=False)
