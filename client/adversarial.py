@@ -10,7 +10,7 @@ operators rehearsing an incident) can check that the coordinator catches it:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -28,14 +28,19 @@ def _misbehaves(context: Context, partitions: Collection[int]) -> bool:
     return ident.partition_id in partitions or bool(context.node_config.get("misbehave", False))
 
 
-def consent_ignoring_app(partitions: Collection[int]) -> ClientApp:
-    """A ClientApp whose nodes on ``partitions`` (or with node config ``misbehave=true``) ignore consent."""
-    partitions = frozenset(partitions)
+def _app_with_train(train: Callable[[Message, Context], Message]) -> ClientApp:
+    """An honest node's app with its train handler replaced."""
     app = ClientApp()
     app.query("profile")(honest.profile)
     app.evaluate()(honest.evaluate)
+    app.train()(train)
+    return app
 
-    @app.train()
+
+def consent_ignoring_app(partitions: Collection[int]) -> ClientApp:
+    """A ClientApp whose nodes on ``partitions`` (or with node config ``misbehave=true``) ignore consent."""
+    partitions = frozenset(partitions)
+
     def train(msg: Message, context: Context) -> Message:
         if _misbehaves(context, partitions):
             cfg = ConfigRecord(dict(msg.content[P.REC_CONFIG]))
@@ -43,17 +48,13 @@ def consent_ignoring_app(partitions: Collection[int]) -> ClientApp:
             msg.content[P.REC_CONFIG] = cfg
         return honest.train(msg, context)
 
-    return app
+    return _app_with_train(train)
 
 
 def signature_forging_app(partitions: Collection[int]) -> ClientApp:
     """A ClientApp whose nodes on ``partitions`` sign their updates with a foreign key."""
     partitions = frozenset(partitions)
-    app = ClientApp()
-    app.query("profile")(honest.profile)
-    app.evaluate()(honest.evaluate)
 
-    @app.train()
     def train(msg: Message, context: Context) -> Message:
         reply = honest.train(msg, context)
         if _misbehaves(context, partitions):
@@ -64,4 +65,4 @@ def signature_forging_app(partitions: Collection[int]) -> ClientApp:
             signed[P.S_SIGNATURE] = sign_payload(generate_private_key(), payload)
         return reply
 
-    return app
+    return _app_with_train(train)

@@ -6,6 +6,7 @@ Thin by design: it parses messages, calls ``client.training`` and packs the repl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -13,12 +14,14 @@ from pydantic import BaseModel as PydanticModel
 from pydantic import ConfigDict, Field
 
 from client import protocol as P
+from client.data import Example
 from client.federated_data import federated_split, node_train_val
-from client.node import cached_base_model, node_identity, node_key, node_public_key
+from client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from client.records import from_array_record, parse_global_view, to_array_record
 from client.training import GlobalView, evaluate_model, materialise_global, train_local
 from ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from ledger.signing import sign_payload
+from models.loading import BaseModel
 
 app = ClientApp()
 
@@ -72,18 +75,37 @@ def profile(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.REC_PROFILE: record}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train a fresh LoRA on the global model within the permitted set and reply with it."""
+@dataclass(frozen=True)
+class _RoundInputs:
+    """What a train or evaluate message resolves to on this node."""
+
+    identity: NodeIdentity
+    instruction: TrainInstruction
+    base: BaseModel
+    train_set: list[Example]
+    val_set: list[Example]
+    view: GlobalView
+
+
+def _resolve(msg: Message, context: Context) -> _RoundInputs:
+    """Validate the message and load (cached) the model and this node's data."""
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
     data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
     train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
     base = cached_base_model(ins.model, data.num_labels)
     factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
+    return _RoundInputs(ident, ins, base, train_set, val_set, GlobalView(factors=factors, head=head, head_mask=head_mask))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train a fresh LoRA on the global model within the permitted set and reply with it."""
+    inputs = _resolve(msg, context)
+    ident, ins, base, train_set, val_set = inputs.identity, inputs.instruction, inputs.base, inputs.train_set, inputs.val_set
     update = train_local(
         base,
-        GlobalView(factors=factors, head=head, head_mask=head_mask),
+        inputs.view,
         train_set,
         val_set,
         rank=ins.lora_rank,
@@ -128,15 +150,11 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's validation data."""
-    ident = node_identity(context)
-    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
-    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
-    _, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
-    base = cached_base_model(ins.model, data.num_labels)
-    factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
-    model = materialise_global(base, GlobalView(factors=factors, head=head, head_mask=head_mask))
-    acc, loss = evaluate_model(model, base, val_set, ins.batch_size * 2, ins.max_length)
-    metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(val_set)})
+    inputs = _resolve(msg, context)
+    model = materialise_global(inputs.base, inputs.view)
+    ins = inputs.instruction
+    acc, loss = evaluate_model(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
+    metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(inputs.val_set)})
     return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
 
 

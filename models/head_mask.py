@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 from models.components import ModelLayout, attention_modules, model_layout
 from models.exceptions import ModelError
+from models.fileio import write_text_atomically
 
 HEAD_IDS_ATTR = "sentinel_head_ids"
 """Attribute set on a pruned attention module: original ids of the query heads it still has."""
@@ -305,14 +305,4 @@ def save_head_mask(path: str | os.PathLike[str], mask: np.ndarray | torch.Tensor
     record = HeadMaskFile(
         num_layers=array.shape[0], num_heads=array.shape[1], mask=array.astype(int).tolist()
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(record.model_dump_json(exclude_none=True, indent=2))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomically(path, record.model_dump_json(exclude_none=True, indent=2))

@@ -13,9 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 
 from models.components import task_head_component
 from models.exceptions import AdapterError
+from models.fileio import write_dir_atomically
 from models.loading import BaseModel, Family, Task, family_of, seeded
 
 PEFT_PREFIX = "base_model.model."
@@ -158,22 +156,7 @@ def save_adapter(peft_model: PeftModel, directory: str | os.PathLike[str]) -> Pa
     Written to a temporary sibling directory, then renamed into place, so a
     reader never sees a half-written adapter. An existing directory is replaced.
     """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        peft_model.save_pretrained(str(staging))
-        if target.exists():
-            retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return write_dir_atomically(directory, lambda staging: peft_model.save_pretrained(str(staging)))
 
 
 def load_adapter(

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from models.components import model_layout
 from models.exceptions import ModelError
+from models.fileio import replace_dir
 from models.head_mask import check_mask, load_head_mask, pruned_of_mask
 from models.loading import family_of, model_config
 from models.lora import load_adapter
@@ -155,17 +155,6 @@ def _metadata(
     return meta
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move a fully written directory into place, replacing an existing one."""
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-        os.rename(target, retired)
-        os.rename(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, target)
-
-
 def tokenizer_dir_for(path: Path) -> Path:
     """Where the tokenizer of the export at `path` is saved: ``<stem>.tokenizer`` beside it."""
     return path.with_name(f"{path.stem}.tokenizer")
@@ -215,7 +204,7 @@ def export_onnx(
         # mkstemp/mkdtemp create owner-only entries; exports are meant to be shipped and read.
         os.chmod(tmp, 0o644)
         os.chmod(staging, 0o755)
-        _replace_dir(staging, tok_dir)
+        replace_dir(staging, tok_dir)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -18,11 +18,12 @@ from client.federated_data import federated_split
 from ledger.store import Ledger
 from models.components import list_components, model_layout
 from models.consent import touched_components
+from models.fileio import write_text_atomically
 from models.loading import BaseModel, load_base_model
 from models.onnx_export import ADAPTER_CONTRACTS_FILE
 from server.config import FederationConfig
 from server.contribution import contribution_scores
-from server.global_state import GlobalState, write_text_atomically
+from server.global_state import GlobalState
 from server.governance_binding import GovernanceBinding
 from server.ledger_observer import LedgerObserver
 from server.model_state import CentralEvaluator, export_peft_adapter, initial_state

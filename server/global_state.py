@@ -9,9 +9,6 @@ factors (``server.aggregation.factorise_all``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from models.fileio import write_dir_atomically
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "state.json"
@@ -57,40 +56,6 @@ class GlobalState:
         )
 
 
-def _write_dir_atomically(target: Path, write: Any) -> Path:
-    """Write a directory through a temp sibling and rename it into place."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a text file through a temp file and rename (readers see the old or the new file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_state(state: GlobalState, directory: str | Path) -> Path:
     """Save the state to ``directory`` atomically (a crash never leaves a half checkpoint)."""
 
@@ -102,7 +67,7 @@ def save_state(state: GlobalState, directory: str | Path) -> Path:
         save_file(tensors, str(tmp / STATE_FILE))
         (tmp / META_FILE).write_text(json.dumps({"round": state.round, "meta": state.meta}, indent=2, sort_keys=True))
 
-    return _write_dir_atomically(Path(directory), write)
+    return write_dir_atomically(directory, write)
 
 
 def load_state(directory: str | Path) -> GlobalState:
@@ -122,4 +87,4 @@ def load_state(directory: str | Path) -> GlobalState:
     )
 
 
-__all__ = ["GlobalState", "load_state", "save_state", "write_text_atomically"]
+__all__ = ["GlobalState", "load_state", "save_state"]
