@@ -18,7 +18,7 @@ from client.data import Example
 from client.federated_data import federated_split, node_train_val
 from client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from client.records import from_array_record, parse_global_view, to_array_record
-from client.training import GlobalView, evaluate_model, materialise_global, train_local
+from client.training import GlobalView, evaluate_model, materialise_global, resolve_device, train_local
 from ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from ledger.signing import sign_payload
 from models.loading import BaseModel
@@ -115,6 +115,7 @@ def train(msg: Message, context: Context) -> Message:
         max_length=ins.max_length,
         seed=ins.seed,
         permitted=set(ins.permitted) if ins.consent_restricted else None,
+        device=resolve_device(ident.device),
     )
     content_hash = content_hash_of_arrays(update.arrays)
     # The node vouches for its update by signing exactly the ledger's submission payload.
@@ -151,7 +152,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's validation data."""
     inputs = _resolve(msg, context)
-    model = materialise_global(inputs.base, inputs.view)
+    model = materialise_global(inputs.base, inputs.view).to(resolve_device(inputs.identity.device))
     ins = inputs.instruction
     acc, loss = evaluate_model(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
     metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(inputs.val_set)})

@@ -31,6 +31,7 @@ class NodeIdentity(PydanticModel):
     num_partitions: int = Field(alias="num-partitions", ge=1)
     role: Role | None = None
     key_file: str | None = Field(default=None, alias="key-file")
+    device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
 
 
 def node_identity(context: Context) -> NodeIdentity:

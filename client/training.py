@@ -76,17 +76,33 @@ def materialise(base: BaseModel, deltas: Mapping[str, np.ndarray], head: Mapping
     return model
 
 
+def resolve_device(requested: str | None = "auto") -> torch.device:
+    """The torch device a node computes on: ``auto`` takes CUDA when present, else the CPU."""
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device `{requested}` was requested but CUDA is not available on this node")
+    return device
+
+
+def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def evaluate_model(
     model: torch.nn.Module, base: BaseModel, examples: Sequence[Example], batch_size: int, max_length: int
 ) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of a classifier on ``examples``."""
+    """Accuracy and mean cross-entropy of a classifier on ``examples`` (on the model's device)."""
     if not examples:
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct, loss_sum = 0, 0.0
     for batch in iter_batches(base.tokenizer, examples, batch_size, max_length):
+        batch = _to(batch, device)
         out = model(**batch)
         logits = out.logits
         loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
@@ -109,16 +125,17 @@ def train_local(
     seed: int,
     permitted: Iterable[str] | None = None,
     importance_batches: int = 2,
+    device: torch.device | str = "cpu",
 ) -> LocalUpdate:
     """Train a fresh LoRA on top of the global model for ``steps`` steps and report the update.
 
     ``permitted`` is the node's permitted set (component ids) for this round; None
-    means everything. The returned arrays are PEFT adapter arrays (lora_A/lora_B
+    means everything. Training runs on ``device``; the arrays returned are on the CPU. The returned arrays are PEFT adapter arrays (lora_A/lora_B
     and the head). Deterministic for a given ``seed``.
     """
     torch.manual_seed(seed)
     model = materialise_global(base, view)
-    peft_model = attach_lora(model, rank=rank, seed=seed)
+    peft_model = attach_lora(model, rank=rank, seed=seed).to(device)
     mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
     gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -127,7 +144,7 @@ def train_local(
     losses: list[float] = []
     for batch in sample_batches(base.tokenizer, train, batch_size, max_length, steps, seed):
         optimiser.zero_grad(set_to_none=True)
-        loss = peft_model(**batch).loss
+        loss = peft_model(**_to(batch, torch.device(device))).loss
         loss.backward()
         optimiser.step()
         losses.append(loss.item())

@@ -94,3 +94,4 @@ def test_weighted_mean_matches_fedavg() -> None:
     a = {"w": np.ones((2, 2))}
     b = {"w": np.zeros((2, 2))}
     np.testing.assert_allclose(weighted_mean([a, b], [3, 1])["w"], 0.75 * np.ones((2, 2)))
+
