@@ -26,11 +26,13 @@ from governance.cli_common import (
     LedgerDb,
     LedgerKey,
     NodeId,
+    ReadDb,
     RootCert,
     Target,
     console,
     friendly_errors,
     make_client,
+    make_reader,
     open_ledger,
 )
 from governance.cli_propose import propose_app
@@ -162,9 +164,10 @@ def contracts(
     pattern: Annotated[str, typer.Option("--pattern", "-p", help="Only components matching this glob.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the contract set as JSON.")] = False,
     root_cert: RootCert = None,
+    db: ReadDb = None,
 ) -> None:
     """List the consent contracts."""
-    with make_client(target, root_cert) as client:
+    with make_reader(target, root_cert, db) as client:
         found = client.list_contracts(pattern)
     if as_json:
         console.print_json(found.to_json())
@@ -181,10 +184,11 @@ def check(
     target: Target = DEFAULT_TARGET,
     at: Annotated[str, typer.Option(help="ISO 8601 time to ask about (default: now).")] = "",
     root_cert: RootCert = None,
+    db: ReadDb = None,
 ) -> None:
     """May NODE_ID perform OPERATION on COMPONENT? Exit code 0 if allowed, 2 if denied."""
     when = datetime.fromisoformat(at) if at else None
-    with make_client(target, root_cert) as client:
+    with make_reader(target, root_cert, db) as client:
         decision = client.check_permission(node_id, operation, component, when)  # type: ignore[arg-type]
     verdict = "[green]allowed[/]" if decision.allowed else "[red]denied[/]"
     console.print(f"{verdict}: {decision.reason}")
@@ -198,9 +202,10 @@ def nodes(
     target: Target = DEFAULT_TARGET,
     include_removed: Annotated[bool, typer.Option("--all", help="Include removed nodes.")] = False,
     root_cert: RootCert = None,
+    db: ReadDb = None,
 ) -> None:
     """List registered nodes."""
-    with make_client(target, root_cert) as client:
+    with make_reader(target, root_cert, db) as client:
         records = client.list_nodes(include_removed)
     table = Table(title="Registered nodes")
     for col in ("node", "role", "organisation", "status", "public key", "registered"):

@@ -14,6 +14,7 @@ from governance.exceptions import GovernanceError
 
 if TYPE_CHECKING:
     from governance.client import GovernanceClient
+    from governance.local_reader import LocalGovernanceReader
     from ledger.store import Ledger
 
 console = Console()
@@ -60,6 +61,20 @@ def make_client(target: str, root_cert: Path | None, node_id: str | None = None,
     from governance.client import GovernanceClient
 
     return GovernanceClient(target, node_id=node_id, key=key, root_cert=root_cert)
+
+
+ReadDb = Annotated[
+    str | None, typer.Option("--db", help="Read this governance database directly (URL or SQLite path) instead of --target.")
+]
+
+
+def make_reader(target: str, root_cert: Path | None, db: str | None) -> GovernanceClient | LocalGovernanceReader:
+    """What read commands query: the database given by ``--db``, else the service at ``target``."""
+    if db:
+        from governance.local_reader import LocalGovernanceReader
+
+        return LocalGovernanceReader(db)
+    return make_client(target, root_cert)
 
 
 def open_ledger(url: str, key: Path) -> Ledger:

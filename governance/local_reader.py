@@ -1,0 +1,56 @@
+"""Reading a governance database directly, without a GovernanceService.
+
+For inspecting a run's ``governance.db`` (``sentinel governance contracts --db
+runs/X/governance.db``). Offers the read methods of :class:`GovernanceClient`,
+so the CLI treats both alike; it never writes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import datetime
+from pathlib import Path
+
+from governance.contracts import ContractSet, Operation
+from governance.exceptions import ContractsNotInstalledError
+from governance.policy import Decision, PolicyEngine
+from governance.registry import NodeRecord
+from governance.store import GovernanceStore
+
+
+class LocalGovernanceReader:
+    """Read-only view of a governance database with the client's read methods."""
+
+    def __init__(self, db: str | Path) -> None:
+        self.store = GovernanceStore(db)
+
+    def close(self) -> None:
+        """Release the database."""
+        self.store.close()
+
+    def __enter__(self) -> LocalGovernanceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _contracts(self) -> ContractSet:
+        contracts = self.store.contract_set()
+        if contracts is None:
+            raise ContractsNotInstalledError(f"{self.store.url} holds no consent contracts yet")
+        return contracts
+
+    def list_contracts(self, pattern: str = "") -> ContractSet:
+        """The contract set (only components matching the glob ``pattern`` when given)."""
+        contracts = self._contracts()
+        chosen = {c.component: c for c in contracts if not pattern or fnmatch.fnmatchcase(c.component, pattern)}
+        return ContractSet(model=contracts.model, version=contracts.version, contracts=chosen)
+
+    def check_permission(self, node_id: str, operation: Operation, component: str, at_time: datetime | None = None) -> Decision:
+        """May ``node_id`` perform ``operation`` on ``component``?"""
+        return PolicyEngine(self._contracts(), self.store.nodes()).may(node_id, operation, component, at_time)
+
+    def list_nodes(self, include_removed: bool = False) -> list[NodeRecord]:
+        """Registered nodes (active only unless ``include_removed``)."""
+        registry = self.store.nodes()
+        return [registry[n] for n in sorted(registry)] if include_removed else registry.active()
