@@ -6,6 +6,7 @@ operators rehearsing an incident) can check that the coordinator catches it:
 
 - ``consent_ignoring_app``: trains every head, ignoring its permitted set.
 - ``signature_forging_app``: signs its update with a key that is not its own.
+- ``scaling_inflating_app``: reports a huge LoRA scaling to amplify its update.
 """
 
 from __future__ import annotations
@@ -63,6 +64,20 @@ def signature_forging_app(partitions: Collection[int]) -> ClientApp:
             examples = int(reply.content[P.REC_METRICS][P.M_EXAMPLES])
             payload = update_submitted_payload(context.node_id, round_, str(signed[P.S_CONTENT_HASH]), examples)
             signed[P.S_SIGNATURE] = sign_payload(generate_private_key(), payload)
+        return reply
+
+    return _app_with_train(train)
+
+
+def scaling_inflating_app(partitions: Collection[int], factor: float = 500.0) -> ClientApp:
+    """A ClientApp whose nodes on ``partitions`` claim a LoRA scaling ``factor`` times the real one."""
+    partitions = frozenset(partitions)
+
+    def train(msg: Message, context: Context) -> Message:
+        reply = honest.train(msg, context)
+        if _misbehaves(context, partitions):
+            metrics = reply.content[P.REC_METRICS]
+            metrics[P.M_SCALING] = float(metrics[P.M_SCALING]) * factor
         return reply
 
     return _app_with_train(train)

@@ -14,6 +14,11 @@ from typing import Final, Literal
 Role = Literal["edge", "gpu", "central"]
 ROLES: Final[tuple[Role, ...]] = ("edge", "gpu", "central")
 
+# LoRA alpha is fixed at 2·rank, so every adapter's scaling alpha/rank is 2. The
+# coordinator aggregates with this value and rejects replies that claim another:
+# a node cannot amplify its update by reporting a larger scaling.
+LORA_ALPHA_PER_RANK: Final = 2.0
+
 # Message types ("<category>.<action>").
 MSG_PROFILE: Final = "query.profile"
 MSG_TRAIN: Final = "train"

@@ -19,6 +19,7 @@ import torch
 
 from client.batching import iter_batches, sample_batches
 from client.data import Example
+from client.protocol import LORA_ALPHA_PER_RANK
 from models.consent import restrict_lora_to_heads
 from models.deltas import add_weight_deltas
 from models.head_mask import apply_head_mask
@@ -135,7 +136,7 @@ def train_local(
     """
     torch.manual_seed(seed)
     model = materialise_global(base, view)
-    peft_model = attach_lora(model, rank=rank, seed=seed).to(device)
+    peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
     mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
     gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
     params = [p for p in peft_model.parameters() if p.requires_grad]

@@ -203,15 +203,54 @@ class SentinelStrategy(Strategy):
         log(INFO, "configure_train: round %s, %s nodes, ranks %s", server_round, len(messages), sorted(by_rank))
         return messages
 
-    def _check_reply(self, msg: Message) -> NodeResult | None:
-        """Parse one reply into a NodeResult and decide consent; None for error replies."""
+    def _fail(self, node_id: int, reason: str) -> None:
         assert self.outcome is not None
+        self.outcome.failures.append(f"{node_id}: {reason}")
+        log(WARNING, "train reply from node %s failed: %s", node_id, reason)
+
+    def _check_reply(self, msg: Message) -> NodeResult | None:
+        """Parse one reply and decide whether it may be aggregated; None for failed or malformed replies."""
         node = self.nodes.get(msg.metadata.src_node_id)
         if node is None or msg.has_error():
-            reason = msg.error.reason if msg.has_error() else "reply from a node outside the run"
-            self.outcome.failures.append(f"{msg.metadata.src_node_id}: {reason}")
-            log(WARNING, "train reply from node %s failed: %s", msg.metadata.src_node_id, reason)
+            self._fail(msg.metadata.src_node_id, msg.error.reason if msg.has_error() else "reply from a node outside the run")
             return None
+        try:
+            result = self._parse_reply(msg, node)
+        except (KeyError, TypeError, ValueError) as e:  # a buggy or hostile node must not stop the round
+            self._fail(node.node_id, f"malformed reply: {type(e).__name__}: {e}")
+            return None
+        problem = self._authenticity_problem(result, msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None)
+        problem = problem or self._shape_problem(result)
+        if problem:
+            result.accepted = False
+            result.reason = problem
+            return result
+        permitted, head_sent = self._sent.get(node.node_id, (None, {}))
+        if permitted is not None:
+            offending = sorted(self.touched_fn(result.arrays, head_sent) - permitted)
+            if offending:
+                result.accepted = False
+                result.offending = offending
+                result.reason = f"consent violation: update changes {len(offending)} component(s) outside the permitted set"
+        return result
+
+    def _shape_problem(self, result: NodeResult) -> str:
+        """Why the update's rank or scaling is not the one this node was configured with ('' if it is)."""
+        expected = self.config.profiles[result.node.role].lora_rank
+        if result.rank != expected:
+            return f"wrong rank: the node was configured with rank {expected}, reported {result.rank}"
+        pairs, _ = split_adapter_arrays(result.arrays)
+        for module, (a, b) in pairs.items():
+            if a.shape[0] != expected or b.shape[1] != expected:
+                return f"wrong rank: module `{module}` has factors of rank {a.shape[0]}/{b.shape[1]}, expected {expected}"
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                return f"non-finite values in module `{module}`"
+        if not np.isclose(result.scaling, P.LORA_ALPHA_PER_RANK):
+            return f"wrong LoRA scaling: reported {result.scaling}, the protocol fixes {P.LORA_ALPHA_PER_RANK}"
+        return ""
+
+    def _parse_reply(self, msg: Message, node: NodeInfo) -> NodeResult:
+        """The reply's content as a NodeResult (raises KeyError/ValueError/TypeError when malformed)."""
         arrays = from_array_record(msg.content[P.REC_ARRAYS])
         metrics = msg.content[P.REC_METRICS]
         importance = from_array_record(msg.content[P.REC_IMPORTANCE]) if P.REC_IMPORTANCE in msg.content else {}
@@ -233,18 +272,6 @@ class SentinelStrategy(Strategy):
         signed = msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None
         result.content_hash = content_hash_of_arrays(arrays)
         result.signature = str(signed[P.S_SIGNATURE]) if signed is not None else None
-        problem = self._authenticity_problem(result, signed)
-        if problem:
-            result.accepted = False
-            result.reason = problem
-            return result
-        permitted, head_sent = self._sent.get(node.node_id, (None, {}))
-        if permitted is not None:
-            offending = sorted(self.touched_fn(arrays, head_sent) - permitted)
-            if offending:
-                result.accepted = False
-                result.offending = offending
-                result.reason = f"consent violation: update changes {len(offending)} component(s) outside the permitted set"
         return result
 
     def _authenticity_problem(self, result: NodeResult, signed: ConfigRecord | None) -> str:
@@ -324,7 +351,7 @@ def aggregate_updates(
             LoraUpdate(
                 a={m: p[0] for m, p in pairs.items()},
                 b={m: p[1] for m, p in pairs.items()},
-                scaling=r.scaling,
+                scaling=P.LORA_ALPHA_PER_RANK,  # fixed by the protocol; never the node's own claim
                 weight=float(r.num_examples),
             )
         )

@@ -9,7 +9,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.adversarial import consent_ignoring_app, signature_forging_app
+from client.adversarial import consent_ignoring_app, scaling_inflating_app, signature_forging_app
 from client.app import app as honest_app
 from ledger.kinds import EntryKind
 from ledger.store import Ledger
@@ -120,3 +120,25 @@ def test_ledger_records_the_round_and_report_has_contributions_and_tokens(tmp_pa
         best = max(positive, key=positive.get)
         assert balances[best] == max(balances.values())
     assert json.loads((out / "report.json").read_text())["ledger"]["entries"] == ledger.count()
+
+
+def test_a_node_cannot_amplify_its_update_by_claiming_a_larger_scaling(tmp_path: Path, tiny_config) -> None:
+    _, result = _run(tiny_config, tmp_path / "inflated", _grid(scaling_inflating_app({2})))
+    bad = next(n for n in result.history[-1]["per_node"] if n["partition_id"] == 2)
+    assert not bad["accepted"] and bad["reason"].startswith("wrong LoRA scaling")
+    _, absent = _run(tiny_config, tmp_path / "absent", _grid(honest_app, {2: _failing_app()}))
+    for module, delta in absent.state.deltas.items():
+        np.testing.assert_array_equal(result.state.deltas[module], delta)
+
+
+def test_a_malformed_reply_is_a_failure_not_a_crash(tmp_path: Path, tiny_config) -> None:
+    def drops_metrics(msg: Message, context: Context) -> Message:
+        reply = honest_app(msg, context)
+        if msg.metadata.message_type == "train":
+            del reply.content["metrics"]
+        return reply
+
+    _, result = _run(tiny_config, tmp_path / "malformed", _grid(honest_app, {1: drops_metrics}))
+    row = result.history[-1]
+    assert row["failures"] == 1 and row["accepted"] == 2
+    assert result.state.round == 1
