@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
@@ -142,3 +143,25 @@ def test_a_malformed_reply_is_a_failure_not_a_crash(tmp_path: Path, tiny_config)
     row = result.history[-1]
     assert row["failures"] == 1 and row["accepted"] == 2
     assert result.state.round == 1
+
+
+def test_shapley_contributions_are_recorded_with_their_method(tmp_path: Path, tiny_config) -> None:
+    coordinator, result = _run(tiny_config, tmp_path / "shapley", _grid(honest_app), contribution="shapley", shapley_permutations=4)
+    entries = list(coordinator.ledger.iter_entries(kind=EntryKind.CONTRIBUTION))
+    assert {e.payload["method"] for e in entries} == {"shapley"}
+    assert {e.payload["node"] for e in entries} == {str(n) for n in IDS}
+    scores = result.history[-1]["contributions"]
+    # Efficiency: every sampled permutation's marginal gains telescope, so the values add up
+    # exactly to U(all) − U(none): the round's loss improvement on the scoring set.
+    from server.model_state import CentralEvaluator
+
+    scoring = CentralEvaluator(coordinator.base, coordinator.evaluator.test[: coordinator.config.contribution_examples], coordinator.config.max_length)
+    _, loss_before = scoring(coordinator.starting_state(resume=False))
+    _, loss_after = scoring(result.state)
+    assert sum(scores.values()) == pytest.approx(loss_before - loss_after, abs=1e-6)
+
+
+def test_no_contribution_scoring_when_disabled(tmp_path: Path, tiny_config) -> None:
+    coordinator, result = _run(tiny_config, tmp_path / "none", _grid(honest_app), contribution="none")
+    assert list(coordinator.ledger.iter_entries(kind=EntryKind.CONTRIBUTION)) == []
+    assert result.history[-1]["contributions"] == {}
