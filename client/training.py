@@ -151,7 +151,8 @@ def train_local(
         losses.append(loss.item())
     peft_model.eval()
     val_acc, val_loss = evaluate_model(peft_model, base, val, batch_size * 2, max_length)
-    probe = list(iter_batches(base.tokenizer, list(val or train), batch_size, max_length))[:importance_batches]
+    probe_examples = list(val or train)[: importance_batches * batch_size]
+    probe = list(iter_batches(base.tokenizer, probe_examples, batch_size, max_length))
     importance = head_importance(peft_model, probe)
     normalised = attention_entropy(peft_model, probe, normalised=True)
     if mask is not None:

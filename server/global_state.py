@@ -34,34 +34,33 @@ class GlobalState:
     meta: dict[str, Any] = field(default_factory=dict)
     """Run bookkeeping saved with the state (history, early-stopping counters, ...)."""
 
-    def apply_update(self, delta: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> None:
-        """Add an aggregated ΔW and replace the head with the aggregated one."""
-        for module, d in delta.items():
-            if module not in self.deltas:
-                raise KeyError(f"aggregated update adapts unknown module `{module}`")
-            if d.shape != self.deltas[module].shape:
-                raise ValueError(f"module `{module}`: update shape {d.shape} != state shape {self.deltas[module].shape}")
-            self.deltas[module] = (self.deltas[module].astype(np.float64) + d).astype(np.float32)
-        for name, value in head.items():
-            self.head[name] = np.asarray(value, dtype=np.float32)
 
-    def copy(self) -> GlobalState:
-        """A deep copy (arrays included)."""
-        return GlobalState(
-            deltas={k: v.copy() for k, v in self.deltas.items()},
-            head={k: v.copy() for k, v in self.head.items()},
-            head_mask=None if self.head_mask is None else self.head_mask.copy(),
-            round=self.round,
-            meta=json.loads(json.dumps(self.meta)),
-        )
+STATE_DELTA = "delta/"
+STATE_HEAD = "head/"
+
+
+def flatten_state(deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One flat mapping of the global state: ``delta/<module>`` and ``head/<param>`` keys.
+
+    The one key scheme used by checkpoints, the strategy's ArrayRecords and ledger hashes.
+    """
+    arrays = {STATE_DELTA + k: v for k, v in deltas.items()}
+    arrays.update({STATE_HEAD + k: v for k, v in head.items()})
+    return arrays
+
+
+def unflatten_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inverse of :func:`flatten_state`: (deltas, head); other keys are ignored."""
+    deltas = {k[len(STATE_DELTA):]: v for k, v in arrays.items() if k.startswith(STATE_DELTA)}
+    head = {k[len(STATE_HEAD):]: v for k, v in arrays.items() if k.startswith(STATE_HEAD)}
+    return deltas, head
 
 
 def save_state(state: GlobalState, directory: str | Path) -> Path:
     """Save the state to ``directory`` atomically (a crash never leaves a half checkpoint)."""
 
     def write(tmp: Path) -> None:
-        tensors = {f"delta/{k}": np.ascontiguousarray(v) for k, v in state.deltas.items()}
-        tensors.update({f"head/{k}": np.ascontiguousarray(v) for k, v in state.head.items()})
+        tensors = {k: np.ascontiguousarray(v) for k, v in flatten_state(state.deltas, state.head).items()}
         if state.head_mask is not None:
             tensors["head_mask"] = np.ascontiguousarray(state.head_mask.astype(np.float32))
         save_file(tensors, str(tmp / STATE_FILE))
@@ -78,13 +77,14 @@ def load_state(directory: str | Path) -> GlobalState:
             raise FileNotFoundError(f"{directory} is not a Sentinel checkpoint: `{name}` is missing")
     tensors = load_file(str(directory / STATE_FILE))
     meta = json.loads((directory / META_FILE).read_text())
+    deltas, head = unflatten_state(tensors)
     return GlobalState(
-        deltas={k[len("delta/"):]: v for k, v in tensors.items() if k.startswith("delta/")},
-        head={k[len("head/"):]: v for k, v in tensors.items() if k.startswith("head/")},
+        deltas=deltas,
+        head=head,
         head_mask=tensors.get("head_mask"),
         round=int(meta["round"]),
         meta=meta.get("meta", {}),
     )
 
 
-__all__ = ["GlobalState", "load_state", "save_state"]
+__all__ = ["GlobalState", "flatten_state", "load_state", "save_state", "unflatten_state"]

@@ -30,7 +30,6 @@ class GovernanceBinding:
     def __init__(self, governor: Governor, policy: PolicyFile) -> None:
         self.governor = governor
         self.policy = policy
-        self.violations_per_round: dict[int, int] = {}
         self.entropy_history: dict[str, list[float]] = {}
 
     @classmethod
@@ -65,11 +64,10 @@ class GovernanceBinding:
         """Nothing to do: permitted sets are read fresh when the round is configured."""
 
     def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """Note the contract version and violations; put the contracts into the checkpoint's metadata."""
+        """Let heads signal agency, note the contract version, and put the contracts into the checkpoint's metadata."""
         self._signal_agency(outcome, row)
         row["contract_version"] = self.contract_version
         state.meta["consent_contracts"] = self.contracts_json()
-        self.violations_per_round[outcome.round] = sum(1 for r in outcome.results if r.offending)
 
     def _signal_agency(self, outcome: RoundOutcome, row: dict[str, Any]) -> None:
         """Let heads signal their own state from this round's entropy, as the policy's rule says.
@@ -98,6 +96,5 @@ class GovernanceBinding:
                 "policy": self.policy.name,
                 "contract_version": int(contracts.version),
                 "active_nodes": len(self.governor.nodes().active()),
-                "consent_violations": sum(self.violations_per_round.values()),
             }
         }

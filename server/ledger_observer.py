@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,7 +9,7 @@ from ledger.kinds import EntryKind
 from ledger.recorder import LedgerRecorder, content_hash_of_arrays
 from ledger.store import Ledger
 from ledger.tokens import distribute_tokens
-from server.global_state import GlobalState
+from server.global_state import GlobalState, flatten_state
 from server.strategy import NodeInfo, RoundOutcome
 
 Scorer = Callable[[RoundOutcome, GlobalState], dict[str, float]]
@@ -18,9 +17,7 @@ Scorer = Callable[[RoundOutcome, GlobalState], dict[str, float]]
 
 def state_hash(state: GlobalState) -> str:
     """Content hash of a global state (what checkpoint entries commit to)."""
-    arrays = {f"delta/{k}": v for k, v in state.deltas.items()}
-    arrays.update({f"head/{k}": v for k, v in state.head.items()})
-    return content_hash_of_arrays(arrays)
+    return content_hash_of_arrays(flatten_state(state.deltas, state.head))
 
 
 class LedgerObserver:
@@ -38,13 +35,14 @@ class LedgerObserver:
         self.scorer = scorer
         self.token_budget = token_budget
         self.method = method
-        self.contribution_totals: dict[str, float] = defaultdict(float)
+        self.nodes: list[str] = []
 
     def _registered(self) -> set[str]:
         return {e.node for e in self.ledger.iter_entries(kind=EntryKind.NODE_REGISTERED) if e.node}
 
     def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         """Register nodes not yet on the ledger (a resumed run keeps its registrations)."""
+        self.nodes = [str(n.node_id) for n in nodes]
         known = self._registered()
         for node in nodes:
             if str(node.node_id) not in known:
@@ -58,7 +56,7 @@ class LedgerObserver:
         """Record the round's submissions and decisions, score contributions, distribute tokens."""
         r = outcome.round
         for res in outcome.results:
-            if res.signature is not None and not res.reason.startswith(("bad signature", "content hash")):
+            if res.authentic:  # only a submission the node really signed goes on the ledger as its own
                 self.recorder.update_submitted(res.node.node_id, r, res.content_hash, res.num_examples, node_signature=res.signature)
             if res.offending:
                 self.recorder.consent_violation(res.node.node_id, r, res.offending)
@@ -72,16 +70,13 @@ class LedgerObserver:
             self.recorder.contribution(r, scores, self.method)  # type: ignore[arg-type]
             allocations = distribute_tokens(scores, self.token_budget)
             self.recorder.tokens(r, allocations, self.token_budget)
-            for node, score in scores.items():
-                self.contribution_totals[node] += score
         self.recorder.checkpoint(r, state_hash(state))
         row["contributions"] = scores
         row["tokens"] = allocations
 
     def report(self) -> dict[str, Any]:
-        """Per-node contribution totals and token balances (balances derived from the ledger)."""
-        balances = self.ledger.balances()
-        nodes = sorted(set(self.contribution_totals) | set(balances))
+        """Per-node contribution totals, token balances and verdict counts, all derived from the ledger."""
+        summaries = {n: self.ledger.node_summary(n) for n in sorted(set(self.nodes) | set(self.ledger.balances()))}
         verify = self.ledger.verify()
         return {
             "ledger": {
@@ -89,6 +84,15 @@ class LedgerObserver:
                 "verified": verify.ok,
                 "public_key": self.ledger.public_key_b64,
                 "contribution_method": self.method,
-                "per_node": {n: {"contribution": self.contribution_totals.get(n, 0.0), "tokens": balances.get(n, 0)} for n in nodes},
+                "per_node": {
+                    n: {
+                        "contribution": s.contribution_total,
+                        "tokens": s.token_balance,
+                        "accepted": s.accepted,
+                        "rejected": s.rejected,
+                        "consent_violations": s.consent_violations,
+                    }
+                    for n, s in summaries.items()
+                },
             }
         }

@@ -27,9 +27,7 @@ from ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from ledger.signing import payload_signature_valid
 from server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
 from server.config import FederationConfig
-
-STATE_DELTA = "delta/"
-STATE_HEAD = "head/"
+from server.global_state import flatten_state, unflatten_state
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,10 @@ class NodeResult:
     bytes_up: int = 0
     content_hash: str = ""
     signature: str | None = None
+    claimed_hash: str | None = None
+    """The content hash the node signed (compared with ``content_hash``)."""
+    authentic: bool = False
+    """The update is signed by the node's registered key over what was received."""
     contract_version: int = 0
     offending: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -90,17 +92,12 @@ TouchedFn = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], set[str]]
 
 def state_to_record(deltas: dict[str, np.ndarray], head: dict[str, np.ndarray]) -> ArrayRecord:
     """The dense global state as an ArrayRecord."""
-    arrays = {STATE_DELTA + k: v for k, v in deltas.items()}
-    arrays.update({STATE_HEAD + k: v for k, v in head.items()})
-    return to_array_record(arrays)
+    return to_array_record(flatten_state(deltas, head))
 
 
 def record_to_state(record: ArrayRecord) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Inverse of :func:`state_to_record`."""
-    arrays = from_array_record(record)
-    deltas = {k[len(STATE_DELTA):]: v for k, v in arrays.items() if k.startswith(STATE_DELTA)}
-    head = {k[len(STATE_HEAD):]: v for k, v in arrays.items() if k.startswith(STATE_HEAD)}
-    return deltas, head
+    return unflatten_state(from_array_record(record))
 
 
 def node_seed(run_seed: int, server_round: int, partition_id: int) -> int:
@@ -219,7 +216,8 @@ class SentinelStrategy(Strategy):
         except (KeyError, TypeError, ValueError) as e:  # a buggy or hostile node must not stop the round
             self._fail(node.node_id, f"malformed reply: {type(e).__name__}: {e}")
             return None
-        problem = self._authenticity_problem(result, msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None)
+        problem = self._authenticity_problem(result)
+        result.authentic = not problem and result.signature is not None
         problem = problem or self._shape_problem(result)
         if problem:
             result.accepted = False
@@ -271,26 +269,25 @@ class SentinelStrategy(Strategy):
         )
         signed = msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None
         result.content_hash = content_hash_of_arrays(arrays)
-        result.signature = str(signed[P.S_SIGNATURE]) if signed is not None else None
+        if signed is not None:
+            result.signature = str(signed[P.S_SIGNATURE])
+            result.claimed_hash = str(signed[P.S_CONTENT_HASH])
         return result
 
-    def _authenticity_problem(self, result: NodeResult, signed: ConfigRecord | None) -> str:
+    def _authenticity_problem(self, result: NodeResult) -> str:
         """Why an update cannot be attributed to its node ('' when it can).
 
         The node signs the ledger's submission payload (node, round, content hash,
         examples); the coordinator recomputes the content hash of what it received.
         """
-        if self.require_signatures and (signed is None or not result.node.public_key):
-            return "unsigned update"
-        if signed is None:
-            return ""
-        if str(signed[P.S_CONTENT_HASH]) != result.content_hash:
+        if result.signature is None or not result.node.public_key:
+            return "unsigned update" if self.require_signatures else ""
+        if result.claimed_hash != result.content_hash:
             return "content hash mismatch: the arrays received are not the ones the node signed"
-        if result.node.public_key:
-            assert self.outcome is not None
-            payload = update_submitted_payload(result.node.node_id, self.outcome.round, result.content_hash, result.num_examples)
-            if not payload_signature_valid(result.node.public_key, str(signed[P.S_SIGNATURE]), payload):
-                return "bad signature: the update is not signed by the node's registered key"
+        assert self.outcome is not None
+        payload = update_submitted_payload(result.node.node_id, self.outcome.round, result.content_hash, result.num_examples)
+        if not payload_signature_valid(result.node.public_key, result.signature, payload):
+            return "bad signature: the update is not signed by the node's registered key"
         return ""
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
