@@ -16,12 +16,12 @@ from collections.abc import Callable, Collection
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client import app as honest
-from client import protocol as P
-from client.node import node_identity
-from ledger.crypto import generate_private_key
-from ledger.recorder import update_submitted_payload
-from ledger.signing import sign_payload
+from sentinel.client import app as honest
+from sentinel.client import protocol as P
+from sentinel.client.node import node_identity
+from sentinel.ledger.crypto import generate_private_key
+from sentinel.ledger.recorder import update_submitted_payload
+from sentinel.ledger.signing import sign_payload
 
 
 def _misbehaves(context: Context, partitions: Collection[int]) -> bool:

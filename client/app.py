@@ -13,15 +13,15 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel as PydanticModel
 from pydantic import ConfigDict, Field
 
-from client import protocol as P
-from client.data import Example
-from client.federated_data import federated_split, node_train_val
-from client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
-from client.records import from_array_record, parse_global_view, to_array_record
-from client.training import GlobalView, evaluate_model, materialise_global, resolve_device, train_local
-from ledger.recorder import content_hash_of_arrays, update_submitted_payload
-from ledger.signing import sign_payload
-from models.loading import BaseModel
+from sentinel.client import protocol as P
+from sentinel.client.data import Example
+from sentinel.client.federated_data import federated_split, node_train_val
+from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
+from sentinel.client.records import from_array_record, parse_global_view, to_array_record
+from sentinel.client.training import GlobalView, evaluate_model, materialise_global, resolve_device, train_local
+from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
+from sentinel.ledger.signing import sign_payload
+from sentinel.models.loading import BaseModel
 
 app = ClientApp()
 

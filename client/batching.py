@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from client.data import Example
+from sentinel.client.data import Example
 
 
 def encode(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from client.data import Example, holdout_split, load_examples, partition
+from sentinel.client.data import Example, holdout_split, load_examples, partition
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from flwr.app import Context
 from pydantic import BaseModel as PydanticModel
 from pydantic import ConfigDict, Field
 
-from client.protocol import ROLES, Role
-from ledger.crypto import Ed25519PrivateKey, load_private_key, public_key_b64
-from models.loading import BaseModel, load_base_model
+from sentinel.client.protocol import ROLES, Role
+from sentinel.ledger.crypto import Ed25519PrivateKey, load_private_key, public_key_b64
+from sentinel.models.loading import BaseModel, load_base_model
 
 
 class NodeIdentity(PydanticModel):

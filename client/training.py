@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.batching import iter_batches, sample_batches
-from client.data import Example
-from client.protocol import LORA_ALPHA_PER_RANK
-from models.consent import restrict_lora_to_heads
-from models.deltas import add_weight_deltas
-from models.head_mask import apply_head_mask
-from models.importance import attention_entropy, head_importance
-from models.loading import BaseModel
-from models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
+from sentinel.client.batching import iter_batches, sample_batches
+from sentinel.client.data import Example
+from sentinel.client.protocol import LORA_ALPHA_PER_RANK
+from sentinel.models.consent import restrict_lora_to_heads
+from sentinel.models.deltas import add_weight_deltas
+from sentinel.models.head_mask import apply_head_mask
+from sentinel.models.importance import attention_entropy, head_importance
+from sentinel.models.loading import BaseModel
+from sentinel.models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
 
 
 @dataclass(frozen=True)

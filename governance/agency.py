@@ -19,10 +19,10 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from governance.contracts import AgencyState, AgencyStateName, ContractSet
-from governance.exceptions import UnknownComponentError
-from governance.policy import resolve_time
-from governance.policy_file import EntropySaturationRule
+from sentinel.governance.contracts import AgencyState, AgencyStateName, ContractSet
+from sentinel.governance.exceptions import UnknownComponentError
+from sentinel.governance.policy import resolve_time
+from sentinel.governance.policy_file import EntropySaturationRule
 
 
 class AgencyChange(BaseModel):

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from governance.cli_common import (
+from sentinel.governance.cli_common import (
     DEFAULT_DB,
     DEFAULT_LEDGER_DB,
     DEFAULT_TARGET,
@@ -35,8 +35,8 @@ from governance.cli_common import (
     make_reader,
     open_ledger,
 )
-from governance.cli_propose import propose_app
-from governance.contracts import OPERATIONS, ContractSet, Grant
+from sentinel.governance.cli_propose import propose_app
+from sentinel.governance.contracts import OPERATIONS, ContractSet, Grant
 
 app = typer.Typer(help="Consent contracts, nodes, proposals and votes.", no_args_is_help=True)
 app.add_typer(propose_app, name="propose")
@@ -86,8 +86,8 @@ def serve(
     tls_client_ca: Annotated[Path | None, typer.Option(help="PEM CA: also require client certificates.")] = None,
 ) -> None:
     """Serve the GovernanceService until interrupted."""
-    from governance.service import TLSConfig
-    from governance.service import serve as start
+    from sentinel.governance.service import TLSConfig
+    from sentinel.governance.service import serve as start
 
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("`--tls-cert` and `--tls-key` go together")
@@ -119,10 +119,10 @@ def init(
     ledger_key: LedgerKey = Path("coordinator.pem"),
 ) -> None:
     """Derive a model's contracts from a policy and install them (bootstrap act, recorded on the ledger)."""
-    from governance.components import standard_components
-    from governance.governor import Governor
-    from governance.policy_file import derive_contracts, load_default_policy, load_policy
-    from governance.store import GovernanceStore
+    from sentinel.governance.components import standard_components
+    from sentinel.governance.governor import Governor
+    from sentinel.governance.policy_file import derive_contracts, load_default_policy, load_policy
+    from sentinel.governance.store import GovernanceStore
 
     if output not in ("classifier", "lm_head", "none"):
         raise ValueError("`--output` must be classifier, lm_head or none")
@@ -146,8 +146,8 @@ def register(
     ledger_key: LedgerKey = Path("coordinator.pem"),
 ) -> None:
     """Register a founding node directly (bootstrap act by the coordinator, recorded on the ledger)."""
-    from governance.governor import Governor
-    from governance.store import GovernanceStore
+    from sentinel.governance.governor import Governor
+    from sentinel.governance.store import GovernanceStore
 
     if role not in ("edge", "gpu", "central"):
         raise ValueError(f"`--role` {role!r} is not one of edge, gpu, central")
@@ -313,7 +313,7 @@ def keys_generate(
     force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
 ) -> None:
     """Generate an Ed25519 node key pair; prints the base64 public key to register."""
-    from ledger.crypto import generate_private_key, public_key_b64, save_private_key
+    from sentinel.ledger.crypto import generate_private_key, public_key_b64, save_private_key
 
     if out.exists() and not force:
         raise ValueError(f"{out} exists; pass --force to overwrite it (the old key is lost)")

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from governance.exceptions import GovernanceError
+from sentinel.governance.exceptions import GovernanceError
 
 if TYPE_CHECKING:
-    from governance.client import GovernanceClient
-    from governance.local_reader import LocalGovernanceReader
-    from ledger.store import Ledger
+    from sentinel.governance.client import GovernanceClient
+    from sentinel.governance.local_reader import LocalGovernanceReader
+    from sentinel.ledger.store import Ledger
 
 console = Console()
 err_console = Console(stderr=True)
@@ -58,7 +58,7 @@ def friendly_errors(command: _F) -> _F:
 
 def make_client(target: str, root_cert: Path | None, node_id: str | None = None, key: Path | None = None) -> GovernanceClient:
     """A client of the service at ``target`` (TLS when ``root_cert``), signing as ``node_id`` with ``key``."""
-    from governance.client import GovernanceClient
+    from sentinel.governance.client import GovernanceClient
 
     return GovernanceClient(target, node_id=node_id, key=key, root_cert=root_cert)
 
@@ -71,7 +71,7 @@ ReadDb = Annotated[
 def make_reader(target: str, root_cert: Path | None, db: str | None) -> GovernanceClient | LocalGovernanceReader:
     """What read commands query: the database given by ``--db``, else the service at ``target``."""
     if db:
-        from governance.local_reader import LocalGovernanceReader
+        from sentinel.governance.local_reader import LocalGovernanceReader
 
         return LocalGovernanceReader(db)
     return make_client(target, root_cert)
@@ -79,6 +79,6 @@ def make_reader(target: str, root_cert: Path | None, db: str | None) -> Governan
 
 def open_ledger(url: str, key: Path) -> Ledger:
     """The ledger at ``url``, signing with the coordinator key at ``key`` (created if missing)."""
-    from ledger.store import Ledger
+    from sentinel.ledger.store import Ledger
 
     return Ledger.open(url, key)

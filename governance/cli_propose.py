@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from governance.cli_common import (
+from sentinel.governance.cli_common import (
     DEFAULT_TARGET,
     Components,
     KeyPath,
@@ -21,7 +21,7 @@ from governance.cli_common import (
     friendly_errors,
     make_client,
 )
-from governance.proposals import (
+from sentinel.governance.proposals import (
     ContractChangeSpec,
     ProposalSpec,
     RegisterNodeSpec,

@@ -9,17 +9,17 @@ from typing import Any, TypeVar
 
 import grpc
 
-from governance import wire
-from governance.contracts import ConsentContract, ContractSet, Operation
-from governance.exceptions import RemoteGovernanceError
-from governance.policy import Decision
-from governance.proposals import ProposalRecord, ProposalSpec, SignedVote, sign_proposal, sign_vote
-from governance.registry import NodeRecord
-from governance.signing import format_timestamp
-from governance.voting import Choice
-from ledger.crypto import Ed25519PrivateKey, load_private_key
-from protos import governance_pb2 as pb
-from protos import governance_pb2_grpc as pb_grpc
+from sentinel.governance import wire
+from sentinel.governance.contracts import ConsentContract, ContractSet, Operation
+from sentinel.governance.exceptions import RemoteGovernanceError
+from sentinel.governance.policy import Decision
+from sentinel.governance.proposals import ProposalRecord, ProposalSpec, SignedVote, sign_proposal, sign_vote
+from sentinel.governance.registry import NodeRecord
+from sentinel.governance.signing import format_timestamp
+from sentinel.governance.voting import Choice
+from sentinel.ledger.crypto import Ed25519PrivateKey, load_private_key
+from sentinel.protos import governance_pb2 as pb
+from sentinel.protos import governance_pb2_grpc as pb_grpc
 
 _T = TypeVar("_T")
 

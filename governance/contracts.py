@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from governance.components import parse_component
-from ledger.crypto import canonical_json, sha256_hex
+from sentinel.governance.components import parse_component
+from sentinel.ledger.crypto import canonical_json, sha256_hex
 
 Operation = Literal["adapt", "prune", "grow", "distill"]
 Role = Literal["edge", "gpu", "central"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Set
 from dataclasses import dataclass
 
-from governance.ledger_sink import LedgerSink
+from sentinel.governance.ledger_sink import LedgerSink
 
 CONSENT_VIOLATION = "consent_violation"
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from governance.contracts import ContractSet
-from governance.execution import Effects
-from governance.proposals import ProposalRecord
-from governance.registry import NodeRecord
-from governance.voting import Tally
+from sentinel.governance.contracts import ContractSet
+from sentinel.governance.execution import Effects
+from sentinel.governance.proposals import ProposalRecord
+from sentinel.governance.registry import NodeRecord
+from sentinel.governance.voting import Tally
 
 
 def node_payload(record: NodeRecord, *, via: str) -> dict[str, object]:

@@ -12,17 +12,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from governance.contracts import AgencyState, ConsentContract, ContractSet
-from governance.exceptions import InvalidRequestError
-from governance.parameters import FederationParameters
-from governance.proposals import (
+from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet
+from sentinel.governance.exceptions import InvalidRequestError
+from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.proposals import (
     ContractChangeSpec,
     ProposalSpec,
     RegisterNodeSpec,
     RemoveNodeSpec,
     SetAgencySpec,
 )
-from governance.registry import NodeRecord, NodeRegistry
+from sentinel.governance.registry import NodeRecord, NodeRegistry
 
 
 @dataclass

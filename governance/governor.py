@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
-from governance.contracts import ContractSet, Operation, Role
-from governance.entries import contract_set_payload, execution_payload, node_payload
-from governance.exceptions import (
+from sentinel.governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
+from sentinel.governance.contracts import ContractSet, Operation, Role
+from sentinel.governance.entries import contract_set_payload, execution_payload, node_payload
+from sentinel.governance.exceptions import (
     ContractsNotInstalledError,
     DuplicateVoteError,
     GovernanceError,
@@ -34,8 +34,8 @@ from governance.exceptions import (
     ProposalClosedError,
     ProposalNotFoundError,
 )
-from governance.execution import Effects, execute_spec
-from governance.ledger_sink import (
+from sentinel.governance.execution import Effects, execute_spec
+from sentinel.governance.ledger_sink import (
     CONTRACT_CHANGED,
     EXECUTION,
     NODE_REGISTERED,
@@ -46,14 +46,14 @@ from governance.ledger_sink import (
     PendingEntry,
     append_entries,
 )
-from governance.parameters import FederationParameters
-from governance.policy import Decision, PolicyEngine, resolve_time
-from governance.policy_file import EntropySaturationRule
-from governance.proposals import ProposalRecord, RegisterNodeSpec, RemoveNodeSpec, SignedProposal, SignedVote
-from governance.registry import NodeRecord, NodeRegistry
-from governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp
-from governance.store import GovernanceStore, StoreTransaction
-from governance.voting import Tally, decide, tally_votes
+from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.policy import Decision, PolicyEngine, resolve_time
+from sentinel.governance.policy_file import EntropySaturationRule
+from sentinel.governance.proposals import ProposalRecord, RegisterNodeSpec, RemoveNodeSpec, SignedProposal, SignedVote
+from sentinel.governance.registry import NodeRecord, NodeRegistry
+from sentinel.governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp
+from sentinel.governance.store import GovernanceStore, StoreTransaction
+from sentinel.governance.voting import Tally, decide, tally_votes
 
 COORDINATOR = "coordinator"
 

@@ -11,11 +11,11 @@ import fnmatch
 from datetime import datetime
 from pathlib import Path
 
-from governance.contracts import ContractSet, Operation
-from governance.exceptions import ContractsNotInstalledError
-from governance.policy import Decision, PolicyEngine
-from governance.registry import NodeRecord
-from governance.store import GovernanceStore
+from sentinel.governance.contracts import ContractSet, Operation
+from sentinel.governance.exceptions import ContractsNotInstalledError
+from sentinel.governance.policy import Decision, PolicyEngine
+from sentinel.governance.registry import NodeRecord
+from sentinel.governance.store import GovernanceStore
 
 
 class LocalGovernanceReader:

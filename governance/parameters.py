@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from governance.exceptions import InvalidRequestError
+from sentinel.governance.exceptions import InvalidRequestError
 
 
 class FederationParameters(BaseModel):

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from governance.contracts import OPERATIONS, ROLES, ConsentContract, ContractSet, Operation, Role
-from governance.exceptions import InvalidRequestError
-from governance.registry import NodeRegistry
+from sentinel.governance.contracts import OPERATIONS, ROLES, ConsentContract, ContractSet, Operation, Role
+from sentinel.governance.exceptions import InvalidRequestError
+from sentinel.governance.registry import NodeRegistry
 
 _RESTING_DENIES: frozenset[Operation] = frozenset({"adapt", "grow"})
 _EMPTY: frozenset[str] = frozenset()

@@ -67,9 +67,9 @@ from pydantic import (
     model_validator,
 )
 
-from governance._source_lines import format_loc, line_index, line_of
-from governance.components import COMPONENT_KINDS, ComponentKind, ComponentRef, parse_component
-from governance.contracts import (
+from sentinel.governance._source_lines import format_loc, line_index, line_of
+from sentinel.governance.components import COMPONENT_KINDS, ComponentKind, ComponentRef, parse_component
+from sentinel.governance.contracts import (
     AgencyState,
     AgencyStateName,
     ConsentContract,
@@ -78,7 +78,7 @@ from governance.contracts import (
     Operation,
     Role,
 )
-from governance.exceptions import PolicyFileError
+from sentinel.governance.exceptions import PolicyFileError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DEFAULT_POLICY_RESOURCE = "default_policy.yaml"
@@ -301,7 +301,7 @@ def load_policy(path: str | Path) -> PolicyFile:
 
 def default_policy_text() -> str:
     """Text of the policy shipped with the package (the default of ``sentinel simulate``)."""
-    return resources.files("governance").joinpath(DEFAULT_POLICY_RESOURCE).read_text(encoding="utf-8")
+    return resources.files("sentinel.governance").joinpath(DEFAULT_POLICY_RESOURCE).read_text(encoding="utf-8")
 
 
 def load_default_policy() -> PolicyFile:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from governance.contracts import Role
-from ledger.crypto import public_key_from_b64
+from sentinel.governance.contracts import Role
+from sentinel.ledger.crypto import public_key_from_b64
 
 NodeStatus = Literal["active", "removed"]
 

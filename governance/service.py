@@ -20,15 +20,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from governance import wire
-from governance.exceptions import GovernanceError, InvalidRequestError, UnknownComponentError
-from governance.governor import Governor
-from governance.ledger_sink import LedgerSink
-from governance.policy import check_operation
-from governance.signing import DEFAULT_WINDOW, parse_timestamp
-from governance.store import GovernanceStore
-from protos import governance_pb2 as pb
-from protos import governance_pb2_grpc as pb_grpc
+from sentinel.governance import wire
+from sentinel.governance.exceptions import GovernanceError, InvalidRequestError, UnknownComponentError
+from sentinel.governance.governor import Governor
+from sentinel.governance.ledger_sink import LedgerSink
+from sentinel.governance.policy import check_operation
+from sentinel.governance.signing import DEFAULT_WINDOW, parse_timestamp
+from sentinel.governance.store import GovernanceStore
+from sentinel.protos import governance_pb2 as pb
+from sentinel.protos import governance_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from governance.exceptions import (
+from sentinel.governance.exceptions import (
     InvalidRequestError,
     InvalidSignatureError,
     PermissionDeniedError,
@@ -23,8 +23,8 @@ from governance.exceptions import (
     UnknownSignerError,
     UnsignedRequestError,
 )
-from governance.registry import NodeRecord, NodeRegistry
-from ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, verify_b64
+from sentinel.governance.registry import NodeRecord, NodeRegistry
+from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, verify_b64
 
 DEFAULT_WINDOW = timedelta(minutes=5)
 

@@ -23,12 +23,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from governance.contracts import ConsentContract, ContractSet
-from governance.exceptions import ReplayedRequestError, StoreError
-from governance.parameters import FederationParameters
-from governance.proposals import ProposalDocument, ProposalRecord, ProposalStatus, SignedVote, VoteBody
-from governance.registry import NodeRecord, NodeRegistry
-from governance.voting import Tally
+from sentinel.governance.contracts import ConsentContract, ContractSet
+from sentinel.governance.exceptions import ReplayedRequestError, StoreError
+from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.proposals import ProposalDocument, ProposalRecord, ProposalStatus, SignedVote, VoteBody
+from sentinel.governance.registry import NodeRecord, NodeRegistry
+from sentinel.governance.voting import Tally
 
 
 class ActRow(SQLModel, table=True):

@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from governance.contracts import ConsentContract, ContractSet
-from governance.exceptions import InvalidRequestError
-from governance.proposals import ProposalDocument, ProposalRecord, ProposalSpec, SignedProposal, SignedVote, VoteBody
-from governance.registry import NodeRecord
-from governance.voting import Tally
-from protos import governance_pb2 as pb
+from sentinel.governance.contracts import ConsentContract, ContractSet
+from sentinel.governance.exceptions import InvalidRequestError
+from sentinel.governance.proposals import ProposalDocument, ProposalRecord, ProposalSpec, SignedProposal, SignedVote, VoteBody
+from sentinel.governance.registry import NodeRecord
+from sentinel.governance.voting import Tally
+from sentinel.protos import governance_pb2 as pb
 
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProposalSpec)
 _SPEC_MESSAGES = {

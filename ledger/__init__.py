@@ -13,18 +13,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Ledger": "ledger.store",
-    "AppendRequest": "ledger.entries",
-    "LedgerEntry": "ledger.entries",
-    "VerifyReport": "ledger.entries",
-    "NodeSummary": "ledger.entries",
-    "Problem": "ledger.entries",
-    "EntryKind": "ledger.kinds",
-    "LedgerRecorder": "ledger.recorder",
-    "content_hash_of_arrays": "ledger.recorder",
-    "leave_one_out": "ledger.contribution",
-    "monte_carlo_shapley": "ledger.contribution",
-    "distribute_tokens": "ledger.tokens",
+    "Ledger": "sentinel.ledger.store",
+    "AppendRequest": "sentinel.ledger.entries",
+    "LedgerEntry": "sentinel.ledger.entries",
+    "VerifyReport": "sentinel.ledger.entries",
+    "NodeSummary": "sentinel.ledger.entries",
+    "Problem": "sentinel.ledger.entries",
+    "EntryKind": "sentinel.ledger.kinds",
+    "LedgerRecorder": "sentinel.ledger.recorder",
+    "content_hash_of_arrays": "sentinel.ledger.recorder",
+    "leave_one_out": "sentinel.ledger.contribution",
+    "monte_carlo_shapley": "sentinel.ledger.contribution",
+    "distribute_tokens": "sentinel.ledger.tokens",
 }
 
 __all__ = sorted(_EXPORTS)

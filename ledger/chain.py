@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ledger.crypto import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, sign_b64
+from sentinel.ledger.crypto import Ed25519PrivateKey, Ed25519PublicKey, canonical_json, sign_b64
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of entry 0."""

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
-from ledger.exceptions import LedgerError
+from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
+from sentinel.ledger.exceptions import LedgerError
 
 app = typer.Typer(help="ledger commands.", no_args_is_help=True)
 
@@ -61,14 +61,14 @@ def _reader(db: str | None, target: str | None, root_cert: Path | None):  # type
     if (db is None) == (target is None):
         raise _fail("give exactly one of --db URL or --target host:port")
     if target is not None:
-        from ledger.client import LedgerClient
+        from sentinel.ledger.client import LedgerClient
 
         source: _Reader = LedgerClient(target, root_cert)
     else:
         url = db_url(db)  # type: ignore[arg-type]
         if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
             raise _fail(f"no ledger database at {url.removeprefix('sqlite:///')}")
-        from ledger.store import Ledger
+        from sentinel.ledger.store import Ledger
 
         source = Ledger(url)
     try:
@@ -115,8 +115,8 @@ def serve(
     tls_client_ca: Annotated[Path | None, typer.Option(help="Require client certificates signed by this CA.", exists=True)] = None,
 ) -> None:
     """Serve the ledger read-only over gRPC (LedgerService) until interrupted."""
-    from ledger.service import TlsConfig
-    from ledger.service import serve as start
+    from sentinel.ledger.service import TlsConfig
+    from sentinel.ledger.service import serve as start
 
     if (tls_cert is None) != (tls_key is None):
         raise _fail("--tls-cert and --tls-key go together")

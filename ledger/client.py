@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 
-from ledger import convert
-from ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
-from ledger.exceptions import EntryNotFoundError, LedgerError
-from ledger.kinds import EntryKind
-from protos import ledger_pb2 as pb
-from protos import ledger_pb2_grpc as pb_grpc
+from sentinel.ledger import convert
+from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
+from sentinel.ledger.exceptions import EntryNotFoundError, LedgerError
+from sentinel.ledger.kinds import EntryKind
+from sentinel.protos import ledger_pb2 as pb
+from sentinel.protos import ledger_pb2_grpc as pb_grpc
 
 
 class LedgerApiError(LedgerError):

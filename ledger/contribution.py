@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from ledger.kinds import ContributionMethod
+from sentinel.ledger.kinds import ContributionMethod
 
 __all__ = ["ContributionMethod", "Utility", "leave_one_out", "monte_carlo_shapley"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ledger.entries import ContributionRecord, LedgerEntry, LedgerInfo, NodeSummary, Problem, VerifyReport
-from ledger.kinds import EntryKind
-from protos import ledger_pb2 as pb
+from sentinel.ledger.entries import ContributionRecord, LedgerEntry, LedgerInfo, NodeSummary, Problem, VerifyReport
+from sentinel.ledger.kinds import EntryKind
+from sentinel.protos import ledger_pb2 as pb
 
 
 def entry_to_pb(entry: LedgerEntry) -> pb.Entry:

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from ledger.tables import ENTRY_TABLE, HEAD_TABLE
+from sentinel.ledger.tables import ENTRY_TABLE, HEAD_TABLE
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _WRITE = "ledger_write"

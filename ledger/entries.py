@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ledger.chain import Envelope, entry_hash, signature_valid
-from ledger.crypto import Ed25519PublicKey
-from ledger.kinds import EntryKind
+from sentinel.ledger.chain import Envelope, entry_hash, signature_valid
+from sentinel.ledger.crypto import Ed25519PublicKey
+from sentinel.ledger.kinds import EntryKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from ledger.crypto import public_key_from_b64
-from ledger.exceptions import InvalidEntryError
+from sentinel.ledger.crypto import public_key_from_b64
+from sentinel.ledger.exceptions import InvalidEntryError
 
 COORDINATOR = "coordinator"
 """The actor of entries the coordinator originates."""

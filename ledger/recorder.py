@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ledger.crypto import canonical_json
-from ledger.entries import AppendRequest, LedgerEntry
-from ledger.kinds import COORDINATOR, ContributionMethod, EntryKind, score_text
+from sentinel.ledger.crypto import canonical_json
+from sentinel.ledger.entries import AppendRequest, LedgerEntry
+from sentinel.ledger.kinds import COORDINATOR, ContributionMethod, EntryKind, score_text
 
 if TYPE_CHECKING:  # the client imports content_hash_of_arrays; keep SQL out of its imports
-    from ledger.store import Ledger
+    from sentinel.ledger.store import Ledger
 
 
 def content_hash_of_arrays(arrays: Mapping[str, np.ndarray]) -> str:

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ledger import convert
-from ledger.entries import LedgerEntry
-from ledger.exceptions import LedgerError
-from ledger.store import Ledger
-from protos import ledger_pb2 as pb
-from protos import ledger_pb2_grpc as pb_grpc
+from sentinel.ledger import convert
+from sentinel.ledger.entries import LedgerEntry
+from sentinel.ledger.exceptions import LedgerError
+from sentinel.ledger.store import Ledger
+from sentinel.protos import ledger_pb2 as pb
+from sentinel.protos import ledger_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000

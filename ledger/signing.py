@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, verify_b64
+from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, verify_b64
 
 
 def sign_payload(key: Ed25519PrivateKey, payload: Mapping[str, Any]) -> str:

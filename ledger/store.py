@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from ledger import summary
-from ledger.chain import GENESIS_HASH, Envelope, entry_hash, payload_text, sign_hash, signature_valid
-from ledger.crypto import (
+from sentinel.ledger import summary
+from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, payload_text, sign_hash, signature_valid
+from sentinel.ledger.crypto import (
     CanonicalJSONError,
     Ed25519PrivateKey,
     generate_private_key,
@@ -26,9 +26,9 @@ from ledger.crypto import (
     public_key_from_b64,
     save_private_key,
 )
-from ledger.engine import init_schema, make_engine, snapshot_transaction, write_transaction
-from ledger.entries import AppendRequest, LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
-from ledger.exceptions import (
+from sentinel.ledger.engine import init_schema, make_engine, snapshot_transaction, write_transaction
+from sentinel.ledger.entries import AppendRequest, LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
+from sentinel.ledger.exceptions import (
     EntryNotFoundError,
     InvalidEntryError,
     LedgerStateError,
@@ -36,9 +36,9 @@ from ledger.exceptions import (
     ReadOnlyLedgerError,
     SignerMismatchError,
 )
-from ledger.kinds import COORDINATOR, EntryKind, check_actor, check_payload, parse_kind, payload_node
-from ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
-from ledger.verify import verify_chain
+from sentinel.ledger.kinds import COORDINATOR, EntryKind, check_actor, check_payload, parse_kind, payload_node
+from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
+from sentinel.ledger.verify import verify_chain
 
 DEFAULT_URL = "sqlite:///ledger.db"
 _E = ENTRY_TABLE.c

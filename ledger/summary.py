@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from ledger.entries import ContributionRecord, LedgerEntry, NodeSummary
-from ledger.kinds import EntryKind
+from sentinel.ledger.entries import ContributionRecord, LedgerEntry, NodeSummary
+from sentinel.ledger.kinds import EntryKind
 
 _COUNTED = {
     EntryKind.UPDATE_SUBMITTED: "submitted",

@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from ledger.chain import GENESIS_HASH, Envelope, entry_hash, signature_valid
-from ledger.crypto import Ed25519PublicKey, public_key_from_b64
-from ledger.entries import Problem, VerifyReport
-from ledger.kinds import EntryKind, payload_node
-from ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
+from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, signature_valid
+from sentinel.ledger.crypto import Ed25519PublicKey, public_key_from_b64
+from sentinel.ledger.entries import Problem, VerifyReport
+from sentinel.ledger.kinds import EntryKind, payload_node
+from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
 
 _E = ENTRY_TABLE.c
 _COLS = ENTRY_TABLE.c[ENTRY_COLUMNS]

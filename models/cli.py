@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from models.components import attention_modules, ffn_id, head_id, list_components, model_layout
-from models.exceptions import ModelError
-from models.loading import BaseModel, load_base_model
-from models.presets import preset_names
+from sentinel.models.components import attention_modules, ffn_id, head_id, list_components, model_layout
+from sentinel.models.exceptions import ModelError
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.presets import preset_names
 
 app = typer.Typer(help="models commands.", no_args_is_help=True)
 
@@ -134,8 +134,8 @@ def export_onnx_command(
     """
     import numpy as np
 
-    from models.onnx_export import ADAPTER_CONTRACTS_FILE, OnnxClassifier, export_onnx, prepare_for_export
-    from models.pruning import count_parameters
+    from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE, OnnxClassifier, export_onnx, prepare_for_export
+    from sentinel.models.pruning import count_parameters
 
     console = Console(stderr=True)
     try:

@@ -31,8 +31,8 @@ from typing import Literal
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from models.exceptions import ComponentError, UnsupportedModelError
-from models.loading import Family, family_of, model_config
+from sentinel.models.exceptions import ComponentError, UnsupportedModelError
+from sentinel.models.loading import Family, family_of, model_config
 
 EMBEDDINGS = "embeddings"
 CLASSIFIER = "classifier"

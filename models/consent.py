@@ -32,7 +32,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
-from models.components import (
+from sentinel.models.components import (
     CLASSIFIER,
     EMBEDDINGS,
     ModelLayout,
@@ -44,8 +44,8 @@ from models.components import (
     model_layout,
     projection_role,
 )
-from models.exceptions import AdapterError, ComponentError
-from models.lora import HEAD_MODULES, head_module_keys, lora_pairs, module_path
+from sentinel.models.exceptions import AdapterError, ComponentError
+from sentinel.models.lora import HEAD_MODULES, head_module_keys, lora_pairs, module_path
 
 
 @dataclass(frozen=True)

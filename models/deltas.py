@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from models.components import base_layer_of, unwrap_model
-from models.exceptions import AdapterError, UnsupportedModelError
-from models.lora import lora_pairs
+from sentinel.models.components import base_layer_of, unwrap_model
+from sentinel.models.exceptions import AdapterError, UnsupportedModelError
+from sentinel.models.lora import lora_pairs
 
 
 def lora_weight_deltas(arrays: Mapping[str, np.ndarray], scaling: float) -> dict[str, np.ndarray]:

@@ -25,8 +25,8 @@ from typing import Any, Self
 import torch
 from torch import nn
 
-from models.components import model_layout
-from models.head_mask import AttentionSite, attention_sites, scale_heads
+from sentinel.models.components import model_layout
+from sentinel.models.head_mask import AttentionSite, attention_sites, scale_heads
 
 
 def key_validity(attention_mask: torch.Tensor | None, probs: torch.Tensor, is_causal: bool) -> torch.Tensor:

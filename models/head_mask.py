@@ -30,9 +30,9 @@ import numpy as np
 import pydantic
 import torch
 
-from models.components import ModelLayout, attention_modules, model_layout
-from models.exceptions import ModelError
-from models.fileio import write_text_atomically
+from sentinel.models.components import ModelLayout, attention_modules, model_layout
+from sentinel.models.exceptions import ModelError
+from sentinel.models.fileio import write_text_atomically
 
 HEAD_IDS_ATTR = "sentinel_head_ids"
 """Attribute set on a pruned attention module: original ids of the query heads it still has."""

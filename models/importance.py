@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.components import model_layout
-from models.head_mask import HeadGates, attention_sites
+from sentinel.models.components import model_layout
+from sentinel.models.head_mask import HeadGates, attention_sites
 
 LossFn = Callable[[object, Mapping[str, torch.Tensor]], torch.Tensor]
 """``loss_fn(model_outputs, batch) -> scalar``: the mean over the batch's examples of a per-example loss."""

@@ -18,8 +18,8 @@ import torch
 import transformers
 from transformers import PreTrainedTokenizerBase
 
-from models.exceptions import ModelLoadError, UnsupportedModelError
-from models.presets import PRESETS, Preset
+from sentinel.models.exceptions import ModelLoadError, UnsupportedModelError
+from sentinel.models.presets import PRESETS, Preset
 
 Task = Literal["classification", "causal-lm"]
 Family = Literal["bert", "gpt2", "llama"]

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-from models.components import task_head_component
-from models.exceptions import AdapterError
-from models.fileio import write_dir_atomically
-from models.loading import BaseModel, Family, Task, family_of, seeded
+from sentinel.models.components import task_head_component
+from sentinel.models.exceptions import AdapterError
+from sentinel.models.fileio import write_dir_atomically
+from sentinel.models.loading import BaseModel, Family, Task, family_of, seeded
 
 PEFT_PREFIX = "base_model.model."
 

@@ -22,11 +22,11 @@ import torch
 import transformers
 from transformers import PreTrainedTokenizerBase
 
-from models.exceptions import PresetUnavailableError
-from models.tokenizer import build_byte_tokenizer
+from sentinel.models.exceptions import PresetUnavailableError
+from sentinel.models.tokenizer import build_byte_tokenizer
 
 if TYPE_CHECKING:
-    from models.loading import Family, Task
+    from sentinel.models.loading import Family, Task
 
 TINY_MAX_LENGTH = 128
 TINY_HIDDEN = 32

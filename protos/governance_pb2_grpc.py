@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import governance_pb2 as protos_dot_governance__pb2
+from sentinel.protos import governance_pb2 as sentinel_dot_protos_dot_governance__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/governance_pb2_grpc.py depends on'
+        + ' but the generated code in sentinel/protos/governance_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class GovernanceServiceStub:
         """
         self.ListContracts = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/ListContracts',
-                request_serializer=protos_dot_governance__pb2.ListContractsRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.ListContractsResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.ListContractsRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.ListContractsResponse.FromString,
                 _registered_method=True)
         self.GetContract = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/GetContract',
-                request_serializer=protos_dot_governance__pb2.GetContractRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.GetContractResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.GetContractRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.GetContractResponse.FromString,
                 _registered_method=True)
         self.CheckPermission = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/CheckPermission',
-                request_serializer=protos_dot_governance__pb2.CheckPermissionRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.CheckPermissionResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.CheckPermissionRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.CheckPermissionResponse.FromString,
                 _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/ListNodes',
-                request_serializer=protos_dot_governance__pb2.ListNodesRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.ListNodesResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
         self.SubmitProposal = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/SubmitProposal',
-                request_serializer=protos_dot_governance__pb2.SubmitProposalRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.SubmitProposalResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.SubmitProposalRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.SubmitProposalResponse.FromString,
                 _registered_method=True)
         self.CastVote = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/CastVote',
-                request_serializer=protos_dot_governance__pb2.CastVoteRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.CastVoteResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.CastVoteRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.CastVoteResponse.FromString,
                 _registered_method=True)
         self.ListProposals = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/ListProposals',
-                request_serializer=protos_dot_governance__pb2.ListProposalsRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.ListProposalsResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.ListProposalsRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.ListProposalsResponse.FromString,
                 _registered_method=True)
         self.GetProposal = channel.unary_unary(
                 '/sentinel.governance.v1.GovernanceService/GetProposal',
-                request_serializer=protos_dot_governance__pb2.GetProposalRequest.SerializeToString,
-                response_deserializer=protos_dot_governance__pb2.GetProposalResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_governance__pb2.GetProposalRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_governance__pb2.GetProposalResponse.FromString,
                 _registered_method=True)
 
 
@@ -132,43 +132,43 @@ def add_GovernanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListContracts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListContracts,
-                    request_deserializer=protos_dot_governance__pb2.ListContractsRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.ListContractsResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.ListContractsRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.ListContractsResponse.SerializeToString,
             ),
             'GetContract': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContract,
-                    request_deserializer=protos_dot_governance__pb2.GetContractRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.GetContractResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.GetContractRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.GetContractResponse.SerializeToString,
             ),
             'CheckPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckPermission,
-                    request_deserializer=protos_dot_governance__pb2.CheckPermissionRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.CheckPermissionResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.CheckPermissionRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.CheckPermissionResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
-                    request_deserializer=protos_dot_governance__pb2.ListNodesRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.ListNodesResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.ListNodesRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.ListNodesResponse.SerializeToString,
             ),
             'SubmitProposal': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitProposal,
-                    request_deserializer=protos_dot_governance__pb2.SubmitProposalRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.SubmitProposalResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.SubmitProposalRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.SubmitProposalResponse.SerializeToString,
             ),
             'CastVote': grpc.unary_unary_rpc_method_handler(
                     servicer.CastVote,
-                    request_deserializer=protos_dot_governance__pb2.CastVoteRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.CastVoteResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.CastVoteRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.CastVoteResponse.SerializeToString,
             ),
             'ListProposals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProposals,
-                    request_deserializer=protos_dot_governance__pb2.ListProposalsRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.ListProposalsResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.ListProposalsRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.ListProposalsResponse.SerializeToString,
             ),
             'GetProposal': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProposal,
-                    request_deserializer=protos_dot_governance__pb2.GetProposalRequest.FromString,
-                    response_serializer=protos_dot_governance__pb2.GetProposalResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_governance__pb2.GetProposalRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_governance__pb2.GetProposalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -196,8 +196,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/ListContracts',
-            protos_dot_governance__pb2.ListContractsRequest.SerializeToString,
-            protos_dot_governance__pb2.ListContractsResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.ListContractsRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.ListContractsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,8 +223,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/GetContract',
-            protos_dot_governance__pb2.GetContractRequest.SerializeToString,
-            protos_dot_governance__pb2.GetContractResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.GetContractRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.GetContractResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -250,8 +250,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/CheckPermission',
-            protos_dot_governance__pb2.CheckPermissionRequest.SerializeToString,
-            protos_dot_governance__pb2.CheckPermissionResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.CheckPermissionRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.CheckPermissionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,8 +277,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/ListNodes',
-            protos_dot_governance__pb2.ListNodesRequest.SerializeToString,
-            protos_dot_governance__pb2.ListNodesResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.ListNodesRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,8 +304,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/SubmitProposal',
-            protos_dot_governance__pb2.SubmitProposalRequest.SerializeToString,
-            protos_dot_governance__pb2.SubmitProposalResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.SubmitProposalRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.SubmitProposalResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -331,8 +331,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/CastVote',
-            protos_dot_governance__pb2.CastVoteRequest.SerializeToString,
-            protos_dot_governance__pb2.CastVoteResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.CastVoteRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.CastVoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -358,8 +358,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/ListProposals',
-            protos_dot_governance__pb2.ListProposalsRequest.SerializeToString,
-            protos_dot_governance__pb2.ListProposalsResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.ListProposalsRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.ListProposalsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -385,8 +385,8 @@ class GovernanceService:
             request,
             target,
             '/sentinel.governance.v1.GovernanceService/GetProposal',
-            protos_dot_governance__pb2.GetProposalRequest.SerializeToString,
-            protos_dot_governance__pb2.GetProposalResponse.FromString,
+            sentinel_dot_protos_dot_governance__pb2.GetProposalRequest.SerializeToString,
+            sentinel_dot_protos_dot_governance__pb2.GetProposalResponse.FromString,
             options,
             channel_credentials,
             insecure,

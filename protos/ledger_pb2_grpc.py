@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import ledger_pb2 as protos_dot_ledger__pb2
+from sentinel.protos import ledger_pb2 as sentinel_dot_protos_dot_ledger__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/ledger_pb2_grpc.py depends on'
+        + ' but the generated code in sentinel/protos/ledger_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class LedgerServiceStub:
         """
         self.GetEntries = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/GetEntries',
-                request_serializer=protos_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.GetEntriesResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetEntriesResponse.FromString,
                 _registered_method=True)
         self.GetEntry = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/GetEntry',
-                request_serializer=protos_dot_ledger__pb2.GetEntryRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.Entry.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.Entry.FromString,
                 _registered_method=True)
         self.GetNodeSummary = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/GetNodeSummary',
-                request_serializer=protos_dot_ledger__pb2.GetNodeSummaryRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.NodeSummary.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.GetNodeSummaryRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.NodeSummary.FromString,
                 _registered_method=True)
         self.VerifyChain = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/VerifyChain',
-                request_serializer=protos_dot_ledger__pb2.VerifyChainRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.VerifyChainResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.VerifyChainRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.VerifyChainResponse.FromString,
                 _registered_method=True)
         self.StreamEntries = channel.unary_stream(
                 '/sentinel.ledger.v1.LedgerService/StreamEntries',
-                request_serializer=protos_dot_ledger__pb2.StreamEntriesRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.Entry.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.StreamEntriesRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.Entry.FromString,
                 _registered_method=True)
         self.GetBalances = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/GetBalances',
-                request_serializer=protos_dot_ledger__pb2.GetBalancesRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.GetBalancesResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.GetBalancesRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetBalancesResponse.FromString,
                 _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/sentinel.ledger.v1.LedgerService/GetInfo',
-                request_serializer=protos_dot_ledger__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=protos_dot_ledger__pb2.GetInfoResponse.FromString,
+                request_serializer=sentinel_dot_protos_dot_ledger__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -128,38 +128,38 @@ def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntries,
-                    request_deserializer=protos_dot_ledger__pb2.GetEntriesRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.GetEntriesResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetEntriesRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.GetEntriesResponse.SerializeToString,
             ),
             'GetEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntry,
-                    request_deserializer=protos_dot_ledger__pb2.GetEntryRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.Entry.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetEntryRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.Entry.SerializeToString,
             ),
             'GetNodeSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeSummary,
-                    request_deserializer=protos_dot_ledger__pb2.GetNodeSummaryRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.NodeSummary.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetNodeSummaryRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.NodeSummary.SerializeToString,
             ),
             'VerifyChain': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyChain,
-                    request_deserializer=protos_dot_ledger__pb2.VerifyChainRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.VerifyChainResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.VerifyChainRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.VerifyChainResponse.SerializeToString,
             ),
             'StreamEntries': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEntries,
-                    request_deserializer=protos_dot_ledger__pb2.StreamEntriesRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.Entry.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.StreamEntriesRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.Entry.SerializeToString,
             ),
             'GetBalances': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalances,
-                    request_deserializer=protos_dot_ledger__pb2.GetBalancesRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.GetBalancesResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetBalancesRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.GetBalancesResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=protos_dot_ledger__pb2.GetInfoRequest.FromString,
-                    response_serializer=protos_dot_ledger__pb2.GetInfoResponse.SerializeToString,
+                    request_deserializer=sentinel_dot_protos_dot_ledger__pb2.GetInfoRequest.FromString,
+                    response_serializer=sentinel_dot_protos_dot_ledger__pb2.GetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,8 +187,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/GetEntries',
-            protos_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
-            protos_dot_ledger__pb2.GetEntriesResponse.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.GetEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -214,8 +214,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/GetEntry',
-            protos_dot_ledger__pb2.GetEntryRequest.SerializeToString,
-            protos_dot_ledger__pb2.Entry.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.GetEntryRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.Entry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -241,8 +241,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/GetNodeSummary',
-            protos_dot_ledger__pb2.GetNodeSummaryRequest.SerializeToString,
-            protos_dot_ledger__pb2.NodeSummary.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.GetNodeSummaryRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.NodeSummary.FromString,
             options,
             channel_credentials,
             insecure,
@@ -268,8 +268,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/VerifyChain',
-            protos_dot_ledger__pb2.VerifyChainRequest.SerializeToString,
-            protos_dot_ledger__pb2.VerifyChainResponse.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.VerifyChainRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.VerifyChainResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -295,8 +295,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/StreamEntries',
-            protos_dot_ledger__pb2.StreamEntriesRequest.SerializeToString,
-            protos_dot_ledger__pb2.Entry.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.StreamEntriesRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.Entry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -322,8 +322,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/GetBalances',
-            protos_dot_ledger__pb2.GetBalancesRequest.SerializeToString,
-            protos_dot_ledger__pb2.GetBalancesResponse.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.GetBalancesRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.GetBalancesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -349,8 +349,8 @@ class LedgerService:
             request,
             target,
             '/sentinel.ledger.v1.LedgerService/GetInfo',
-            protos_dot_ledger__pb2.GetInfoRequest.SerializeToString,
-            protos_dot_ledger__pb2.GetInfoResponse.FromString,
+            sentinel_dot_protos_dot_ledger__pb2.GetInfoRequest.SerializeToString,
+            sentinel_dot_protos_dot_ledger__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,9 +15,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.config import FederationConfig
-from server.coordinator import Coordinator
-from server.report import write_report
+from sentinel.server.config import FederationConfig
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.report import write_report
 
 app = ServerApp()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from governance.cli import app as governance_app
-from governance.cli import keys_app
-from ledger.cli import app as ledger_app
-from models.cli import app as models_app
-from server.cli_simulate import simulate_command
+from sentinel.governance.cli import app as governance_app
+from sentinel.governance.cli import keys_app
+from sentinel.ledger.cli import app as ledger_app
+from sentinel.models.cli import app as models_app
+from sentinel.server.cli_simulate import simulate_command
 
 app = typer.Typer(
     help="Sentinel Federation: federated LoRA and head pruning with consent governance and a signed ledger.",

@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from server.config import FederationConfig
+from sentinel.server.config import FederationConfig
 
 
 def default_model(console: Console) -> str:
     """``minilm`` when the demo extra is installed, else ``tiny-bert`` with a visible warning."""
-    from models.exceptions import PresetUnavailableError
-    from models.presets import minilm_directory
+    from sentinel.models.exceptions import PresetUnavailableError
+    from sentinel.models.presets import minilm_directory
 
     try:
         minilm_directory()
@@ -50,8 +50,8 @@ def simulate_command(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
     """Simulate a whole federation locally (Flower simulation engine) and write a report."""
-    from server.coordinator import load_run_config
-    from server.simulate import simulate
+    from sentinel.server.coordinator import load_run_config
+    from sentinel.server.simulate import simulate
 
     console = Console()
     if resume is not None:

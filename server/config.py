@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from client.protocol import ROLES, Role
+from sentinel.client.protocol import ROLES, Role
 
 Aggregation = Literal["exact", "naive"]
 PartitionMethod = Literal["iid", "by-domain", "dirichlet"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ledger.contribution import leave_one_out, monte_carlo_shapley
-from server.global_state import GlobalState
-from server.strategy import NodeResult, aggregate_updates
+from sentinel.ledger.contribution import leave_one_out, monte_carlo_shapley
+from sentinel.server.global_state import GlobalState
+from sentinel.server.strategy import NodeResult, aggregate_updates
 
 Evaluate = Callable[[GlobalState], tuple[float, float]]
 

@@ -13,22 +13,22 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
-from client.data import Example
-from client.federated_data import federated_split
-from ledger.store import Ledger
-from models.components import list_components, model_layout
-from models.consent import touched_components
-from models.fileio import write_text_atomically
-from models.loading import BaseModel, load_base_model
-from models.onnx_export import ADAPTER_CONTRACTS_FILE
-from server.config import FederationConfig
-from server.contribution import contribution_scores
-from server.global_state import GlobalState
-from server.governance_binding import GovernanceBinding
-from server.ledger_observer import LedgerObserver
-from server.model_state import CentralEvaluator, export_peft_adapter, initial_state
-from server.rounds import RoundObserver, RunResult, resume_state, run_federation
-from server.strategy import PermittedFn, RoundOutcome, SentinelStrategy
+from sentinel.client.data import Example
+from sentinel.client.federated_data import federated_split
+from sentinel.ledger.store import Ledger
+from sentinel.models.components import list_components, model_layout
+from sentinel.models.consent import touched_components
+from sentinel.models.fileio import write_text_atomically
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
+from sentinel.server.config import FederationConfig
+from sentinel.server.contribution import contribution_scores
+from sentinel.server.global_state import GlobalState
+from sentinel.server.governance_binding import GovernanceBinding
+from sentinel.server.ledger_observer import LedgerObserver
+from sentinel.server.model_state import CentralEvaluator, export_peft_adapter, initial_state
+from sentinel.server.rounds import RoundObserver, RunResult, resume_state, run_federation
+from sentinel.server.strategy import PermittedFn, RoundOutcome, SentinelStrategy
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoint"

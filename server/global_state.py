@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from models.fileio import write_dir_atomically
+from sentinel.models.fileio import write_dir_atomically
 
 STATE_FILE = "global_state.safetensors"
 META_FILE = "state.json"

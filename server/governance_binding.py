@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from governance.governor import Governor
-from governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
-from governance.store import GovernanceStore
-from ledger.store import Ledger
-from models.components import head_id
-from server.global_state import GlobalState
-from server.strategy import NodeInfo, RoundOutcome
+from sentinel.governance.governor import Governor
+from sentinel.governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
+from sentinel.governance.store import GovernanceStore
+from sentinel.ledger.store import Ledger
+from sentinel.models.components import head_id
+from sentinel.server.global_state import GlobalState
+from sentinel.server.strategy import NodeInfo, RoundOutcome
 
 
 class GovernanceBinding:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ledger.kinds import EntryKind
-from ledger.recorder import LedgerRecorder, content_hash_of_arrays
-from ledger.store import Ledger
-from ledger.tokens import distribute_tokens
-from server.global_state import GlobalState, flatten_state
-from server.strategy import NodeInfo, RoundOutcome
+from sentinel.ledger.kinds import EntryKind
+from sentinel.ledger.recorder import LedgerRecorder, content_hash_of_arrays
+from sentinel.ledger.store import Ledger
+from sentinel.ledger.tokens import distribute_tokens
+from sentinel.server.global_state import GlobalState, flatten_state
+from sentinel.server.strategy import NodeInfo, RoundOutcome
 
 Scorer = Callable[[RoundOutcome, GlobalState], dict[str, float]]
 

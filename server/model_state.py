@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client.data import Example
-from client.training import evaluate_model, materialise, split_adapter_arrays
-from models.loading import BaseModel
-from models.lora import (
+from sentinel.client.data import Example
+from sentinel.client.training import evaluate_model, materialise, split_adapter_arrays
+from sentinel.models.loading import BaseModel
+from sentinel.models.lora import (
     adapter_arrays,
     attach_lora,
     head_module_keys,
@@ -25,8 +25,8 @@ from models.lora import (
     module_path,
     save_adapter,
 )
-from server.aggregation import factorise_all
-from server.global_state import GlobalState
+from sentinel.server.aggregation import factorise_all
+from sentinel.server.global_state import GlobalState
 
 
 def initial_state(base: BaseModel) -> GlobalState:

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from server.global_state import GlobalState
-from server.strategy import NodeInfo, RoundOutcome
+from sentinel.server.global_state import GlobalState
+from sentinel.server.strategy import NodeInfo, RoundOutcome
 
 
 def _mb(n: int) -> str:

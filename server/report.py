@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from server.config import FederationConfig  # noqa: E402
-from server.rounds import RunResult  # noqa: E402
+from sentinel.server.config import FederationConfig  # noqa: E402
+from sentinel.server.rounds import RunResult  # noqa: E402
 
 
 def build_report(config: FederationConfig, result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:

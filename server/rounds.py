@@ -20,10 +20,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from client import protocol as P
-from server.config import FederationConfig
-from server.global_state import GlobalState, load_state, save_state
-from server.strategy import NodeInfo, RoundOutcome, SentinelStrategy, record_to_state, state_to_record
+from sentinel.client import protocol as P
+from sentinel.server.config import FederationConfig
+from sentinel.server.global_state import GlobalState, load_state, save_state
+from sentinel.server.strategy import NodeInfo, RoundOutcome, SentinelStrategy, record_to_state, state_to_record
 
 LAST = "last"
 BEST = "best"  # the best round's adapter, in PEFT format

@@ -12,12 +12,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from client.app import app as default_client_app
-from server.config import FederationConfig
-from server.coordinator import Coordinator
-from server.progress import RoundProgress
-from server.report import write_report
-from server.rounds import RunResult
+from sentinel.client.app import app as default_client_app
+from sentinel.server.config import FederationConfig
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.progress import RoundProgress
+from sentinel.server.report import write_report
+from sentinel.server.rounds import RunResult
 
 
 class SimulationError(RuntimeError):

@@ -19,15 +19,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from client import protocol as P
-from client.protocol import Role
-from client.records import from_array_record, global_view_record, to_array_record
-from client.training import split_adapter_arrays
-from ledger.recorder import content_hash_of_arrays, update_submitted_payload
-from ledger.signing import payload_signature_valid
-from server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
-from server.config import FederationConfig
-from server.global_state import flatten_state, unflatten_state
+from sentinel.client import protocol as P
+from sentinel.client.protocol import Role
+from sentinel.client.records import from_array_record, global_view_record, to_array_record
+from sentinel.client.training import split_adapter_arrays
+from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
+from sentinel.ledger.signing import payload_signature_valid
+from sentinel.server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
+from sentinel.server.config import FederationConfig
+from sentinel.server.global_state import flatten_state, unflatten_state
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ review task, partitioners across nodes, and stratified splits.
 Pure Python and numpy; no torch and no Flower.
 """
 
-from client.data.examples import Example, LabelledDataset, domains, label_counts, num_labels
-from client.data.exceptions import DataError, DataFileError, DataSpecError, MissingDependencyError
-from client.data.loaders import KNOWN_SCHEMES, load_examples, load_labelled_dataset
-from client.data.partition import PartitionMethod, partition
-from client.data.reviews import generate_reviews, iter_reviews
-from client.data.split import DataSplit, holdout_split, train_val_test_split
+from sentinel.client.data.examples import Example, LabelledDataset, domains, label_counts, num_labels
+from sentinel.client.data.exceptions import DataError, DataFileError, DataSpecError, MissingDependencyError
+from sentinel.client.data.loaders import KNOWN_SCHEMES, load_examples, load_labelled_dataset
+from sentinel.client.data.partition import PartitionMethod, partition
+from sentinel.client.data.reviews import generate_reviews, iter_reviews
+from sentinel.client.data.split import DataSplit, holdout_split, train_val_test_split
 
 __all__ = [
     "Example",

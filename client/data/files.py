@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.data.examples import Example, LabelledDataset
-from client.data.exceptions import DataFileError
-from client.data.labels import RawLabel, encode_labels
-from client.data.textio import read_text, split_lines
+from sentinel.client.data.examples import Example, LabelledDataset
+from sentinel.client.data.exceptions import DataFileError
+from sentinel.client.data.labels import RawLabel, encode_labels
+from sentinel.client.data.textio import read_text, split_lines
 
 __all__ = ["Columns", "load_delimited", "load_jsonl"]
 

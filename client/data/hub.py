@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.data.examples import Example, LabelledDataset
-from client.data.exceptions import DataError, MissingDependencyError
-from client.data.files import DEFAULT_DOMAIN
-from client.data.labels import encode_labels
+from sentinel.client.data.examples import Example, LabelledDataset
+from sentinel.client.data.exceptions import DataError, MissingDependencyError
+from sentinel.client.data.files import DEFAULT_DOMAIN
+from sentinel.client.data.labels import encode_labels
 
 __all__ = ["load_hf"]
 

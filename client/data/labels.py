@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.data.exceptions import DataFileError
+from sentinel.client.data.exceptions import DataFileError
 
 __all__ = ["RawLabel", "encode_labels"]
 

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from client.data import reviews
-from client.data.examples import Example, LabelledDataset
-from client.data.exceptions import DataSpecError
-from client.data.files import Columns, load_delimited, load_jsonl
-from client.data.hub import load_hf
-from client.data.spec import DataSpec, SpecOptions, parse_spec
-from client.data.uci import UCI_FILES, UCI_SOURCES, load_uci_sentiment
+from sentinel.client.data import reviews
+from sentinel.client.data.examples import Example, LabelledDataset
+from sentinel.client.data.exceptions import DataSpecError
+from sentinel.client.data.files import Columns, load_delimited, load_jsonl
+from sentinel.client.data.hub import load_hf
+from sentinel.client.data.spec import DataSpec, SpecOptions, parse_spec
+from sentinel.client.data.uci import UCI_FILES, UCI_SOURCES, load_uci_sentiment
 
 __all__ = ["KNOWN_SCHEMES", "BUILTIN_TASKS", "load_examples", "load_labelled_dataset"]
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from client.data.examples import Example
+from sentinel.client.data.examples import Example
 
 __all__ = ["PartitionMethod", "partition", "iid_partition", "domain_partition", "dirichlet_partition"]
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TypeVar
 
-from client.data.examples import Example
-from client.data.review_lexicon import (
+from sentinel.client.data.examples import Example
+from sentinel.client.data.review_lexicon import (
     ADJECTIVES,
     ATTITUDE_VERBS,
     CLOSERS,

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from client.data.exceptions import DataSpecError
+from sentinel.client.data.exceptions import DataSpecError
 
 __all__ = ["DataSpec", "parse_spec", "SpecOptions"]
 

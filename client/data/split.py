@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.data.examples import Example
+from sentinel.client.data.examples import Example
 
 __all__ = ["DataSplit", "train_val_test_split", "holdout_split", "stratified_counts"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.data.exceptions import DataFileError
+from sentinel.client.data.exceptions import DataFileError
 
 __all__ = ["read_text", "split_lines"]
 

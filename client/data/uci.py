@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.data.examples import Example, LabelledDataset
-from client.data.exceptions import DataFileError
-from client.data.textio import read_text, split_lines
+from sentinel.client.data.examples import Example, LabelledDataset
+from sentinel.client.data.exceptions import DataFileError
+from sentinel.client.data.textio import read_text, split_lines
 
 __all__ = ["UCI_FILES", "UCI_SOURCES", "LABEL_NAMES", "load_uci_sentiment", "read_uci_file"]
 

@@ -30,17 +30,17 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from client.app import app as client_app
-from client.data import Example
-from client.federated_data import federated_split, node_train_val
-from client.training import GlobalView, train_local
-from models.pruning import count_parameters
-from server.config import FederationConfig, RoleProfile
-from server.coordinator import Coordinator
-from server.global_state import GlobalState
-from server.local_grid import LocalGrid
-from server.model_state import CentralEvaluator
-from server.strategy import NodeInfo, NodeResult, aggregate_updates
+from sentinel.client.app import app as client_app
+from sentinel.client.data import Example
+from sentinel.client.federated_data import federated_split, node_train_val
+from sentinel.client.training import GlobalView, train_local
+from sentinel.models.pruning import count_parameters
+from sentinel.server.config import FederationConfig, RoleProfile
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.global_state import GlobalState
+from sentinel.server.local_grid import LocalGrid
+from sentinel.server.model_state import CentralEvaluator
+from sentinel.server.strategy import NodeInfo, NodeResult, aggregate_updates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sentiment-labelled-sentences"
 

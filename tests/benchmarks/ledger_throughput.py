@@ -29,12 +29,12 @@ from rich.table import Table
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from ledger.crypto import generate_private_key, public_key_b64
-from ledger.entries import AppendRequest
-from ledger.kinds import EntryKind, score_text
-from ledger.recorder import update_submitted_payload
-from ledger.signing import sign_payload
-from ledger.store import Ledger
+from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.entries import AppendRequest
+from sentinel.ledger.kinds import EntryKind, score_text
+from sentinel.ledger.recorder import update_submitted_payload
+from sentinel.ledger.signing import sign_payload
+from sentinel.ledger.store import Ledger
 
 PG_URL = os.environ.get("SENTINEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NODES = [str(2**63 + 17 * i) for i in range(10)]

@@ -29,10 +29,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from models.components import model_layout
-from models.head_mask import mask_of_pruned
-from models.loading import load_base_model
-from models.onnx_export import META_PARAMETERS, OnnxClassifier, export_onnx, read_metadata
+from sentinel.models.components import model_layout
+from sentinel.models.head_mask import mask_of_pruned
+from sentinel.models.loading import load_base_model
+from sentinel.models.onnx_export import META_PARAMETERS, OnnxClassifier, export_onnx, read_metadata
 
 
 def _cores() -> int:

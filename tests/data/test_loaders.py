@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.data import (
+from sentinel.client.data import (
     KNOWN_SCHEMES,
     DataFileError,
     DataSpecError,

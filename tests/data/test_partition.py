@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from client.data import Example, generate_reviews, partition
-from client.data.partition import dirichlet_partition
+from sentinel.client.data import Example, generate_reviews, partition
+from sentinel.client.data.partition import dirichlet_partition
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from itertools import islice
 
 import pytest
 
-from client.data import generate_reviews, iter_reviews, load_examples
-from client.data.review_lexicon import INTENSIFIERS, REVIEW_DOMAINS, SENTIMENT_LEXICON
+from sentinel.client.data import generate_reviews, iter_reviews, load_examples
+from sentinel.client.data.review_lexicon import INTENSIFIERS, REVIEW_DOMAINS, SENTIMENT_LEXICON
 
 # An independent reading of a clause: its single sentiment term, flipped once per negation.
 _NEGATORS = {"not", "never", "no", "nothing", "hardly", "cannot"}
@@ -157,7 +157,7 @@ def test_builtin_spec_passes_its_options_to_the_generator():
 
 
 def test_generated_sentences_are_not_taken_from_the_uci_data(uci_dir):
-    from client.data.uci import load_uci_sentiment
+    from sentinel.client.data.uci import load_uci_sentiment
 
     real = {e.text.lower() for e in load_uci_sentiment(uci_dir).examples}
     shared = real & {e.text.lower() for e in generate_reviews(4000, seed=0)}

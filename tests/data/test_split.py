@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from client.data import generate_reviews, holdout_split, train_val_test_split
-from client.data.split import stratified_counts
+from sentinel.client.data import generate_reviews, holdout_split, train_val_test_split
+from sentinel.client.data.split import stratified_counts
 
 
 @pytest.fixture(scope="module")

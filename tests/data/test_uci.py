@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from client.data import DataFileError, DataSpecError, load_examples, load_labelled_dataset
-from client.data.uci import UCI_FILES
+from sentinel.client.data import DataFileError, DataSpecError, load_examples, load_labelled_dataset
+from sentinel.client.data.uci import UCI_FILES
 
 # Made-up lines in the UCI layout (sentence, TAB, label), not taken from the data.
 _FILES = {

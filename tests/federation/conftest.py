@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from client.app import app as client_app
-from server.config import FederationConfig, RoleProfile
-from server.local_grid import LocalGrid
+from sentinel.client.app import app as client_app
+from sentinel.server.config import FederationConfig, RoleProfile
+from sentinel.server.local_grid import LocalGrid
 
 TINY_PROFILES = {
     "edge": RoleProfile(lora_rank=2, local_steps=3, batch_size=8, learning_rate=5e-3),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.aggregation import (
+from sentinel.server.aggregation import (
     LoraUpdate,
     exact_aggregate,
     factorise_all,

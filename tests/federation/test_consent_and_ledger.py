@@ -10,13 +10,13 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.adversarial import consent_ignoring_app, scaling_inflating_app, signature_forging_app
-from client.app import app as honest_app
-from ledger.kinds import EntryKind
-from ledger.store import Ledger
-from server.coordinator import Coordinator
-from server.local_grid import LocalGrid
-from server.report import write_report
+from sentinel.client.adversarial import consent_ignoring_app, scaling_inflating_app, signature_forging_app
+from sentinel.client.app import app as honest_app
+from sentinel.ledger.kinds import EntryKind
+from sentinel.ledger.store import Ledger
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.local_grid import LocalGrid
+from sentinel.server.report import write_report
 
 IDS = [1001, 1008, 1015]
 
@@ -35,7 +35,7 @@ def _run(tiny_config, out: Path, grid: LocalGrid, **overrides):
 def _failing_app() -> ClientApp:
     """A node that is present but whose training always fails (its update never arrives)."""
     app = ClientApp()
-    from client.app import profile
+    from sentinel.client.app import profile
 
     app.query("profile")(profile)
 
@@ -153,7 +153,7 @@ def test_shapley_contributions_are_recorded_with_their_method(tmp_path: Path, ti
     scores = result.history[-1]["contributions"]
     # Efficiency: every sampled permutation's marginal gains telescope, so the values add up
     # exactly to U(all) − U(none): the round's loss improvement on the scoring set.
-    from server.model_state import CentralEvaluator
+    from sentinel.server.model_state import CentralEvaluator
 
     scoring = CentralEvaluator(coordinator.base, coordinator.evaluator.test[: coordinator.config.contribution_examples], coordinator.config.max_length)
     _, loss_before = scoring(coordinator.starting_state(resume=False))

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from flwr.app import Context, Message
 
-from client import protocol as P
-from client.app import app as honest_app
-from client.node import node_key
-from governance.contracts import ContractSet
-from governance.proposals import ContractChangeSpec, sign_proposal, sign_vote
-from server.coordinator import Coordinator
-from server.global_state import load_state
-from server.local_grid import LocalGrid
+from sentinel.client import protocol as P
+from sentinel.client.app import app as honest_app
+from sentinel.client.node import node_key
+from sentinel.governance.contracts import ContractSet
+from sentinel.governance.proposals import ContractChangeSpec, sign_proposal, sign_vote
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.global_state import load_state
+from sentinel.server.local_grid import LocalGrid
 
 IDS = [1001, 1008, 1015]  # partitions 0 (edge), 1 (central), 2 (gpu)
 
@@ -84,8 +84,8 @@ def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path
 def test_contracts_travel_with_checkpoints_adapters_and_onnx(tmp_path: Path, tiny_config) -> None:
     from typer.testing import CliRunner
 
-    from models.onnx_export import ADAPTER_CONTRACTS_FILE, read_metadata
-    from server.cli import app
+    from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE, read_metadata
+    from sentinel.server.cli import app
 
     out = tmp_path / "run"
     config = tiny_config(rounds=1)
@@ -107,8 +107,8 @@ def test_contracts_travel_with_checkpoints_adapters_and_onnx(tmp_path: Path, tin
 
 
 def test_heads_with_saturated_entropy_put_themselves_to_rest(tmp_path: Path, tiny_config) -> None:
-    from governance.policy_file import default_policy_text
-    from ledger.kinds import EntryKind
+    from sentinel.governance.policy_file import default_policy_text
+    from sentinel.ledger.kinds import EntryKind
 
     # Every head of a random tiny model attends nearly uniformly: with a threshold of
     # 0.5 they all count as saturated after one round and rest themselves.

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from peft import PeftModel
 
-from models.loading import load_base_model
-from server.coordinator import Coordinator
-from server.global_state import load_state
-from server.report import write_report
+from sentinel.models.loading import load_base_model
+from sentinel.server.coordinator import Coordinator
+from sentinel.server.global_state import load_state
+from sentinel.server.report import write_report
 
 
 def _run(config, out_dir: Path, resume: bool = False):
-    from client.app import app as client_app
-    from server.local_grid import LocalGrid
+    from sentinel.client.app import app as client_app
+    from sentinel.server.local_grid import LocalGrid
 
     coordinator = Coordinator.build(config, out_dir)
     ids = [1001 + 7 * i for i in range(config.nodes)]
@@ -71,7 +71,7 @@ def test_best_adapter_loads_with_peft_and_reproduces_central_accuracy(out_dir: P
     peft_model.eval()
     state = load_state(out_dir / "checkpoint" / "best_state")
     expected_acc, _ = coordinator.evaluator(state)
-    from client.training import evaluate_model
+    from sentinel.client.training import evaluate_model
 
     acc, _ = evaluate_model(peft_model, base, coordinator.evaluator.test, 64, config.max_length)
     # tiny-bert's projections are 32×32, so a rank-32 adapter holds ΔW exactly.

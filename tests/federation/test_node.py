@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from flwr.app import Context, RecordDict
 
-from client.node import node_identity
+from sentinel.client.node import node_identity
 
 
 def test_device_resolution_is_explicit_about_missing_cuda() -> None:
     import torch
 
-    from client.training import resolve_device
+    from sentinel.client.training import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.adversarial import consent_ignoring_app
-from ledger.kinds import EntryKind
-from ledger.store import Ledger
-from server.global_state import load_state
-from server.simulate import simulate
+from sentinel.client.adversarial import consent_ignoring_app
+from sentinel.ledger.kinds import EntryKind
+from sentinel.ledger.store import Ledger
+from sentinel.server.global_state import load_state
+from sentinel.server.simulate import simulate
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ ROGUE = consent_ignoring_app({0})
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from server.config import FederationConfig, RoleProfile
+    from sentinel.server.config import FederationConfig, RoleProfile
 
     profiles = {
         "edge": RoleProfile(lora_rank=2, local_steps=3, batch_size=8, learning_rate=5e-3),

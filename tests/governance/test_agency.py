@@ -6,12 +6,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
-from governance.contracts import AgencyState, ContractSet
-from governance.exceptions import UnknownComponentError
-from governance.governor import Governor
-from governance.policy_file import EntropySaturationRule
-from ledger.store import Ledger
+from sentinel.governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
+from sentinel.governance.contracts import AgencyState, ContractSet
+from sentinel.governance.exceptions import UnknownComponentError
+from sentinel.governance.governor import Governor
+from sentinel.governance.policy_file import EntropySaturationRule
+from sentinel.ledger.store import Ledger
 
 RULE = EntropySaturationRule(threshold=0.95, rounds=3, recover_below=0.8)
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)

@@ -10,11 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from governance.cli import app as governance_app
-from governance.cli import keys_app
-from governance.service import serve
-from ledger.crypto import load_private_key, public_key_b64
-from ledger.store import Ledger
+from sentinel.governance.cli import app as governance_app
+from sentinel.governance.cli import keys_app
+from sentinel.governance.service import serve
+from sentinel.ledger.crypto import load_private_key, public_key_b64
+from sentinel.ledger.store import Ledger
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from governance.components import parse_component, standard_components
-from governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
+from sentinel.governance.components import parse_component, standard_components
+from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from governance.contracts import ContractSet
-from governance.enforcement import check_update_consent, record_consent_violation
-from governance.policy import PolicyEngine
-from ledger.store import Ledger
+from sentinel.governance.contracts import ContractSet
+from sentinel.governance.enforcement import check_update_consent, record_consent_violation
+from sentinel.governance.policy import PolicyEngine
+from sentinel.ledger.store import Ledger
 
 
 def test_update_inside_the_permitted_set_passes(contracts: ContractSet) -> None:

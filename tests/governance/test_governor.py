@@ -6,20 +6,20 @@ from datetime import timedelta
 
 import pytest
 
-from governance.contracts import ContractSet
-from governance.exceptions import (
+from sentinel.governance.contracts import ContractSet
+from sentinel.governance.exceptions import (
     InvalidRequestError,
     NodeAlreadyRegisteredError,
     PermissionDeniedError,
     ProposalClosedError,
     UnknownSignerError,
 )
-from governance.governor import Governor
-from governance.parameters import FederationParameters
-from governance.proposals import ContractChangeSpec, RegisterNodeSpec, sign_proposal, sign_vote
-from governance.store import GovernanceStore
-from ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
-from ledger.store import Ledger
+from sentinel.governance.governor import Governor
+from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.proposals import ContractChangeSpec, RegisterNodeSpec, sign_proposal, sign_vote
+from sentinel.governance.store import GovernanceStore
+from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
+from sentinel.ledger.store import Ledger
 
 GRANT = ContractChangeSpec(kind="grant", operation="distill", components=["classifier"], roles=["gpu"])
 

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from governance.components import standard_components
-from governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
-from governance.exceptions import InvalidRequestError
-from governance.policy import PolicyEngine
-from governance.registry import NodeRecord, NodeRegistry
+from sentinel.governance.components import standard_components
+from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
+from sentinel.governance.exceptions import InvalidRequestError
+from sentinel.governance.policy import PolicyEngine
+from sentinel.governance.registry import NodeRecord, NodeRegistry
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 NODES = {"e1": "edge", "g1": "gpu", "c1": "central"}
@@ -151,7 +151,7 @@ def test_permitted_set_agrees_with_may_everywhere(contracts: ContractSet) -> Non
 
 def test_permitted_sets_for_a_large_federation_are_fast() -> None:
     """Micro-benchmark (printed, not asserted): 12 layers x 12 heads, 200 nodes, every round."""
-    from governance.policy_file import derive_contracts, load_default_policy
+    from sentinel.governance.policy_file import derive_contracts, load_default_policy
 
     cs = derive_contracts(load_default_policy(), standard_components(12, 12), "s", model="m")
     nodes = {str(i): ("edge", "gpu", "central")[i % 3] for i in range(200)}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from governance.components import standard_components
-from governance.exceptions import PolicyFileError
-from governance.policy_file import derive_contracts, load_default_policy, load_policy, parse_policy
+from sentinel.governance.components import standard_components
+from sentinel.governance.exceptions import PolicyFileError
+from sentinel.governance.policy_file import derive_contracts, load_default_policy, load_policy, parse_policy
 
 COMPONENTS = standard_components(4, 2)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from governance import wire
-from governance.client import GovernanceClient
-from governance.exceptions import RemoteGovernanceError
-from governance.proposals import (
+from sentinel.governance import wire
+from sentinel.governance.client import GovernanceClient
+from sentinel.governance.exceptions import RemoteGovernanceError
+from sentinel.governance.proposals import (
     ContractChangeSpec,
     RegisterNodeSpec,
     RemoveNodeSpec,
@@ -20,10 +20,10 @@ from governance.proposals import (
     SetParameterSpec,
     sign_vote,
 )
-from governance.service import GovernanceServer, TLSConfig, serve
-from ledger.crypto import Ed25519PrivateKey, canonical_json, generate_private_key, public_key_b64, verify_b64
-from ledger.store import Ledger
-from protos import governance_pb2 as pb
+from sentinel.governance.service import GovernanceServer, TLSConfig, serve
+from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, generate_private_key, public_key_b64, verify_b64
+from sentinel.ledger.store import Ledger
+from sentinel.protos import governance_pb2 as pb
 
 pytestmark = pytest.mark.slow
 

@@ -6,16 +6,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from governance.contracts import AgencyState, ContractSet
-from governance.exceptions import ReplayedRequestError
-from governance.governor import Governor
-from governance.parameters import FederationParameters
-from governance.proposals import ContractChangeSpec, ProposalRecord, sign_proposal, sign_vote
-from governance.registry import NodeRecord
-from governance.store import GovernanceStore, database_url
-from ledger.crypto import generate_private_key, public_key_b64
-from ledger.exceptions import ReadOnlyLedgerError
-from ledger.store import Ledger
+from sentinel.governance.contracts import AgencyState, ContractSet
+from sentinel.governance.exceptions import ReplayedRequestError
+from sentinel.governance.governor import Governor
+from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.proposals import ContractChangeSpec, ProposalRecord, sign_proposal, sign_vote
+from sentinel.governance.registry import NodeRecord
+from sentinel.governance.store import GovernanceStore, database_url
+from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.exceptions import ReadOnlyLedgerError
+from sentinel.ledger.store import Ledger
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 BIG_ID = str(2**64 - 1)  # Flower node ids are uint64

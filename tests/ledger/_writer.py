@@ -13,9 +13,9 @@ from pathlib import Path
 
 from sqlalchemy import event
 
-from ledger.crypto import load_private_key
-from ledger.entries import AppendRequest
-from ledger.store import Ledger
+from sentinel.ledger.crypto import load_private_key
+from sentinel.ledger.entries import AppendRequest
+from sentinel.ledger.store import Ledger
 
 
 def _round(i: int) -> AppendRequest:

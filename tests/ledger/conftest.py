@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
-from ledger.recorder import LedgerRecorder, update_submitted_payload
-from ledger.signing import sign_payload
-from ledger.store import Ledger
+from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
+from sentinel.ledger.recorder import LedgerRecorder, update_submitted_payload
+from sentinel.ledger.signing import sign_payload
+from sentinel.ledger.store import Ledger
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from ledger.crypto import Ed25519PrivateKey, generate_private_key, save_private_key
-from ledger.entries import AppendRequest
-from ledger.exceptions import ReadOnlyLedgerError, SignerMismatchError
-from ledger.store import Ledger
+from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, save_private_key
+from sentinel.ledger.entries import AppendRequest
+from sentinel.ledger.exceptions import ReadOnlyLedgerError, SignerMismatchError
+from sentinel.ledger.store import Ledger
 
 
 class _InjectedCrash(RuntimeError):

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from ledger.cli import app
-from ledger.client import LedgerClient
-from ledger.service import LedgerServer, serve
-from ledger.store import Ledger
+from sentinel.ledger.cli import app
+from sentinel.ledger.client import LedgerClient
+from sentinel.ledger.service import LedgerServer, serve
+from sentinel.ledger.store import Ledger
 
 runner = CliRunner()
 

@@ -7,8 +7,8 @@ from itertools import permutations
 
 import pytest
 
-from ledger.contribution import leave_one_out, monte_carlo_shapley
-from ledger.tokens import distribute_tokens
+from sentinel.ledger.contribution import leave_one_out, monte_carlo_shapley
+from sentinel.ledger.tokens import distribute_tokens
 
 VALUES = {"1": 0.5, "2": 0.25, "3": -0.125, "4": 0.0}
 

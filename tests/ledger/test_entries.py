@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from ledger.chain import GENESIS_HASH, Envelope, envelope_bytes, payload_text
-from ledger.crypto import canonical_json, generate_private_key, public_key_b64
-from ledger.entries import AppendRequest
-from ledger.exceptions import EntryNotFoundError, InvalidEntryError
-from ledger.kinds import EntryKind, score_text
-from ledger.store import Ledger
+from sentinel.ledger.chain import GENESIS_HASH, Envelope, envelope_bytes, payload_text
+from sentinel.ledger.crypto import canonical_json, generate_private_key, public_key_b64
+from sentinel.ledger.entries import AppendRequest
+from sentinel.ledger.exceptions import EntryNotFoundError, InvalidEntryError
+from sentinel.ledger.kinds import EntryKind, score_text
+from sentinel.ledger.store import Ledger
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_first_entry_links_to_genesis_and_seqs_are_contiguous(led: Ledger) -> No
 
 
 def _pub(led: Ledger):  # type: ignore[no-untyped-def]
-    from ledger.crypto import public_key_from_b64
+    from sentinel.ledger.crypto import public_key_from_b64
 
     return public_key_from_b64(led.public_key_b64)  # type: ignore[arg-type]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.crypto import generate_private_key, public_key_b64
-from ledger.entries import AppendRequest
-from ledger.exceptions import NodeSignatureError
-from ledger.kinds import EntryKind
-from ledger.recorder import LedgerRecorder, update_submitted_payload
-from ledger.signing import payload_signature_valid, sign_payload
-from ledger.store import Ledger
+from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.entries import AppendRequest
+from sentinel.ledger.exceptions import NodeSignatureError
+from sentinel.ledger.kinds import EntryKind
+from sentinel.ledger.recorder import LedgerRecorder, update_submitted_payload
+from sentinel.ledger.signing import payload_signature_valid, sign_payload
+from sentinel.ledger.store import Ledger
 
 NODE = "18446744073709551557"  # a uint64 Flower node id, as a string
 

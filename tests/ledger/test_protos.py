@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protos import ledger_pb2, ledger_pb2_grpc
+from sentinel.protos import ledger_pb2, ledger_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,5 +41,5 @@ def test_bare_imports_are_rewritten_to_the_protos_package() -> None:
     generate = _load_generate()
     source = "import grpc\nimport common_pb2 as common__pb2\nimport other_pb2\n"
     assert generate.fix_imports(source) == (
-        "import grpc\nfrom protos import common_pb2 as common__pb2\nfrom protos import other_pb2\n"
+        "import grpc\nfrom sentinel.protos import common_pb2 as common__pb2\nfrom sentinel.protos import other_pb2\n"
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ledger.contribution import leave_one_out
-from ledger.crypto import generate_private_key, public_key_b64
-from ledger.kinds import EntryKind
-from ledger.recorder import LedgerRecorder, content_hash_of_arrays, update_submitted_payload
-from ledger.signing import sign_payload
-from ledger.store import Ledger
-from ledger.tokens import distribute_tokens
+from sentinel.ledger.contribution import leave_one_out
+from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.kinds import EntryKind
+from sentinel.ledger.recorder import LedgerRecorder, content_hash_of_arrays, update_submitted_payload
+from sentinel.ledger.signing import sign_payload
+from sentinel.ledger.store import Ledger
+from sentinel.ledger.tokens import distribute_tokens
 
 ARRAYS = {"lora_A/q": np.arange(6, dtype=np.float32).reshape(2, 3), "lora_B/q": np.ones((3, 2), dtype=np.float32)}
 

@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ledger.client import LedgerApiError, LedgerClient
-from ledger.crypto import public_key_from_b64
-from ledger.entries import Problem
-from ledger.exceptions import EntryNotFoundError
-from ledger.service import LedgerServer, TlsConfig, serve
-from ledger.store import Ledger
+from sentinel.ledger.client import LedgerApiError, LedgerClient
+from sentinel.ledger.crypto import public_key_from_b64
+from sentinel.ledger.entries import Problem
+from sentinel.ledger.exceptions import EntryNotFoundError
+from sentinel.ledger.service import LedgerServer, TlsConfig, serve
+from sentinel.ledger.store import Ledger
 
 
 @pytest.fixture

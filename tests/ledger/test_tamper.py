@@ -6,11 +6,11 @@ import base64
 
 import pytest
 
-from ledger.chain import Envelope, entry_hash, sign_hash
-from ledger.crypto import generate_private_key, public_key_b64
-from ledger.entries import Problem
-from ledger.exceptions import LedgerStateError
-from ledger.store import Ledger
+from sentinel.ledger.chain import Envelope, entry_hash, sign_hash
+from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.entries import Problem
+from sentinel.ledger.exceptions import LedgerStateError
+from sentinel.ledger.store import Ledger
 
 LAST = 24  # the filled ledger holds seq 0..24; seq 4 is a node-signed submission
 

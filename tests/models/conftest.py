@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from models.loading import BaseModel, load_base_model
+from sentinel.models.loading import BaseModel, load_base_model
 
 TINY_PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 

@@ -11,10 +11,10 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from models.cli import app as models_app
-from models.loading import load_base_model
-from models.lora import attach_lora, save_adapter
-from models.onnx_export import META_PRUNED, read_metadata
+from sentinel.models.cli import app as models_app
+from sentinel.models.loading import load_base_model
+from sentinel.models.lora import attach_lora, save_adapter
+from sentinel.models.onnx_export import META_PRUNED, read_metadata
 
 root = typer.Typer()
 root.add_typer(models_app, name="models")

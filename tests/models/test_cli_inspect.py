@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 from typer.testing import CliRunner
 
-from models.cli import app
+from sentinel.models.cli import app
 
 runner = CliRunner()
 

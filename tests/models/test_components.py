@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.components import (
+from sentinel.models.components import (
     ModelLayout,
     attention_modules,
     check_component,
@@ -16,8 +16,8 @@ from models.components import (
     model_layout,
     parse_component,
 )
-from models.exceptions import ComponentError
-from models.lora import attach_lora
+from sentinel.models.exceptions import ComponentError
+from sentinel.models.lora import attach_lora
 
 EXPECTED_KV = {"bert": 4, "gpt2": 4, "llama": 2}
 

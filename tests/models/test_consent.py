@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.components import head_id, head_parameter_slices, model_layout, parse_component, projection_role
-from models.consent import head_units, restrict_lora_to_heads, touched_components, touched_heads
-from models.exceptions import ComponentError
-from models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs
+from sentinel.models.components import head_id, head_parameter_slices, model_layout, parse_component, projection_role
+from sentinel.models.consent import head_units, restrict_lora_to_heads, touched_components, touched_heads
+from sentinel.models.exceptions import ComponentError
+from sentinel.models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs
 
 ALL_HEADS = {head_id(layer, head) for layer in range(2) for head in range(4)}
 # Layer 0: heads 0 and 1 (a whole GQA group for tiny-llama); layer 1: head 3 alone (half a group).

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.deltas import add_weight_deltas, lora_weight_deltas
-from models.exceptions import AdapterError
-from models.lora import adapter_arrays, attach_lora, lora_pairs, lora_scaling
+from sentinel.models.deltas import add_weight_deltas, lora_weight_deltas
+from sentinel.models.exceptions import AdapterError
+from sentinel.models.lora import adapter_arrays, attach_lora, lora_pairs, lora_scaling
 
 
 def _trained_adapter(base, rank: int = 3, alpha: float | None = None):

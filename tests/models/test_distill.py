@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.distill import distillation_loss
+from sentinel.models.distill import distillation_loss
 
 
 def _hand_loss(student: list[list[float]], teacher: list[list[float]], labels: list[int], t: float, a: float) -> float:

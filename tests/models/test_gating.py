@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from models.components import attention_modules, model_layout
-from models.gating import EntropyGate, enable_entropy_gating, key_validity, normalised_entropy
-from models.head_mask import install_head_gates
-from models.loading import BaseModel, load_base_model
+from sentinel.models.components import attention_modules, model_layout
+from sentinel.models.gating import EntropyGate, enable_entropy_gating, key_validity, normalised_entropy
+from sentinel.models.head_mask import install_head_gates
+from sentinel.models.loading import BaseModel, load_base_model
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "hi"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.components import attention_modules, model_layout
-from models.head_mask import (
+from sentinel.models.components import attention_modules, model_layout
+from sentinel.models.head_mask import (
     HeadMaskError,
     HeadMaskFile,
     apply_head_mask,
@@ -19,8 +19,8 @@ from models.head_mask import (
     pruned_of_mask,
     save_head_mask,
 )
-from models.loading import BaseModel, load_base_model
-from models.lora import attach_lora
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.lora import attach_lora
 
 TEXTS = ["the quick brown fox", "consent matters a lot", "short"]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.components import attention_modules, model_layout
-from models.importance import attention_entropy, gradient_importance, head_importance, normalise_per_layer
-from models.loading import BaseModel, load_base_model
-from models.pruning import prune_heads
+from sentinel.models.components import attention_modules, model_layout
+from sentinel.models.importance import attention_entropy, gradient_importance, head_importance, normalise_per_layer
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.pruning import prune_heads
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "a somewhat longer third sentence", "hi"]

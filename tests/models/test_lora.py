@@ -9,10 +9,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from models.components import attention_modules
-from models.exceptions import AdapterError
-from models.loading import load_base_model
-from models.lora import (
+from sentinel.models.components import attention_modules
+from sentinel.models.exceptions import AdapterError
+from sentinel.models.loading import load_base_model
+from sentinel.models.lora import (
     adapter_arrays,
     attach_lora,
     head_module_keys,

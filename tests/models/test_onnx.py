@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.components import model_layout
-from models.head_mask import apply_head_mask, mask_of_pruned
-from models.loading import BaseModel, load_base_model
-from models.lora import attach_lora, save_adapter
-from models.onnx_export import (
+from sentinel.models.components import model_layout
+from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.lora import attach_lora, save_adapter
+from sentinel.models.onnx_export import (
     META_FAMILY,
     META_MODEL,
     META_PARAMETERS,
@@ -21,7 +21,7 @@ from models.onnx_export import (
     export_onnx,
     read_metadata,
 )
-from models.pruning import count_parameters, pruned_heads
+from sentinel.models.pruning import count_parameters, pruned_heads
 
 pytestmark = pytest.mark.slow  # each export takes a few seconds
 

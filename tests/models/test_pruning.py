@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.components import model_layout
-from models.head_mask import apply_head_mask, mask_of_pruned
-from models.loading import BaseModel, load_base_model
-from models.lora import attach_lora
-from models.pruning import GroupedKVLinear, PruningError, count_parameters, prune_heads, pruned_heads, regrow_heads
+from sentinel.models.components import model_layout
+from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
+from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.lora import attach_lora
+from sentinel.models.pruning import GroupedKVLinear, PruningError, count_parameters, prune_heads, pruned_heads, regrow_heads
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "a somewhat longer third sentence", "hi"]
