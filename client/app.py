@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from pydantic import BaseModel as PydanticModel
+from pydantic import BaseModel
 from pydantic import ConfigDict, Field
 
 from sentinel.client import protocol as P
@@ -21,12 +21,12 @@ from sentinel.client.records import from_array_record, parse_global_view, to_arr
 from sentinel.client.training import GlobalView, evaluate_model, materialise_global, resolve_device, train_local
 from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
-from sentinel.models.loading import BaseModel
+from sentinel.models.loading import LoadedModel
 
 app = ClientApp()
 
 
-class TrainInstruction(PydanticModel):
+class TrainInstruction(BaseModel):
     """The config of a train message, validated at the boundary."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -81,7 +81,7 @@ class _RoundInputs:
 
     identity: NodeIdentity
     instruction: TrainInstruction
-    base: BaseModel
+    base: LoadedModel
     train_set: list[Example]
     val_set: list[Example]
     view: GlobalView

@@ -14,15 +14,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
-from pydantic import BaseModel as PydanticModel
+from pydantic import BaseModel
 from pydantic import ConfigDict, Field
 
 from sentinel.client.protocol import ROLES, Role
 from sentinel.ledger.crypto import Ed25519PrivateKey, load_private_key, public_key_b64
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 
 
-class NodeIdentity(PydanticModel):
+class NodeIdentity(BaseModel):
     """A node's static properties, validated from Flower's node config."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -63,6 +63,6 @@ def node_public_key(identity: NodeIdentity, run_seed: int = 0) -> str:
 
 
 @lru_cache(maxsize=2)
-def cached_base_model(name: str, num_labels: int, seed: int = 0) -> BaseModel:
+def cached_base_model(name: str, num_labels: int, seed: int = 0) -> LoadedModel:
     """The base model for classification, loaded once per process."""
     return load_base_model(name, task="classification", num_labels=num_labels, seed=seed)

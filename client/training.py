@@ -24,7 +24,7 @@ from sentinel.models.consent import restrict_lora_to_heads
 from sentinel.models.deltas import add_weight_deltas
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
-from sentinel.models.loading import BaseModel
+from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
 
 
@@ -57,13 +57,13 @@ class LocalUpdate:
     """Entropy ÷ log(keys seen): 1.0 is uniform attention (read by the consent agency rule)."""
 
 
-def materialise_global(base: BaseModel, view: GlobalView) -> torch.nn.Module:
+def materialise_global(base: LoadedModel, view: GlobalView) -> torch.nn.Module:
     """A copy of the base model with the global ΔW (from its factors) merged in and the head loaded."""
     deltas = {m: b.astype(np.float32) @ a.astype(np.float32) for m, (a, b) in view.factors.items()}
     return materialise(base, deltas, view.head)
 
 
-def materialise(base: BaseModel, deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> torch.nn.Module:
+def materialise(base: LoadedModel, deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> torch.nn.Module:
     """A copy of the base model with dense ΔW per module added and head parameters loaded."""
     model = copy.deepcopy(base.model)
     add_weight_deltas(model, {m: np.asarray(d, dtype=np.float32) for m, d in deltas.items()})
@@ -93,7 +93,7 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
 
 @torch.no_grad()
 def evaluate_model(
-    model: torch.nn.Module, base: BaseModel, examples: Sequence[Example], batch_size: int, max_length: int
+    model: torch.nn.Module, base: LoadedModel, examples: Sequence[Example], batch_size: int, max_length: int
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier on ``examples`` (on the model's device)."""
     if not examples:
@@ -113,7 +113,7 @@ def evaluate_model(
 
 
 def train_local(
-    base: BaseModel,
+    base: LoadedModel,
     view: GlobalView,
     train: Sequence[Example],
     val: Sequence[Example],

@@ -15,7 +15,7 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "BaseModel": "sentinel.models.loading",
+    "LoadedModel": "sentinel.models.loading",
     "Family": "sentinel.models.loading",
     "Task": "sentinel.models.loading",
     "family_of": "sentinel.models.loading",

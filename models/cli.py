@@ -12,7 +12,7 @@ from rich.table import Table
 
 from sentinel.models.components import attention_modules, ffn_id, head_id, list_components, model_layout
 from sentinel.models.exceptions import ModelError
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.presets import preset_names
 
 app = typer.Typer(help="models commands.", no_args_is_help=True)
@@ -43,7 +43,7 @@ def _parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), sum(params[n].numel() for n in names)
 
 
-def _summary_table(base: BaseModel) -> Table:
+def _summary_table(base: LoadedModel) -> Table:
     """Family, geometry and parameter counts of a loaded model."""
     layout = model_layout(base.model)
     total, attention = _parameter_counts(base.model)
@@ -66,7 +66,7 @@ def _summary_table(base: BaseModel) -> Table:
     return table
 
 
-def _components_table(base: BaseModel) -> Table:
+def _components_table(base: LoadedModel) -> Table:
     """The component ids, one row per layer (its heads and ffn), plus embeddings and the task head."""
     layout = model_layout(base.model)
     components = list_components(base.model)

@@ -29,7 +29,7 @@ _MODEL_TYPE_FAMILY: dict[str, Family] = {"bert": "bert", "gpt2": "gpt2", "llama"
 
 
 @dataclass
-class BaseModel:
+class LoadedModel:
     """A loaded base model with its tokenizer, family, task and the name it was loaded by."""
 
     model: torch.nn.Module
@@ -149,7 +149,7 @@ def _load_preset(
 
 def load_base_model(
     name_or_path: str, task: Task = "classification", num_labels: int = 2, seed: int = 0
-) -> BaseModel:
+) -> LoadedModel:
     """Load a base model by preset name, local directory, or Hugging Face id.
 
     Presets (see `models.presets.preset_names()`) never touch the network. A
@@ -180,4 +180,4 @@ def load_base_model(
         _ensure_pad_token(model, tokenizer)
     model = model.to(device="cpu", dtype=torch.float32)
     model.eval()
-    return BaseModel(model=model, tokenizer=tokenizer, family=family, task=task, name=name_or_path)
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family, task=task, name=name_or_path)

@@ -25,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from sentinel.models.components import task_head_component
 from sentinel.models.exceptions import AdapterError
 from sentinel.models.fileio import write_dir_atomically
-from sentinel.models.loading import BaseModel, Family, Task, family_of, seeded
+from sentinel.models.loading import LoadedModel, Family, Task, family_of, seeded
 
 PEFT_PREFIX = "base_model.model."
 
@@ -52,16 +52,16 @@ class LoraPair:
     b_key: str
 
 
-def _model_and_task(base: BaseModel | torch.nn.Module) -> tuple[torch.nn.Module, Task]:
+def _model_and_task(base: LoadedModel | torch.nn.Module) -> tuple[torch.nn.Module, Task]:
     """The module to adapt and its task (inferred from its head for a bare module)."""
-    if isinstance(base, BaseModel):
+    if isinstance(base, LoadedModel):
         return base.model, base.task
     head = task_head_component(base)
     return base, "causal-lm" if head == "lm_head" else "classification"
 
 
 def attach_lora(
-    base: BaseModel | torch.nn.Module,
+    base: LoadedModel | torch.nn.Module,
     rank: int,
     alpha: float | None = None,
     dropout: float = 0.0,
@@ -160,7 +160,7 @@ def save_adapter(peft_model: PeftModel, directory: str | os.PathLike[str]) -> Pa
 
 
 def load_adapter(
-    base: BaseModel | torch.nn.Module, directory: str | os.PathLike[str], is_trainable: bool = False
+    base: LoadedModel | torch.nn.Module, directory: str | os.PathLike[str], is_trainable: bool = False
 ) -> PeftModel:
     """Load a PEFT adapter directory onto a base model (modified in place) with `PeftModel.from_pretrained`."""
     path = Path(directory)

@@ -19,7 +19,7 @@ from sentinel.ledger.store import Ledger
 from sentinel.models.components import list_components, model_layout
 from sentinel.models.consent import touched_components
 from sentinel.models.fileio import write_text_atomically
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
 from sentinel.server.config import FederationConfig
 from sentinel.server.contribution import contribution_scores
@@ -43,7 +43,7 @@ class Coordinator:
 
     config: FederationConfig
     out_dir: Path
-    base: BaseModel
+    base: LoadedModel
     evaluator: CentralEvaluator
     observers: list[RoundObserver] = field(default_factory=list)
     permitted_fn: PermittedFn | None = None

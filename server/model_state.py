@@ -15,7 +15,7 @@ import numpy as np
 
 from sentinel.client.data import Example
 from sentinel.client.training import evaluate_model, materialise, split_adapter_arrays
-from sentinel.models.loading import BaseModel
+from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import (
     adapter_arrays,
     attach_lora,
@@ -29,7 +29,7 @@ from sentinel.server.aggregation import factorise_all
 from sentinel.server.global_state import GlobalState
 
 
-def initial_state(base: BaseModel) -> GlobalState:
+def initial_state(base: LoadedModel) -> GlobalState:
     """A zero global ΔW for every module LoRA adapts, and the base model's own head."""
     probe = attach_lora(copy.deepcopy(base.model), rank=1)
     pairs, head = split_adapter_arrays(adapter_arrays(probe))
@@ -40,7 +40,7 @@ def initial_state(base: BaseModel) -> GlobalState:
 class CentralEvaluator:
     """Scores global states on the coordinator's held-out test set."""
 
-    def __init__(self, base: BaseModel, test: Sequence[Example], max_length: int, batch_size: int = 64) -> None:
+    def __init__(self, base: LoadedModel, test: Sequence[Example], max_length: int, batch_size: int = 64) -> None:
         if not test:
             raise ValueError("the coordinator's held-out test set is empty")
         self.base = base
@@ -54,7 +54,7 @@ class CentralEvaluator:
         return evaluate_model(model, self.base, self.test, self.batch_size, self.max_length)
 
 
-def export_peft_adapter(base: BaseModel, state: GlobalState, directory: str | Path, rank: int) -> tuple[Path, float]:
+def export_peft_adapter(base: LoadedModel, state: GlobalState, directory: str | Path, rank: int) -> tuple[Path, float]:
     """Write the global state as a PEFT LoRA adapter of ``rank`` (loads with ``PeftModel.from_pretrained``).
 
     The dense ΔW is factorised by truncated SVD at ``rank`` with alpha = rank

@@ -10,13 +10,13 @@ import torch
 from sentinel.models.components import attention_modules, model_layout
 from sentinel.models.gating import EntropyGate, enable_entropy_gating, key_validity, normalised_entropy
 from sentinel.models.head_mask import install_head_gates
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "hi"]
 
 
-def _batch(base: BaseModel) -> dict[str, torch.Tensor]:
+def _batch(base: LoadedModel) -> dict[str, torch.Tensor]:
     return dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
 
 
@@ -25,7 +25,7 @@ def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
         return model(**batch).logits
 
 
-def _sharpen_layer_but_flatten_head(base: BaseModel, layer: int, flat_head: int) -> None:
+def _sharpen_layer_but_flatten_head(base: LoadedModel, layer: int, flat_head: int) -> None:
     """Make layer `layer`'s heads focused (large q, k) except `flat_head`, which gets q = 0 (uniform)."""
     parts = attention_modules(base.model)[layer]
     d = model_layout(base.model).head_dim

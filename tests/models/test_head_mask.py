@@ -19,13 +19,13 @@ from sentinel.models.head_mask import (
     pruned_of_mask,
     save_head_mask,
 )
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.lora import attach_lora
 
 TEXTS = ["the quick brown fox", "consent matters a lot", "short"]
 
 
-def _batch(base: BaseModel) -> dict[str, torch.Tensor]:
+def _batch(base: LoadedModel) -> dict[str, torch.Tensor]:
     return dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
 
 

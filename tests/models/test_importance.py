@@ -11,14 +11,14 @@ import torch
 
 from sentinel.models.components import attention_modules, model_layout
 from sentinel.models.importance import attention_entropy, gradient_importance, head_importance, normalise_per_layer
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.pruning import prune_heads
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "a somewhat longer third sentence", "hi"]
 
 
-def _batch(base: BaseModel, texts: list[str] = TEXTS, labels: bool = True, **kwargs: object) -> dict[str, torch.Tensor]:
+def _batch(base: LoadedModel, texts: list[str] = TEXTS, labels: bool = True, **kwargs: object) -> dict[str, torch.Tensor]:
     batch = dict(base.tokenizer(texts, return_tensors="pt", **({"padding": True} | kwargs)))
     if labels:
         batch["labels"] = torch.tensor([i % 2 for i in range(len(texts))])
@@ -37,7 +37,7 @@ def _zero_rows(proj: object, rows: slice) -> None:
             proj.module.bias[start : start + (rows.stop - rows.start)] = 0
 
 
-def _head_rows(base: BaseModel, head: int) -> slice:
+def _head_rows(base: LoadedModel, head: int) -> slice:
     d = model_layout(base.model).head_dim
     return slice(head * d, (head + 1) * d)
 

@@ -10,7 +10,7 @@ import torch
 
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.lora import attach_lora, save_adapter
 from sentinel.models.onnx_export import (
     META_FAMILY,
@@ -35,7 +35,7 @@ LONG = [
 ]
 
 
-def _adapted(preset: str, tmp_path: Path) -> tuple[BaseModel, torch.nn.Module, Path]:
+def _adapted(preset: str, tmp_path: Path) -> tuple[LoadedModel, torch.nn.Module, Path]:
     """A base model, the same model with a non-trivial LoRA adapter, and that adapter saved."""
     peft = attach_lora(load_base_model(preset), rank=4)
     with torch.no_grad():  # B starts at zero; make the adapter change the function
@@ -46,7 +46,7 @@ def _adapted(preset: str, tmp_path: Path) -> tuple[BaseModel, torch.nn.Module, P
     return load_base_model(preset), peft.eval(), adapter_dir
 
 
-def _check_logits(path: Path, reference: torch.nn.Module, base: BaseModel, mask: np.ndarray) -> None:
+def _check_logits(path: Path, reference: torch.nn.Module, base: LoadedModel, mask: np.ndarray) -> None:
     """onnxruntime logits equal the torch reference (adapter on, heads masked) for 2 batch sizes x 2 lengths."""
     classifier = OnnxClassifier(path)
     for texts in (SHORT[:1], SHORT, LONG[:2], LONG):
@@ -59,7 +59,7 @@ def _check_logits(path: Path, reference: torch.nn.Module, base: BaseModel, mask:
 
 
 @pytest.fixture(scope="module")
-def bert_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BaseModel, torch.nn.Module, np.ndarray]:
+def bert_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LoadedModel, torch.nn.Module, np.ndarray]:
     tmp_path = tmp_path_factory.mktemp("bert")
     base, peft, adapter_dir = _adapted("tiny-bert", tmp_path)
     mask = mask_of_pruned({0: [1, 2], 1: [0]}, model_layout(base.model))

@@ -8,7 +8,7 @@ import torch
 
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
-from sentinel.models.loading import BaseModel, load_base_model
+from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.lora import attach_lora
 from sentinel.models.pruning import GroupedKVLinear, PruningError, count_parameters, prune_heads, pruned_heads, regrow_heads
 
@@ -22,7 +22,7 @@ PATTERNS = [
 ]
 
 
-def _batch(base: BaseModel) -> dict[str, torch.Tensor]:
+def _batch(base: LoadedModel) -> dict[str, torch.Tensor]:
     return dict(base.tokenizer(TEXTS, padding=True, return_tensors="pt"))
 
 
@@ -114,7 +114,7 @@ def test_fresh_regrowth_leaves_the_function_unchanged_and_restores_parameters(pr
     assert q_new.abs().sum() > 0
 
 
-def _q_rows(base: BaseModel, layer: int, head: int) -> torch.Tensor:
+def _q_rows(base: LoadedModel, layer: int, head: int) -> torch.Tensor:
     d = model_layout(base.model).head_dim
     if base.family == "bert":
         return base.model.bert.encoder.layer[layer].attention.self.query.weight[head * d : (head + 1) * d]
