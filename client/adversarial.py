@@ -15,13 +15,12 @@ from collections.abc import Callable, Collection
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
-
 from sentinel.client import app as honest
-from sentinel.client import protocol as P
 from sentinel.client.node import node_identity
 from sentinel.ledger.crypto import generate_private_key
 from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import sign_payload
+from sentinel.protos import messages as P
 
 
 def _misbehaves(context: Context, partitions: Collection[int]) -> bool:

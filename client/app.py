@@ -10,18 +10,17 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from pydantic import BaseModel
-from pydantic import ConfigDict, Field
-
-from sentinel.client import protocol as P
+from pydantic import BaseModel, ConfigDict, Field
 from sentinel.client.data import Example
-from sentinel.client.federated_data import federated_split, node_train_val
+from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
-from sentinel.client.records import from_array_record, parse_global_view, to_array_record
-from sentinel.client.training import GlobalView, evaluate_model, materialise_global, resolve_device, train_local
+from sentinel.client.training import GlobalView, evaluate_examples, materialise_global, resolve_device, train_local
 from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.loading import LoadedModel
+from sentinel.protos import messages as P
+from sentinel.protos.records import from_array_record, parse_global_view, to_array_record
+from sentinel.protos.vocabulary import Role
 
 app = ClientApp()
 
@@ -32,7 +31,7 @@ class TrainInstruction(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     server_round: int = Field(alias=P.C_ROUND, ge=1)
-    role: P.Role = Field(alias=P.C_ROLE)
+    role: Role = Field(alias=P.C_ROLE)
     lora_rank: int = Field(alias=P.C_RANK, ge=1)
     local_steps: int = Field(alias=P.C_STEPS, ge=1)
     local_epochs: float = Field(alias=P.C_EPOCHS, ge=0, default=0.0)
@@ -154,7 +153,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     inputs = _resolve(msg, context)
     model = materialise_global(inputs.base, inputs.view).to(resolve_device(inputs.identity.device))
     ins = inputs.instruction
-    acc, loss = evaluate_model(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
+    acc, loss = evaluate_examples(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
     metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(inputs.val_set)})
     return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
 

@@ -14,12 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
-from pydantic import BaseModel
-from pydantic import ConfigDict, Field
-
-from sentinel.client.protocol import ROLES, Role
+from pydantic import BaseModel, ConfigDict, Field
 from sentinel.ledger.crypto import Ed25519PrivateKey, load_private_key, public_key_b64
 from sentinel.models.loading import LoadedModel, load_base_model
+from sentinel.protos.vocabulary import ROLES, Role
 
 
 class NodeIdentity(BaseModel):

@@ -10,22 +10,20 @@ rank, and consent masking keeps forbidden head slices of that update exactly zer
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from sentinel.client.batching import iter_batches, sample_batches
 from sentinel.client.data import Example
-from sentinel.client.protocol import LORA_ALPHA_PER_RANK
+from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.models.consent import restrict_lora_to_heads
-from sentinel.models.deltas import add_weight_deltas
+from sentinel.models.global_model import evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
 from sentinel.models.loading import LoadedModel
-from sentinel.models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs, lora_scaling, module_path
+from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling
+from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 
 
 @dataclass(frozen=True)
@@ -59,22 +57,7 @@ class LocalUpdate:
 
 def materialise_global(base: LoadedModel, view: GlobalView) -> torch.nn.Module:
     """A copy of the base model with the global ΔW (from its factors) merged in and the head loaded."""
-    deltas = {m: b.astype(np.float32) @ a.astype(np.float32) for m, (a, b) in view.factors.items()}
-    return materialise(base, deltas, view.head)
-
-
-def materialise(base: LoadedModel, deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> torch.nn.Module:
-    """A copy of the base model with dense ΔW per module added and head parameters loaded."""
-    model = copy.deepcopy(base.model)
-    add_weight_deltas(model, {m: np.asarray(d, dtype=np.float32) for m, d in deltas.items()})
-    if head:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in head.items():
-                if name not in params:
-                    raise KeyError(f"global head parameter `{name}` does not exist in model {base.name}")
-                params[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-    return model
+    return materialise_factors(base, view.factors, view.head)
 
 
 def resolve_device(requested: str | None = "auto") -> torch.device:
@@ -91,25 +74,11 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
     return {k: v.to(device) for k, v in batch.items()}
 
 
-@torch.no_grad()
-def evaluate_model(
+def evaluate_examples(
     model: torch.nn.Module, base: LoadedModel, examples: Sequence[Example], batch_size: int, max_length: int
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier on ``examples`` (on the model's device)."""
-    if not examples:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct, loss_sum = 0, 0.0
-    for batch in iter_batches(base.tokenizer, examples, batch_size, max_length):
-        batch = _to(batch, device)
-        out = model(**batch)
-        logits = out.logits
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-    model.train(was_training)
-    return correct / len(examples), loss_sum / len(examples)
+    return evaluate_classifier(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
 
 
 def train_local(
@@ -150,7 +119,7 @@ def train_local(
         optimiser.step()
         losses.append(loss.item())
     peft_model.eval()
-    val_acc, val_loss = evaluate_model(peft_model, base, val, batch_size * 2, max_length)
+    val_acc, val_loss = evaluate_examples(peft_model, base, val, batch_size * 2, max_length)
     probe_examples = list(val or train)[: importance_batches * batch_size]
     probe = list(iter_batches(base.tokenizer, probe_examples, batch_size, max_length))
     importance = head_importance(peft_model, probe)
@@ -171,16 +140,3 @@ def train_local(
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(normalised, dtype=np.float32),
     )
-
-
-def split_adapter_arrays(
-    arrays: Mapping[str, np.ndarray],
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
-    """Split PEFT adapter arrays into per-module (A, B) pairs and head parameters.
-
-    Module paths and head parameter names are relative to the base model, matching
-    the global state's keys.
-    """
-    pairs = {m: (arrays[p.a_key], arrays[p.b_key]) for m, p in lora_pairs(arrays).items()}
-    head = {module_path(k): arrays[k] for k in head_module_keys(arrays)}
-    return pairs, head

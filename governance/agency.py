@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-
 from sentinel.governance.contracts import AgencyState, AgencyStateName, ContractSet
 from sentinel.governance.exceptions import UnknownComponentError
 from sentinel.governance.policy import resolve_time

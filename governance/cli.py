@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-
 from sentinel.governance.cli_common import (
     DEFAULT_DB,
     DEFAULT_LEDGER_DB,
@@ -37,6 +36,7 @@ from sentinel.governance.cli_common import (
 )
 from sentinel.governance.cli_propose import propose_app
 from sentinel.governance.contracts import OPERATIONS, ContractSet, Grant
+from sentinel.protos.vocabulary import ROLES, standard_components
 
 app = typer.Typer(help="Consent contracts, nodes, proposals and votes.", no_args_is_help=True)
 app.add_typer(propose_app, name="propose")
@@ -119,7 +119,6 @@ def init(
     ledger_key: LedgerKey = Path("coordinator.pem"),
 ) -> None:
     """Derive a model's contracts from a policy and install them (bootstrap act, recorded on the ledger)."""
-    from sentinel.governance.components import standard_components
     from sentinel.governance.governor import Governor
     from sentinel.governance.policy_file import derive_contracts, load_default_policy, load_policy
     from sentinel.governance.store import GovernanceStore
@@ -138,7 +137,7 @@ def init(
 @friendly_errors
 def register(
     node_id: Annotated[str, typer.Argument(help="Node id (Flower node ids as decimal text).")],
-    role: Annotated[str, typer.Option(help="edge, gpu or central.")],
+    role: Annotated[str, typer.Option(help=f"{', '.join(ROLES)}.")],
     public_key: Annotated[str, typer.Option(help="Base64 Ed25519 public key (from `sentinel keys generate`).")] = "",
     organisation: Annotated[str, typer.Option(help="Organisation running the node.")] = "",
     db: Db = DEFAULT_DB,
@@ -149,8 +148,8 @@ def register(
     from sentinel.governance.governor import Governor
     from sentinel.governance.store import GovernanceStore
 
-    if role not in ("edge", "gpu", "central"):
-        raise ValueError(f"`--role` {role!r} is not one of edge, gpu, central")
+    if role not in ROLES:
+        raise ValueError(f"`--role` {role!r} is not one of {', '.join(ROLES)}")
     governor = Governor(GovernanceStore(db), open_ledger(ledger_db, ledger_key))
     record = governor.bootstrap_node(node_id, role, organisation=organisation, public_key=public_key or None)  # type: ignore[arg-type]
     console.print(f"registered node {record.node_id} as {record.role}")

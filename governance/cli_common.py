@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-
 from sentinel.governance.exceptions import GovernanceError
 
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
 from sentinel.governance.cli_common import (
     DEFAULT_TARGET,
     Components,
@@ -29,6 +28,7 @@ from sentinel.governance.proposals import (
     SetAgencySpec,
     SetParameterSpec,
 )
+from sentinel.protos.vocabulary import ROLES
 
 propose_app = typer.Typer(help="Submit a signed proposal (one subcommand per kind).", no_args_is_help=True)
 
@@ -44,7 +44,7 @@ def _change(kind: str, operation: str, components: list[str], roles: list[str], 
     return ContractChangeSpec(kind=kind, operation=operation, components=components, roles=roles, nodes=nodes, everyone=everyone)  # type: ignore[arg-type]
 
 
-Roles = Annotated[list[str], typer.Option("--role", "-r", help="Role (repeatable): edge, gpu, central.")]
+Roles = Annotated[list[str], typer.Option("--role", "-r", help=f"Role (repeatable): {', '.join(ROLES)}.")]
 Nodes = Annotated[list[str], typer.Option("--node", help="Node id (repeatable).")]
 Everyone = Annotated[bool, typer.Option("--everyone", help="Every registered node.")]
 Op = Annotated[str, typer.Option("--operation", "-o", help="adapt, prune, grow or distill.")]

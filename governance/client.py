@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-
 from sentinel.governance import wire
 from sentinel.governance.contracts import ConsentContract, ContractSet, Operation
 from sentinel.governance.exceptions import RemoteGovernanceError

@@ -18,17 +18,14 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
-
-from sentinel.governance.components import parse_component
 from sentinel.ledger.crypto import canonical_json, sha256_hex
+from sentinel.protos.vocabulary import Role, parse_component
 
 Operation = Literal["adapt", "prune", "grow", "distill"]
-Role = Literal["edge", "gpu", "central"]
 AgencyStateName = Literal["active", "resting", "withdrawn"]
 AgencySource = Literal["policy", "measurement", "governance"]
 
 OPERATIONS: tuple[Operation, ...] = ("adapt", "prune", "grow", "distill")
-ROLES: tuple[Role, ...] = ("edge", "gpu", "central")
 AGENCY_STATES: tuple[AgencyStateName, ...] = ("active", "resting", "withdrawn")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

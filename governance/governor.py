@@ -19,10 +19,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sentinel.governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
-from sentinel.governance.contracts import ContractSet, Operation, Role
+from sentinel.governance.contracts import ContractSet, Operation
 from sentinel.governance.entries import contract_set_payload, execution_payload, node_payload
 from sentinel.governance.exceptions import (
     ContractsNotInstalledError,
@@ -35,32 +35,16 @@ from sentinel.governance.exceptions import (
     ProposalNotFoundError,
 )
 from sentinel.governance.execution import Effects, execute_spec
-from sentinel.governance.ledger_sink import (
-    CONTRACT_CHANGED,
-    EXECUTION,
-    NODE_REGISTERED,
-    NODE_REMOVED,
-    PROPOSAL,
-    VOTE,
-    LedgerSink,
-    PendingEntry,
-    append_entries,
-)
+from sentinel.governance.ledger_sink import LedgerSink, PendingEntry, append_entries
 from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.policy import Decision, PolicyEngine, resolve_time
 from sentinel.governance.policy_file import EntropySaturationRule
 from sentinel.governance.proposals import ProposalRecord, RegisterNodeSpec, RemoveNodeSpec, SignedProposal, SignedVote
 from sentinel.governance.registry import NodeRecord, NodeRegistry
-from sentinel.governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp
+from sentinel.governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp, utcnow
 from sentinel.governance.store import GovernanceStore, StoreTransaction
 from sentinel.governance.voting import Tally, decide, tally_votes
-
-COORDINATOR = "coordinator"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
+from sentinel.protos.vocabulary import COORDINATOR, EntryKind, Role
 
 @dataclass(frozen=True)
 class GovernanceSnapshot:
@@ -88,7 +72,7 @@ class Governor:
         ledger: LedgerSink,
         *,
         actor: str = COORDINATOR,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         request_window: timedelta = DEFAULT_WINDOW,
     ) -> None:
         self.store = store
@@ -179,8 +163,8 @@ class Governor:
                 raise PermissionDeniedError("contracts are already installed; change them through a proposal")
             now = self.clock()
             tx.put_contract_set(contracts, at=now, cause=cause)
-            tx.record_act(CONTRACT_CHANGED, self.actor, now, cause)
-            self.ledger.append(CONTRACT_CHANGED, self.actor, contract_set_payload(contracts, cause, contracts.components(), bodies=False))
+            tx.record_act(EntryKind.CONTRACT_CHANGED, self.actor, now, cause)
+            self.ledger.append(EntryKind.CONTRACT_CHANGED, self.actor, contract_set_payload(contracts, cause, contracts.components(), bodies=False))
         return contracts
 
     def ensure_contracts(self, contracts: ContractSet, *, cause: str = "derived from policy") -> ContractSet:
@@ -208,8 +192,8 @@ class Governor:
                 node_id=str(node_id), role=role, organisation=organisation, public_key=public_key, registered_at=now
             )
             tx.put_node(record)
-            tx.record_act(NODE_REGISTERED, self.actor, now, f"bootstrap {record.node_id}")
-            self.ledger.append(NODE_REGISTERED, self.actor, node_payload(record, via="bootstrap"))
+            tx.record_act(EntryKind.NODE_REGISTERED, self.actor, now, f"bootstrap {record.node_id}")
+            self.ledger.append(EntryKind.NODE_REGISTERED, self.actor, node_payload(record, via="bootstrap"))
         return record
 
     def ensure_node(self, node_id: str | int, role: Role, *, organisation: str = "", public_key: str | None = None) -> NodeRecord:
@@ -227,9 +211,9 @@ class Governor:
                 raise PermissionDeniedError("parameters are already set; change them through a proposal")
             now = self.clock()
             tx.put_parameters(parameters, at=now, cause=cause)
-            tx.record_act(EXECUTION, self.actor, now, cause)
+            tx.record_act(EntryKind.EXECUTION, self.actor, now, cause)
             payload = {"act": "install_parameters", "cause": cause, "parameters": parameters.model_dump(mode="json")}
-            self.ledger.append(EXECUTION, self.actor, payload)
+            self.ledger.append(EntryKind.EXECUTION, self.actor, payload)
         return parameters
 
     # ------------------------------------------------------------------ signed acts
@@ -255,8 +239,8 @@ class Governor:
             with self.store.transaction() as tx:
                 tx.use_nonce(doc.proposer, doc.nonce, at=now)
                 tx.add_proposal(record)
-                tx.record_act(PROPOSAL, doc.proposer, now, f"{record.kind} {record.proposal_id}")
-                self.ledger.append(PROPOSAL, doc.proposer, doc.signed_payload(), node_signature=signed.signature)
+                tx.record_act(EntryKind.PROPOSAL, doc.proposer, now, f"{record.kind} {record.proposal_id}")
+                self.ledger.append(EntryKind.PROPOSAL, doc.proposer, doc.signed_payload(), node_signature=signed.signature)
             self.store.forget_nonces_before(now - 2 * self.request_window)
             return record
 
@@ -282,8 +266,8 @@ class Governor:
                     raise DuplicateVoteError(f"node {body.voter!r} already voted on proposal {body.proposal_id}; one vote per node")
                 tx.use_nonce(body.voter, body.nonce, at=now)
                 tx.add_vote(signed, at=now)
-                tx.record_act(VOTE, body.voter, now, f"{body.choice} on {body.proposal_id}")
-                self.ledger.append(VOTE, body.voter, body.signed_payload(), node_signature=signed.signature)
+                tx.record_act(EntryKind.VOTE, body.voter, now, f"{body.choice} on {body.proposal_id}")
+                self.ledger.append(EntryKind.VOTE, body.voter, body.signed_payload(), node_signature=signed.signature)
             self.store.forget_nonces_before(now - 2 * self.request_window)
             self._settle(self.proposal(body.proposal_id), now)
             return self.proposal(body.proposal_id)
@@ -321,9 +305,9 @@ class Governor:
         with self.store.transaction() as tx:
             if not tx.close_proposal(record.proposal_id, status, at=now, tally=tally, outcome=outcome):  # type: ignore[arg-type]
                 return
-            tx.record_act(EXECUTION, self.actor, now, f"{record.proposal_id} {status}")
+            tx.record_act(EntryKind.EXECUTION, self.actor, now, f"{record.proposal_id} {status}")
             entries = self._write_effects(tx, record, effects, now)
-            entries.append(PendingEntry(EXECUTION, self.actor, execution_payload(record, status, tally, outcome, effects)))
+            entries.append(PendingEntry(EntryKind.EXECUTION, self.actor, execution_payload(record, status, tally, outcome, effects)))
             append_entries(self.ledger, entries)
 
     def _write_effects(self, tx: StoreTransaction, record: ProposalRecord, effects: Effects, now: datetime) -> list[PendingEntry]:
@@ -332,17 +316,17 @@ class Governor:
         entries: list[PendingEntry] = []
         if effects.contracts is not None:
             tx.put_contract_set(effects.contracts, at=now, cause=cause, changed=effects.changed_components)
-            entries.append(PendingEntry(CONTRACT_CHANGED, self.actor, contract_set_payload(effects.contracts, cause, effects.changed_components)))
+            entries.append(PendingEntry(EntryKind.CONTRACT_CHANGED, self.actor, contract_set_payload(effects.contracts, cause, effects.changed_components)))
         if effects.parameters is not None:
             tx.put_parameters(effects.parameters, at=now, cause=cause)
         if effects.node is not None:
             tx.put_node(effects.node)
             spec = record.document.spec
             if isinstance(spec, RegisterNodeSpec):
-                entries.append(PendingEntry(NODE_REGISTERED, self.actor, node_payload(effects.node, via=cause)))
+                entries.append(PendingEntry(EntryKind.NODE_REGISTERED, self.actor, node_payload(effects.node, via=cause)))
             elif isinstance(spec, RemoveNodeSpec):
                 payload = {"node_id": effects.node.node_id, "reason": spec.reason, "via": cause}
-                entries.append(PendingEntry(NODE_REMOVED, self.actor, payload))
+                entries.append(PendingEntry(EntryKind.NODE_REMOVED, self.actor, payload))
         return entries
 
     # ------------------------------------------------------------------ measured agency
@@ -356,10 +340,10 @@ class Governor:
             components = [c.component for c in changes]
             cause = "agency signalled by measurement"
             tx.put_contract_set(revised, at=now, cause=cause, changed=components)
-            tx.record_act(CONTRACT_CHANGED, self.actor, now, cause)
+            tx.record_act(EntryKind.CONTRACT_CHANGED, self.actor, now, cause)
             payload = contract_set_payload(revised, cause, components)
             payload["agency_changes"] = [c.model_dump(mode="json") for c in changes]
-            self.ledger.append(CONTRACT_CHANGED, self.actor, payload)
+            self.ledger.append(EntryKind.CONTRACT_CHANGED, self.actor, payload)
         return revised
 
     def update_agency_from_entropy(

@@ -2,7 +2,8 @@
 
 Governance records every act (registration, proposal, vote, execution, contract
 change) through this protocol, so it does not depend on the ledger's internals;
-``ledger.store.Ledger`` satisfies it.
+``ledger.store.Ledger`` satisfies it. The entry kinds are
+:class:`sentinel.protos.vocabulary.EntryKind` members.
 """
 
 from __future__ import annotations
@@ -10,15 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-# Ledger entry kinds that governance writes.
-NODE_REGISTERED = "node_registered"
-NODE_REMOVED = "node_removed"
-PROPOSAL = "proposal"
-VOTE = "vote"
-EXECUTION = "execution"
-CONTRACT_CHANGED = "contract_changed"
-
 
 @runtime_checkable
 class LedgerSink(Protocol):

@@ -7,7 +7,6 @@ version each round.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from sentinel.governance.exceptions import InvalidRequestError
 
 

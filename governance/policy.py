@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sentinel.governance.contracts import OPERATIONS, ROLES, ConsentContract, ContractSet, Operation, Role
+from sentinel.governance.contracts import OPERATIONS, ConsentContract, ContractSet, Operation
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.registry import NodeRegistry
+from sentinel.protos.vocabulary import ROLES, Role
 
 _RESTING_DENIES: frozenset[Operation] = frozenset({"adapt", "grow"})
 _EMPTY: frozenset[str] = frozenset()

@@ -66,9 +66,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
 from sentinel.governance._source_lines import format_loc, line_index, line_of
-from sentinel.governance.components import COMPONENT_KINDS, ComponentKind, ComponentRef, parse_component
 from sentinel.governance.contracts import (
     AgencyState,
     AgencyStateName,
@@ -76,9 +74,9 @@ from sentinel.governance.contracts import (
     ContractSet,
     Grant,
     Operation,
-    Role,
 )
 from sentinel.governance.exceptions import PolicyFileError
+from sentinel.protos.vocabulary import COMPONENT_KINDS, ComponentKind, ComponentRef, Role, parse_component
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DEFAULT_POLICY_RESOURCE = "default_policy.yaml"

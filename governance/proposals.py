@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from sentinel.governance.contracts import AgencyStateName, Grant, Operation, Role
+from sentinel.governance.contracts import AgencyStateName, Grant, Operation
 from sentinel.governance.registry import validate_node_id, validate_public_key
 from sentinel.governance.signing import check_nonce_format, format_timestamp, new_nonce, parse_timestamp, sign_document
 from sentinel.governance.voting import Choice, Tally
 from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sha256_hex
+from sentinel.protos.vocabulary import Role
 
 ProposalStatus = Literal["open", "executed", "rejected", "failed"]
 

@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
-
-from sentinel.governance.contracts import Role
 from sentinel.ledger.crypto import public_key_from_b64
+from sentinel.protos.vocabulary import Role
 
 NodeStatus = Literal["active", "removed"]
 

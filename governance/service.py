@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-
 from sentinel.governance import wire
 from sentinel.governance.exceptions import GovernanceError, InvalidRequestError, UnknownComponentError
 from sentinel.governance.governor import Governor

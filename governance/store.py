@@ -18,17 +18,16 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, Text, UniqueConstraint, delete, event, func, make_url, text
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, create_engine, select
-
 from sentinel.governance.contracts import ConsentContract, ContractSet
 from sentinel.governance.exceptions import ReplayedRequestError, StoreError
 from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.proposals import ProposalDocument, ProposalRecord, ProposalStatus, SignedVote, VoteBody
 from sentinel.governance.registry import NodeRecord, NodeRegistry
 from sentinel.governance.voting import Tally
+from sqlalchemy import Engine, Text, UniqueConstraint, delete, event, func, make_url, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 
 class ActRow(SQLModel, table=True):

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-
 from sentinel.governance.contracts import ConsentContract, ContractSet
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.proposals import ProposalDocument, ProposalRecord, ProposalSpec, SignedProposal, SignedVote, VoteBody

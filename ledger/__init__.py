@@ -19,7 +19,7 @@ _EXPORTS = {
     "VerifyReport": "sentinel.ledger.entries",
     "NodeSummary": "sentinel.ledger.entries",
     "Problem": "sentinel.ledger.entries",
-    "EntryKind": "sentinel.ledger.kinds",
+    "EntryKind": "sentinel.protos.vocabulary",
     "LedgerRecorder": "sentinel.ledger.recorder",
     "content_hash_of_arrays": "sentinel.ledger.recorder",
     "leave_one_out": "sentinel.ledger.contribution",

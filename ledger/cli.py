@@ -16,7 +16,6 @@ from typing import Annotated, Protocol
 import typer
 from rich.console import Console
 from rich.table import Table
-
 from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
 from sentinel.ledger.exceptions import LedgerError
 

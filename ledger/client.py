@@ -6,13 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-
 from sentinel.ledger import convert
 from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
 from sentinel.ledger.exceptions import EntryNotFoundError, LedgerError
-from sentinel.ledger.kinds import EntryKind
 from sentinel.protos import ledger_pb2 as pb
 from sentinel.protos import ledger_pb2_grpc as pb_grpc
+from sentinel.protos.vocabulary import EntryKind
 
 
 class LedgerApiError(LedgerError):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sentinel.ledger.entries import ContributionRecord, LedgerEntry, LedgerInfo, NodeSummary, Problem, VerifyReport
-from sentinel.ledger.kinds import EntryKind
 from sentinel.protos import ledger_pb2 as pb
+from sentinel.protos.vocabulary import EntryKind
 
 
 def entry_to_pb(entry: LedgerEntry) -> pb.Entry:

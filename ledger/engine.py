@@ -21,11 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sentinel.ledger.tables import ENTRY_TABLE, HEAD_TABLE
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
-
-from sentinel.ledger.tables import ENTRY_TABLE, HEAD_TABLE
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _WRITE = "ledger_write"

@@ -9,7 +9,7 @@ from typing import Any
 
 from sentinel.ledger.chain import Envelope, entry_hash, signature_valid
 from sentinel.ledger.crypto import Ed25519PublicKey
-from sentinel.ledger.kinds import EntryKind
+from sentinel.protos.vocabulary import EntryKind
 
 
 @dataclass(frozen=True, slots=True)

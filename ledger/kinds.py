@@ -1,4 +1,7 @@
-"""Entry kinds and the payload schema of each.
+"""The payload schema of each entry kind, and the checks an append makes.
+
+The kinds themselves (:class:`~sentinel.protos.vocabulary.EntryKind`) and the
+coordinator's actor name live in :mod:`sentinel.protos.vocabulary`.
 
 Payloads are stored exactly as given (as canonical JSON), so what a node signs is
 what the ledger keeps; the schemas here only *check* them on append. They are
@@ -19,39 +22,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
-
 from sentinel.ledger.crypto import public_key_from_b64
 from sentinel.ledger.exceptions import InvalidEntryError
-
-COORDINATOR = "coordinator"
-"""The actor of entries the coordinator originates."""
+from sentinel.protos.vocabulary import COORDINATOR, EntryKind
 
 ContributionMethod = Literal["loo", "shapley"]
-
-
-class EntryKind(StrEnum):
-    """What an entry records; the value is what is stored and hashed."""
-
-    NODE_REGISTERED = "node_registered"
-    NODE_REMOVED = "node_removed"
-    ROUND_STARTED = "round_started"
-    UPDATE_SUBMITTED = "update_submitted"
-    VALIDATION_VERDICT = "validation_verdict"
-    UPDATE_ACCEPTED = "update_accepted"
-    UPDATE_REJECTED = "update_rejected"
-    CONSENT_VIOLATION = "consent_violation"
-    CONTRIBUTION = "contribution"
-    TOKENS = "tokens"
-    CHECKPOINT = "checkpoint"
-    PROPOSAL = "proposal"
-    VOTE = "vote"
-    EXECUTION = "execution"
-    CONTRACT_CHANGED = "contract_changed"
-
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -234,10 +212,10 @@ def check_payload(kind: EntryKind, payload: Mapping[str, Any]) -> None:
 
 
 def check_actor(actor: str) -> str:
-    """``actor`` itself if it is ``"coordinator"`` or a node id string; :class:`InvalidEntryError` otherwise."""
+    """``actor`` itself if it is :data:`COORDINATOR` or a node id string; :class:`InvalidEntryError` otherwise."""
     if not isinstance(actor, str) or not actor or len(actor) > 128 or actor != actor.strip():
         raise InvalidEntryError(
-            f"`actor` must be 'coordinator' or a node id string (1-128 characters, no surrounding spaces), got {actor!r}"
+            f"`actor` must be {COORDINATOR!r} or a node id string (1-128 characters, no surrounding spaces), got {actor!r}"
         )
     return actor
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from sentinel.ledger.crypto import canonical_json
 from sentinel.ledger.entries import AppendRequest, LedgerEntry
-from sentinel.ledger.kinds import COORDINATOR, ContributionMethod, EntryKind, score_text
+from sentinel.ledger.kinds import ContributionMethod, score_text
+from sentinel.protos.vocabulary import COORDINATOR, EntryKind
 
 if TYPE_CHECKING:  # the client imports content_hash_of_arrays; keep SQL out of its imports
     from sentinel.ledger.store import Ledger

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-
 from sentinel.ledger import convert
 from sentinel.ledger.entries import LedgerEntry
 from sentinel.ledger.exceptions import LedgerError

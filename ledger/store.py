@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
-
 from sentinel.ledger import summary
 from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, payload_text, sign_hash, signature_valid
 from sentinel.ledger.crypto import (
@@ -36,9 +34,11 @@ from sentinel.ledger.exceptions import (
     ReadOnlyLedgerError,
     SignerMismatchError,
 )
-from sentinel.ledger.kinds import COORDINATOR, EntryKind, check_actor, check_payload, parse_kind, payload_node
+from sentinel.ledger.kinds import check_actor, check_payload, parse_kind, payload_node
 from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
 from sentinel.ledger.verify import verify_chain
+from sentinel.protos.vocabulary import COORDINATOR, EntryKind
+from sqlalchemy import Connection, Engine, func, select
 
 DEFAULT_URL = "sqlite:///ledger.db"
 _E = ENTRY_TABLE.c

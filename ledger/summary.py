@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from sentinel.ledger.entries import ContributionRecord, LedgerEntry, NodeSummary
-from sentinel.ledger.kinds import EntryKind
+from sentinel.protos.vocabulary import EntryKind
 
 _COUNTED = {
     EntryKind.UPDATE_SUBMITTED: "submitted",

@@ -8,10 +8,9 @@ append.
 
 from __future__ import annotations
 
+from sentinel.ledger.chain import GENESIS_HASH
 from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text
 from sqlmodel import Field, SQLModel
-
-from sentinel.ledger.chain import GENESIS_HASH
 
 # INTEGER PRIMARY KEY on SQLite makes seq the rowid (64-bit there anyway); BIGINT elsewhere.
 _SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")

@@ -18,13 +18,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, signature_valid
 from sentinel.ledger.crypto import Ed25519PublicKey, public_key_from_b64
 from sentinel.ledger.entries import Problem, VerifyReport
-from sentinel.ledger.kinds import EntryKind, payload_node
+from sentinel.ledger.kinds import payload_node
 from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
+from sentinel.protos.vocabulary import EntryKind
+from sqlalchemy import Connection, select
 
 _E = ENTRY_TABLE.c
 _COLS = ENTRY_TABLE.c[ENTRY_COLUMNS]

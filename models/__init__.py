@@ -6,7 +6,8 @@ masks on LoRA (`consent`), dense LoRA updates (`deltas`), plus head masks,
 importance, pruning, gating, distillation and ONNX export.
 
 The most used names are importable from here; they load lazily so that
-`import models` (and the CLI) stays fast.
+`import models` (and the CLI) stays fast. Component ids themselves (`head_id`,
+`ffn_id`, `parse_component`) live in `sentinel.protos.vocabulary`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ _EXPORTS: dict[str, str] = {
     "ModelLayout": "sentinel.models.components",
     "ParamSlice": "sentinel.models.components",
     "attention_modules": "sentinel.models.components",
-    "ffn_id": "sentinel.models.components",
-    "head_id": "sentinel.models.components",
     "head_parameter_slices": "sentinel.models.components",
     "list_components": "sentinel.models.components",
+    "check_component": "sentinel.models.components",
     "model_layout": "sentinel.models.components",
-    "parse_component": "sentinel.models.components",
     "DEFAULT_TARGETS": "sentinel.models.lora",
     "adapter_arrays": "sentinel.models.lora",
     "attach_lora": "sentinel.models.lora",

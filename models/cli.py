@@ -9,11 +9,11 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from sentinel.models.components import attention_modules, ffn_id, head_id, list_components, model_layout
+from sentinel.models.components import attention_modules, list_components, model_layout
 from sentinel.models.exceptions import ModelError
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.presets import preset_names
+from sentinel.protos.vocabulary import ffn_id, head_id
 
 app = typer.Typer(help="models commands.", no_args_is_help=True)
 
@@ -133,7 +133,6 @@ def export_onnx_command(
     sentences.
     """
     import numpy as np
-
     from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE, OnnxClassifier, export_onnx, prepare_for_export
     from sentinel.models.pruning import count_parameters
 

@@ -2,7 +2,8 @@
 
 Component ids (the vocabulary consent contracts, masks and the ledger use):
 ``embeddings``, ``layer.{i}.head.{j}``, ``layer.{i}.ffn``, and the task head
-``classifier`` (classification) or ``lm_head`` (causal LM).
+``classifier`` (classification) or ``lm_head`` (causal LM). Their grammar lives
+in :mod:`sentinel.protos.vocabulary`; here they are checked against a model.
 
 Which weights belong to attention head ``j`` of a layer (``d`` = head_dim):
 
@@ -29,23 +30,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers.pytorch_utils import Conv1D
-
 from sentinel.models.exceptions import ComponentError, UnsupportedModelError
 from sentinel.models.loading import Family, family_of, model_config
+from sentinel.protos.vocabulary import CLASSIFIER, LM_HEAD, ComponentIdError, ComponentRef, parse_component, standard_components
+from sentinel.protos.vocabulary import head_id as head_id  # re-exported: server.governance_observer imports it from here
+from transformers.pytorch_utils import Conv1D
 
-EMBEDDINGS = "embeddings"
-CLASSIFIER = "classifier"
-LM_HEAD = "lm_head"
+ProjectionRole = Literal["q", "k", "v", "qkv", "o"]
+"""Which attention projection a module is: query, key, value, GPT-2's fused qkv, or output."""
 
-Role = Literal["q", "k", "v", "qkv", "o"]
-ComponentKind = Literal["embeddings", "head", "ffn", "classifier", "lm_head"]
-
-_HEAD_RE = re.compile(r"layer\.(\d+)\.head\.(\d+)")
-_FFN_RE = re.compile(r"layer\.(\d+)\.ffn")
-
-# Attention projection modules per family: regex on a module path -> (layer, role).
-_PROJECTION_PATTERNS: dict[Family, tuple[re.Pattern[str], dict[str, Role]]] = {
+# Attention projection modules per family: regex on a module path -> (layer, projection role).
+_PROJECTION_PATTERNS: dict[Family, tuple[re.Pattern[str], dict[str, ProjectionRole]]] = {
     "bert": (
         re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.(self\.query|self\.key|self\.value|output\.dense)$"),
         {"self.query": "q", "self.key": "k", "self.value": "v", "output.dense": "o"},
@@ -130,46 +125,21 @@ class AttentionParts:
 # ---------------------------------------------------------------- component ids
 
 
-def head_id(layer: int, head: int) -> str:
-    """Component id of attention head `head` in layer `layer`: ``layer.{layer}.head.{head}``."""
-    return f"layer.{layer}.head.{head}"
+def check_component(layout: ModelLayout, cid: str) -> ComponentRef:
+    """The parsed id `cid` if it names a component the layout has; `ComponentError` (a `ValueError`) otherwise.
 
-
-def ffn_id(layer: int) -> str:
-    """Component id of the feed-forward block of layer `layer`: ``layer.{layer}.ffn``."""
-    return f"layer.{layer}.ffn"
-
-
-def parse_component(cid: str) -> tuple[str, int | None, int | None]:
-    """Split a component id into (kind, layer, head); kind is one of `ComponentKind`.
-
-    ``"layer.3.head.1"`` → ``("head", 3, 1)``; ``"layer.3.ffn"`` → ``("ffn", 3, None)``;
-    ``"embeddings"`` → ``("embeddings", None, None)``. Raises `ComponentError`
-    (a `ValueError`) for anything else, non-canonical numbers included.
+    Malformed ids (the grammar is :func:`sentinel.protos.vocabulary.parse_component`'s)
+    and layer or head indices beyond the layout are both refused.
     """
-    if cid in (EMBEDDINGS, CLASSIFIER, LM_HEAD):
-        return cid, None, None
-    if m := _HEAD_RE.fullmatch(cid):
-        layer, head = int(m.group(1)), int(m.group(2))
-        if head_id(layer, head) == cid:
-            return "head", layer, head
-    if m := _FFN_RE.fullmatch(cid):
-        layer = int(m.group(1))
-        if ffn_id(layer) == cid:
-            return "ffn", layer, None
-    raise ComponentError(
-        f"bad component id {cid!r}: expected 'embeddings', 'classifier', 'lm_head', "
-        "'layer.<i>.head.<j>' or 'layer.<i>.ffn' with plain non-negative integers"
-    )
-
-
-def check_component(layout: ModelLayout, cid: str) -> None:
-    """Raise `ComponentError` if `cid` is malformed or names a layer/head the layout lacks."""
-    _, layer, head = parse_component(cid)
-    if layer is not None and layer >= layout.num_layers:
-        raise ComponentError(f"component {cid!r}: layer {layer} out of range (model has {layout.num_layers})")
-    if head is not None and head >= layout.num_heads:
-        raise ComponentError(f"component {cid!r}: head {head} out of range (layers have {layout.num_heads})")
+    try:
+        ref = parse_component(cid)
+    except ComponentIdError as e:
+        raise ComponentError(f"bad component id {cid!r}: {e}") from e
+    if ref.layer is not None and ref.layer >= layout.num_layers:
+        raise ComponentError(f"component {cid!r}: layer {ref.layer} out of range (model has {layout.num_layers})")
+    if ref.head is not None and ref.head >= layout.num_heads:
+        raise ComponentError(f"component {cid!r}: head {ref.head} out of range (layers have {layout.num_heads})")
+    return ref
 
 
 # ---------------------------------------------------------------- layout
@@ -201,7 +171,7 @@ def model_layout(model: torch.nn.Module) -> ModelLayout:
     )
 
 
-def task_head_component(model: torch.nn.Module) -> str | None:
+def task_head_component(model: torch.nn.Module) -> Literal["classifier", "lm_head"] | None:
     """``classifier`` for a sequence classifier, ``lm_head`` for a causal LM, None for a bare encoder."""
     inner = unwrap_model(model)
     if hasattr(inner, "classifier") or hasattr(inner, "score"):
@@ -214,21 +184,15 @@ def task_head_component(model: torch.nn.Module) -> str | None:
 def list_components(model: torch.nn.Module) -> list[str]:
     """All component ids of a model, in order: embeddings, per layer its heads then ffn, task head."""
     layout = model_layout(model)
-    ids = [EMBEDDINGS]
-    for layer in range(layout.num_layers):
-        ids.extend(head_id(layer, head) for head in range(layout.num_heads))
-        ids.append(ffn_id(layer))
-    head = task_head_component(model)
-    if head is not None:
-        ids.append(head)
-    return ids
+    output = task_head_component(model)
+    return standard_components(layout.num_layers, layout.num_heads, output=output)
 
 
 # ---------------------------------------------------------------- module paths
 
 
-def projection_role(family: Family, path: str) -> tuple[int, Role] | None:
-    """(layer, role) of an attention projection module path, None for any other module.
+def projection_role(family: Family, path: str) -> tuple[int, ProjectionRole] | None:
+    """(layer, projection role) of an attention projection module path, None for any other module.
 
     Works on paths with or without a PEFT prefix (``base_model.model.``).
     """
@@ -245,7 +209,7 @@ def layer_of_path(family: Family, path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def head_feature_ranges(layout: ModelLayout, role: Role, head: int) -> list[tuple[int, int]]:
+def head_feature_ranges(layout: ModelLayout, role: ProjectionRole, head: int) -> list[tuple[int, int]]:
     """Feature ranges `[start, stop)` of a projection that belong to query head `head`.
 
     Output features for q/k/v/qkv (GPT-2's fused c_attn gives three ranges),
@@ -294,7 +258,7 @@ def _projection(path: str, module: torch.nn.Module, offset: int, size: int) -> P
 def attention_modules(model: torch.nn.Module) -> list[AttentionParts]:
     """The q, k, v, o projections of every layer, in layer order."""
     layout = model_layout(model)
-    found: dict[int, dict[Role, tuple[str, torch.nn.Module]]] = {}
+    found: dict[int, dict[ProjectionRole, tuple[str, torch.nn.Module]]] = {}
     for path, module in model.named_modules():
         located = projection_role(layout.family, path)
         if located is not None:

@@ -31,21 +31,17 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
-
 from sentinel.models.components import (
-    CLASSIFIER,
-    EMBEDDINGS,
     ModelLayout,
-    Role,
+    ProjectionRole,
     check_component,
-    ffn_id,
-    head_id,
     layer_of_path,
     model_layout,
     projection_role,
 )
 from sentinel.models.exceptions import AdapterError, ComponentError
 from sentinel.models.lora import HEAD_MODULES, head_module_keys, lora_pairs, module_path
+from sentinel.protos.vocabulary import CLASSIFIER, EMBEDDINGS, ffn_id, head_id
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ class HeadUnit:
     stop: int
 
 
-def head_units(layout: ModelLayout, role: Role) -> list[HeadUnit]:
+def head_units(layout: ModelLayout, role: ProjectionRole) -> list[HeadUnit]:
     """The per-head feature ranges of a projection: output features (q/k/v/qkv) or input features (o)."""
     d = layout.head_dim
     group = layout.kv_group_size
@@ -129,7 +125,7 @@ def _install(param: torch.nn.Parameter, mask: torch.Tensor, handles: list[torch.
     handles.append(param.register_hook(lambda grad: grad.masked_fill(~mask, 0.0)))
 
 
-def _forbidden_ranges(layout: ModelLayout, role: Role, layer: int, permitted: frozenset[str]) -> list[tuple[int, int]]:
+def _forbidden_ranges(layout: ModelLayout, role: ProjectionRole, layer: int, permitted: frozenset[str]) -> list[tuple[int, int]]:
     """Feature ranges of a projection owned by at least one head outside the permitted set."""
     return [
         (u.start, u.stop)

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-
 from sentinel.models.components import base_layer_of, unwrap_model
 from sentinel.models.exceptions import AdapterError, UnsupportedModelError
 from sentinel.models.lora import lora_pairs

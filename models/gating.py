@@ -23,10 +23,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import torch
-from torch import nn
-
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import AttentionSite, attention_sites, scale_heads
+from torch import nn
 
 
 def key_validity(attention_mask: torch.Tensor | None, probs: torch.Tensor, is_causal: bool) -> torch.Tensor:

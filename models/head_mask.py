@@ -29,7 +29,6 @@ from typing import Self
 import numpy as np
 import pydantic
 import torch
-
 from sentinel.models.components import ModelLayout, attention_modules, model_layout
 from sentinel.models.exceptions import ModelError
 from sentinel.models.fileio import write_text_atomically

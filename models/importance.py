@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import HeadGates, attention_sites
 

@@ -16,10 +16,9 @@ from typing import Literal, get_args
 import huggingface_hub.constants
 import torch
 import transformers
-from transformers import PreTrainedTokenizerBase
-
 from sentinel.models.exceptions import ModelLoadError, UnsupportedModelError
 from sentinel.models.presets import PRESETS, Preset
+from transformers import PreTrainedTokenizerBase
 
 Task = Literal["classification", "causal-lm"]
 Family = Literal["bert", "gpt2", "llama"]

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
 from sentinel.models.components import task_head_component
 from sentinel.models.exceptions import AdapterError
 from sentinel.models.fileio import write_dir_atomically
-from sentinel.models.loading import LoadedModel, Family, Task, family_of, seeded
+from sentinel.models.loading import Family, LoadedModel, Task, family_of, seeded
 
 PEFT_PREFIX = "base_model.model."
 
@@ -202,3 +201,17 @@ def lora_pairs(arrays: Mapping[str, object]) -> dict[str, LoraPair]:
 def head_module_keys(arrays: Mapping[str, object]) -> list[str]:
     """Keys in `arrays` that are not LoRA factors: the saved task head (``modules_to_save``)."""
     return [key for key in arrays if _LORA_KEY_RE.fullmatch(key) is None]
+
+
+def split_adapter_arrays(
+    arrays: Mapping[str, np.ndarray],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """Split PEFT adapter arrays into per-module (A, B) pairs and head parameters.
+
+    Module paths and head parameter names are relative to the base model, matching
+    the global state's keys. Both sides use it: a node to build its reply, the
+    coordinator to read one.
+    """
+    pairs = {m: (arrays[p.a_key], arrays[p.b_key]) for m, p in lora_pairs(arrays).items()}
+    head = {module_path(k): arrays[k] for k in head_module_keys(arrays)}
+    return pairs, head

@@ -34,8 +34,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
 from sentinel.models.components import model_layout
 from sentinel.models.exceptions import ModelError
 from sentinel.models.fileio import replace_dir
@@ -43,6 +41,7 @@ from sentinel.models.head_mask import check_mask, load_head_mask, pruned_of_mask
 from sentinel.models.loading import family_of, model_config
 from sentinel.models.lora import load_adapter
 from sentinel.models.pruning import count_parameters, prune_heads, pruned_heads
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 ADAPTER_CONTRACTS_FILE = "consent_contracts.json"
 """File beside a PEFT adapter holding the consent contracts it was trained under (copied into ONNX metadata)."""

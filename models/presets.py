@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import transformers
-from transformers import PreTrainedTokenizerBase
-
 from sentinel.models.exceptions import PresetUnavailableError
 from sentinel.models.tokenizer import build_byte_tokenizer
+from transformers import PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
     from sentinel.models.loading import Family, Task

@@ -36,13 +36,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers.pytorch_utils import Conv1D
-
 from sentinel.models.components import ModelLayout, model_layout
 from sentinel.models.exceptions import ModelError
 from sentinel.models.head_mask import HEAD_IDS_ATTR, AttentionSite, attention_sites
 from sentinel.models.loading import model_config
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 KV_IDS_ATTR = "sentinel_kv_head_ids"
 """Attribute set on a pruned Llama attention module: original ids of its key/value heads."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-
 from sentinel.server.config import FederationConfig
 from sentinel.server.coordinator import Coordinator
 from sentinel.server.report import write_report

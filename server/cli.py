@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-
 from sentinel.governance.cli import app as governance_app
 from sentinel.governance.cli import keys_app
 from sentinel.ledger.cli import app as ledger_app

@@ -12,11 +12,9 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from sentinel.client.protocol import ROLES, Role
+from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
-PartitionMethod = Literal["iid", "by-domain", "dirichlet"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sentinel.ledger.contribution import leave_one_out, monte_carlo_shapley
-from sentinel.server.global_state import GlobalState
-from sentinel.server.strategy import NodeResult, aggregate_updates
+from sentinel.server.outcome import NodeResult
+from sentinel.server.state import GlobalState
+from sentinel.server.strategy import aggregate_updates
 
 Evaluate = Callable[[GlobalState], tuple[float, float]]
 

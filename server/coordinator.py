@@ -12,23 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.serverapp import Grid
-
 from sentinel.client.data import Example
-from sentinel.client.federated_data import federated_split
+from sentinel.client.data.federated import federated_split
 from sentinel.ledger.store import Ledger
 from sentinel.models.components import list_components, model_layout
 from sentinel.models.consent import touched_components
 from sentinel.models.fileio import write_text_atomically
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
+from sentinel.server.central import CentralEvaluator, export_peft_adapter, initial_state
+from sentinel.server.checkpoints import resume_state
 from sentinel.server.config import FederationConfig
 from sentinel.server.contribution import contribution_scores
-from sentinel.server.global_state import GlobalState
-from sentinel.server.governance_binding import GovernanceBinding
+from sentinel.server.exceptions import RunNotFoundError
+from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
-from sentinel.server.model_state import CentralEvaluator, export_peft_adapter, initial_state
-from sentinel.server.rounds import RoundObserver, RunResult, resume_state, run_federation
-from sentinel.server.strategy import PermittedFn, RoundOutcome, SentinelStrategy
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import RoundOutcome
+from sentinel.server.rounds import RunResult, run_federation
+from sentinel.server.state import GlobalState
+from sentinel.server.strategy import PermittedFn, SentinelStrategy
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -48,7 +51,7 @@ class Coordinator:
     observers: list[RoundObserver] = field(default_factory=list)
     permitted_fn: PermittedFn | None = None
     ledger: Ledger | None = None
-    governance: GovernanceBinding | None = None
+    governance: GovernanceObserver | None = None
 
     @classmethod
     def build(cls, config: FederationConfig, out_dir: Path, *, accountable: bool = True) -> Coordinator:
@@ -71,7 +74,7 @@ class Coordinator:
         """Open the ledger and governance stores and register their observers."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger.open(f"sqlite:///{self.out_dir / LEDGER_FILE}", self.out_dir / COORDINATOR_KEY)
-        self.governance = GovernanceBinding.open(
+        self.governance = GovernanceObserver.open(
             self.out_dir / GOVERNANCE_FILE, self.ledger, list_components(self.base.model), self.config.model, self.config.policy
         )
         self.observers.append(self.governance)  # first: it registers nodes on the ledger
@@ -127,14 +130,11 @@ class Coordinator:
             export_best=self.export_best,
         )
 
-
     def report_extra(self) -> dict[str, object]:
-        """What observers add to the run report (ledger totals, consent figures, ...)."""
+        """What observers add to the run report (ledger totals, governance figures, ...)."""
         extra: dict[str, object] = {}
         for obs in self.observers:
-            contribute = getattr(obs, "report", None)
-            if callable(contribute):
-                extra.update(contribute())
+            extra.update(obs.report())
         return extra
 
 
@@ -142,5 +142,5 @@ def load_run_config(out_dir: Path) -> FederationConfig:
     """The configuration a run in ``out_dir`` was started with (for ``--resume``)."""
     path = Path(out_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{out_dir} holds no Sentinel run: `{CONFIG_FILE}` is missing")
+        raise RunNotFoundError(f"{out_dir} holds no Sentinel run: `{CONFIG_FILE}` is missing")
     return FederationConfig.model_validate(json.loads(path.read_text()))

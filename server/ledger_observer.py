@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sentinel.ledger.kinds import EntryKind
 from sentinel.ledger.recorder import LedgerRecorder, content_hash_of_arrays
 from sentinel.ledger.store import Ledger
 from sentinel.ledger.tokens import distribute_tokens
-from sentinel.server.global_state import GlobalState, flatten_state
-from sentinel.server.strategy import NodeInfo, RoundOutcome
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import NodeInfo, RoundOutcome
+from sentinel.server.state import GlobalState, flatten_state
 
 Scorer = Callable[[RoundOutcome, GlobalState], dict[str, float]]
 
@@ -20,7 +21,7 @@ def state_hash(state: GlobalState) -> str:
     return content_hash_of_arrays(flatten_state(state.deltas, state.head))
 
 
-class LedgerObserver:
+class LedgerObserver(RoundObserver):
     """Round observer that records every act of the run on the ledger.
 
     Per round: ``round_started``; per update ``update_submitted`` (carrying the
@@ -52,8 +53,13 @@ class LedgerObserver:
         """Record that the round began."""
         self.recorder.round_started(server_round)
 
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """Record the round's submissions and decisions, score contributions, distribute tokens."""
+    def on_round(
+        self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
+    ) -> dict[str, Any]:
+        """Record the round's submissions and decisions, score contributions, distribute tokens.
+
+        Returns the round's ``contributions`` (node → score) and ``tokens`` (node → amount).
+        """
         r = outcome.round
         for res in outcome.results:
             if res.authentic:  # only a submission the node really signed goes on the ledger as its own
@@ -71,8 +77,7 @@ class LedgerObserver:
             allocations = distribute_tokens(scores, self.token_budget)
             self.recorder.tokens(r, allocations, self.token_budget)
         self.recorder.checkpoint(r, state_hash(state))
-        row["contributions"] = scores
-        row["tokens"] = allocations
+        return {"contributions": scores, "tokens": allocations}
 
     def report(self) -> dict[str, Any]:
         """Per-node contribution totals, token balances and verdict counts, all derived from the ledger."""

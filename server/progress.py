@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from sentinel.server.global_state import GlobalState
-from sentinel.server.strategy import NodeInfo, RoundOutcome
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import NodeInfo, RoundOutcome
+from sentinel.server.state import GlobalState
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-class RoundProgress:
+class RoundProgress(RoundObserver):
     """Round observer that shows a progress bar and prints a line per finished round."""
 
     def __init__(self, total_rounds: int, console: Console | None = None, start_round: int = 0) -> None:
@@ -48,8 +48,10 @@ class RoundProgress:
         """Show which round is running."""
         self.progress.update(self.task, description=f"round {server_round} training")
 
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """Print the round's figures and advance the bar."""
+    def on_round(
+        self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
+    ) -> dict[str, Any]:
+        """Print the round's figures and advance the bar (adds nothing to the row)."""
         self.console.print(
             f"round {row['round']:>3}  acc [bold]{row['accuracy']:.4f}[/]  loss {row['loss']:.4f}  "
             f"accepted {row['accepted']}/{row['nodes']}  consent-rejected {row['consent_violations']}  "
@@ -57,3 +59,4 @@ class RoundProgress:
             f"svd-residual {row['svd_residual']:.3f}  {row['duration_s']:.1f}s"
         )
         self.progress.update(self.task, advance=1, description=f"acc {row['accuracy']:.3f}")
+        return {}

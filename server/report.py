@@ -11,7 +11,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from sentinel.server.config import FederationConfig  # noqa: E402
 from sentinel.server.rounds import RunResult  # noqa: E402
 

@@ -1,53 +1,42 @@
 """The round loop: the only code that sends messages to nodes and receives their replies.
 
-``run_federation`` performs the profile handshake, then for each round asks the
-strategy to configure training, sends, lets the strategy check and aggregate,
-evaluates the new global model centrally, applies early stopping and writes
-checkpoints (atomically) so a stopped run can resume with the same result.
-Observers (progress display, ledger, report) are told what happened.
+``run_federation`` performs the profile handshake, then runs rounds. A round is
+the list of its phases (:func:`run_round`), each a strategy step or a plain
+function that takes and returns values:
+
+1. configure — each node's view of the global model, its permitted set and its work;
+2. train — the messages go out and the replies come back (the loop's own I/O);
+3. check — a verdict per reply: signature, shape, rank, scaling, consent;
+4. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
+5. evaluate — central evaluation on the coordinator's held-out set;
+6. record — observers (ledger, governance, progress) return their fields; early
+   stopping is decided; the checkpoint is written (atomically).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 from pathlib import Path
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
-
-from sentinel.client import protocol as P
+from sentinel.protos import messages as P
+from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, save_state
 from sentinel.server.config import FederationConfig
-from sentinel.server.global_state import GlobalState, load_state, save_state
-from sentinel.server.strategy import NodeInfo, RoundOutcome, SentinelStrategy, record_to_state, state_to_record
+from sentinel.server.exceptions import NodesUnavailableError
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
+from sentinel.server.state import GlobalState
+from sentinel.server.strategy import SentinelStrategy
 
-LAST = "last"
-BEST = "best"  # the best round's adapter, in PEFT format
-BEST_STATE = "best_state"  # the best round's exact (dense) global state
-
-
-class NodesUnavailableError(RuntimeError):
-    """Fewer nodes answered the profile handshake than the run needs."""
-
-
-class RoundObserver(Protocol):
-    """Something that wants to know what the round loop did (progress, ledger, report)."""
-
-    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
-        """The nodes of the run are known (after the profile handshake)."""
-
-    def on_round_start(self, server_round: int) -> None:
-        """A round is about to be configured."""
-
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """A round finished: ``previous`` was the global state before it, ``state`` after.
-
-        Observers may add JSON-ready fields to ``row`` (it goes into the history).
-        """
+Evaluate = Callable[[GlobalState], tuple[float, float]]
+ExportBest = Callable[[GlobalState, Path], None]
 
 
 @dataclass
@@ -60,6 +49,70 @@ class RunResult:
     best_accuracy: float
     stopped_early: bool
     nodes: list[NodeInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """The run's bookkeeping between rounds: history, best round, early-stopping counter.
+
+    Saved in every checkpoint's metadata, so a resumed run continues exactly.
+    """
+
+    history: tuple[dict[str, Any], ...] = ()
+    best_round: int = 0
+    best_accuracy: float = float("-inf")
+    stale: int = 0
+    stopped_early: bool = False
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> RunProgress:
+        """The progress saved in a checkpoint's metadata (empty for a fresh run)."""
+        if not meta.get("history"):
+            return cls()
+        return cls(
+            history=tuple(meta["history"]),
+            best_round=int(meta["best_round"]),
+            best_accuracy=float(meta["best_accuracy"]),
+            stale=int(meta["stale"]),
+            stopped_early=bool(meta.get("stopped_early", False)),
+        )
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON-ready form saved in a checkpoint."""
+        return {
+            "history": list(self.history),
+            "best_round": self.best_round,
+            "best_accuracy": self.best_accuracy,
+            "stale": self.stale,
+            "stopped_early": self.stopped_early,
+        }
+
+    def after(self, row: dict[str, Any], config: FederationConfig) -> tuple[RunProgress, bool]:
+        """The progress after a round whose row is ``row``, and whether that round is the new best."""
+        improved = row["accuracy"] > self.best_accuracy + config.min_delta
+        stale = 0 if improved else self.stale + 1
+        return (
+            RunProgress(
+                history=(*self.history, row),
+                best_round=row["round"] if improved else self.best_round,
+                best_accuracy=row["accuracy"] if improved else self.best_accuracy,
+                stale=stale,
+                stopped_early=stale >= config.patience,
+            ),
+            improved,
+        )
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What every round of a run shares: the grid, the strategy, the evaluator, the observers."""
+
+    grid: Grid
+    config: FederationConfig
+    strategy: SentinelStrategy
+    evaluate: Evaluate
+    nodes: Sequence[NodeInfo]
+    observers: Sequence[RoundObserver]
 
 
 def discover_nodes(grid: Grid, config: FederationConfig, timeout: float) -> list[NodeInfo]:
@@ -89,21 +142,21 @@ def discover_nodes(grid: Grid, config: FederationConfig, timeout: float) -> list
     return sorted(nodes, key=lambda n: n.partition_id)
 
 
-def _row(outcome: RoundOutcome, accuracy: float, loss: float, duration: float) -> dict[str, Any]:
+def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
+    """The loop's own fields of a round's row in the history (observers add theirs)."""
     rejected = [r for r in outcome.results if not r.accepted]
+    accepted = outcome.accepted
     residuals = outcome.svd_residual
     return {
         "round": outcome.round,
-        "accuracy": accuracy,
-        "loss": loss,
+        "accuracy": evaluation.accuracy,
+        "loss": evaluation.loss,
         "nodes": len(outcome.results),
-        "accepted": len(outcome.accepted),
+        "accepted": len(accepted),
         "rejected": len(rejected),
         "consent_violations": sum(1 for r in rejected if r.offending),
         "failures": len(outcome.failures),
-        "train_loss": (
-            sum(r.train_loss * r.num_examples for r in outcome.accepted) / max(1, sum(r.num_examples for r in outcome.accepted))
-        ),
+        "train_loss": sum(r.train_loss * r.num_examples for r in accepted) / max(1, sum(r.num_examples for r in accepted)),
         "bytes_up": outcome.bytes_up,
         "bytes_down": outcome.bytes_down,
         "duration_s": round(duration, 3),
@@ -130,7 +183,47 @@ def _row(outcome: RoundOutcome, accuracy: float, loss: float, duration: float) -
     }
 
 
-def _save_best(state: GlobalState, checkpoint_dir: Path, export_best: Callable[[GlobalState, Path], None] | None) -> None:
+def _evaluate(ctx: RoundContext, state: GlobalState) -> Evaluation:
+    accuracy, loss = ctx.evaluate(state)
+    return Evaluation(accuracy, loss)
+
+
+def _record(
+    ctx: RoundContext, outcome: RoundOutcome, evaluation: Evaluation, state: GlobalState, previous: GlobalState, started: float
+) -> dict[str, Any]:
+    """The round's row: the loop's fields, then each observer's, in order (observers see a read-only row)."""
+    row = round_row(outcome, evaluation, time.monotonic() - started)
+    for obs in ctx.observers:
+        row.update(obs.on_round(outcome, MappingProxyType(row), state, previous) or {})
+    return row
+
+
+def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple[GlobalState, dict[str, Any]]:
+    """One round as its phases; returns the new global state and the round's row."""
+    started = time.monotonic()
+    for obs in ctx.observers:
+        obs.on_round_start(server_round)
+    plan = ctx.strategy.configure_train(server_round, state, ctx.nodes)  # 1 configure
+    replies = list(ctx.grid.send_and_receive(plan.messages, timeout=ctx.config.timeout_s))  # 2 train
+    outcome = ctx.strategy.check_replies(plan, replies)  # 3 check
+    new_state = ctx.strategy.aggregate_train(state, outcome)  # 4 aggregate
+    evaluation = _evaluate(ctx, new_state)  # 5 evaluate
+    row = _record(ctx, outcome, evaluation, new_state, state, started)  # 6 record
+    return new_state, row
+
+
+def _checkpoint_meta(progress: RunProgress, observers: Sequence[RoundObserver]) -> dict[str, Any]:
+    meta = progress.to_meta()
+    for obs in observers:
+        meta.update(obs.checkpoint_meta() or {})
+    return meta
+
+
+def _with_meta(state: GlobalState, meta: dict[str, Any]) -> GlobalState:
+    return GlobalState(state.deltas, state.head, state.head_mask, state.round, meta)
+
+
+def _save_best(state: GlobalState, checkpoint_dir: Path, export_best: ExportBest | None) -> None:
     save_state(state, checkpoint_dir / BEST_STATE)
     if export_best is not None:
         export_best(state, checkpoint_dir / BEST)
@@ -140,70 +233,43 @@ def run_federation(
     grid: Grid,
     config: FederationConfig,
     strategy: SentinelStrategy,
-    evaluate: Callable[[GlobalState], tuple[float, float]],
+    evaluate: Evaluate,
     initial: GlobalState,
     checkpoint_dir: Path,
     observers: Sequence[RoundObserver] = (),
-    export_best: Callable[[GlobalState, Path], None] | None = None,
+    export_best: ExportBest | None = None,
 ) -> RunResult:
     """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``."""
     nodes = discover_nodes(grid, config, config.timeout_s)
-    strategy.set_nodes(nodes)
     for obs in observers:
         obs.on_nodes(nodes)
-    state = initial
-    meta = state.meta
-    history: list[dict[str, Any]] = list(meta.get("history", []))
-    if state.round == 0 and not history:
-        acc, loss = evaluate(state)
-        history.append({"round": 0, "accuracy": acc, "loss": loss})
-        meta.update(best_round=0, best_accuracy=acc, stale=0, history=history)
+    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers)
+    state, progress = initial, RunProgress.from_meta(initial.meta)
+    if state.round == 0 and not progress.history:
+        first = _evaluate(ctx, state)
+        progress = RunProgress(({"round": 0, "accuracy": first.accuracy, "loss": first.loss},), 0, first.accuracy)
+        state = _with_meta(state, progress.to_meta())
         _save_best(state, checkpoint_dir, export_best)
-    stopped_early = bool(meta.get("stopped_early", False))
     for rnd in range(state.round + 1, config.rounds + 1):
-        if stopped_early:
+        if progress.stopped_early:
             break
-        t0 = time.monotonic()
-        for obs in observers:
-            obs.on_round_start(rnd)
-        previous = state
-        msgs = strategy.configure_train(rnd, state_to_record(state.deltas, state.head), ConfigRecord(), grid)
-        replies = list(grid.send_and_receive(msgs, timeout=config.timeout_s))
-        new_record, _ = strategy.aggregate_train(rnd, replies)
-        assert strategy.outcome is not None
-        if new_record is not None:
-            deltas, head = record_to_state(new_record)
-            state = GlobalState(deltas=deltas, head=head, head_mask=state.head_mask, round=rnd, meta=meta)
-        else:
-            state = GlobalState(state.deltas, state.head, state.head_mask, rnd, meta)
-        acc, loss = evaluate(state)
-        row = _row(strategy.outcome, acc, loss, time.monotonic() - t0)
-        for obs in observers:
-            obs.on_round(strategy.outcome, row, state, previous)
-        history.append(row)
-        improved = acc > float(meta["best_accuracy"]) + config.min_delta
-        if improved:
-            meta.update(best_round=rnd, best_accuracy=acc, stale=0)
-        else:
-            meta["stale"] = int(meta["stale"]) + 1
-        stopped_early = int(meta["stale"]) >= config.patience
-        meta.update(history=history, stopped_early=stopped_early)
+        new_state, row = run_round(ctx, rnd, state)
+        progress, improved = progress.after(row, config)
+        state = _with_meta(new_state, _checkpoint_meta(progress, observers))
         if improved:
             _save_best(state, checkpoint_dir, export_best)
         save_state(state, checkpoint_dir / LAST)
-        log(INFO, "round %s: accuracy %.4f loss %.4f (%s accepted)", rnd, acc, loss, row["accepted"])
-    if stopped_early:
+        log(INFO, "round %s: accuracy %.4f loss %.4f (%s accepted)", rnd, row["accuracy"], row["loss"], row["accepted"])
+    if progress.stopped_early:
         log(INFO, "early stopping: no improvement for %s rounds", config.patience)
     return RunResult(
         state=state,
-        history=history,
-        best_round=int(meta["best_round"]),
-        best_accuracy=float(meta["best_accuracy"]),
-        stopped_early=stopped_early,
+        history=list(progress.history),
+        best_round=progress.best_round,
+        best_accuracy=progress.best_accuracy,
+        stopped_early=progress.stopped_early,
         nodes=list(nodes),
     )
 
 
-def resume_state(checkpoint_dir: Path) -> GlobalState:
-    """The last checkpoint of a stopped run (what ``--resume`` continues from)."""
-    return load_state(checkpoint_dir / LAST)
+__all__ = ["RoundContext", "RunProgress", "RunResult", "discover_nodes", "round_row", "run_federation", "run_round"]

@@ -11,17 +11,13 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
-
 from sentinel.client.app import app as default_client_app
 from sentinel.server.config import FederationConfig
 from sentinel.server.coordinator import Coordinator
+from sentinel.server.exceptions import SimulationError
 from sentinel.server.progress import RoundProgress
 from sentinel.server.report import write_report
 from sentinel.server.rounds import RunResult
-
-
-class SimulationError(RuntimeError):
-    """The simulated federation did not finish."""
 
 
 def quiet_flower() -> None:

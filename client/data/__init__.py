@@ -1,7 +1,7 @@
 """Data for a federated node: loaders (one spec string per source), the built-in
 review task, partitioners across nodes, and stratified splits.
 
-Pure Python and numpy; no torch and no Flower.
+Pure Python and numpy (no torch, no Flower), except `batching`, which tokenises examples into torch batches.
 """
 
 from sentinel.client.data.examples import Example, LabelledDataset, domains, label_counts, num_labels

@@ -10,15 +10,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-
 from sentinel.client.data.examples import Example
+from sentinel.protos.vocabulary import PARTITION_METHODS, PartitionMethod
 
 __all__ = ["PartitionMethod", "partition", "iid_partition", "domain_partition", "dirichlet_partition"]
 
-PartitionMethod = Literal["iid", "by-domain", "dirichlet"]
 _MAX_DIRICHLET_DRAWS = 100
 
 
@@ -151,4 +149,4 @@ def partition(
         return domain_partition(examples, num_partitions, seed=seed)
     if method == "dirichlet":
         return dirichlet_partition(examples, num_partitions, alpha=alpha, seed=seed)
-    raise ValueError(f"`method` must be one of 'iid', 'by-domain', 'dirichlet', got {method!r}")
+    raise ValueError(f"`method` must be one of {', '.join(map(repr, PARTITION_METHODS))}, got {method!r}")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from sentinel.client.data.examples import Example
 
 __all__ = ["DataSplit", "train_val_test_split", "holdout_split", "stratified_counts"]

@@ -29,18 +29,18 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-
 from sentinel.client.app import app as client_app
 from sentinel.client.data import Example
-from sentinel.client.federated_data import federated_split, node_train_val
+from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.training import GlobalView, train_local
 from sentinel.models.pruning import count_parameters
+from sentinel.server.central import CentralEvaluator
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.coordinator import Coordinator
-from sentinel.server.global_state import GlobalState
 from sentinel.server.local_grid import LocalGrid
-from sentinel.server.model_state import CentralEvaluator
-from sentinel.server.strategy import NodeInfo, NodeResult, aggregate_updates
+from sentinel.server.outcome import NodeInfo, NodeResult
+from sentinel.server.state import GlobalState
+from sentinel.server.strategy import aggregate_updates
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sentiment-labelled-sentences"
 

@@ -26,15 +26,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
 from sentinel.ledger.entries import AppendRequest
 from sentinel.ledger.kinds import EntryKind, score_text
 from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.ledger.store import Ledger
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 PG_URL = os.environ.get("SENTINEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NODES = [str(2**63 + 17 * i) for i in range(10)]

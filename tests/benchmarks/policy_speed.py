@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from sentinel.governance.components import standard_components
 from sentinel.governance.policy import PolicyEngine
 from sentinel.governance.policy_file import derive_contracts, load_default_policy
+from sentinel.protos.vocabulary import standard_components
 
 
 def _timed(label: str, fn, per: int) -> None:  # type: ignore[no-untyped-def]

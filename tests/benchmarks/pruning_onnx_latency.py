@@ -28,7 +28,6 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
-
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import mask_of_pruned
 from sentinel.models.loading import load_base_model

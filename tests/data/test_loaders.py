@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from sentinel.client.data import (
     KNOWN_SCHEMES,
     DataFileError,

@@ -6,7 +6,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from sentinel.client.data import Example, generate_reviews, partition
 from sentinel.client.data.partition import dirichlet_partition
 

@@ -7,7 +7,6 @@ from collections import Counter
 from itertools import islice
 
 import pytest
-
 from sentinel.client.data import generate_reviews, iter_reviews, load_examples
 from sentinel.client.data.review_lexicon import INTENSIFIERS, REVIEW_DOMAINS, SENTIMENT_LEXICON
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from sentinel.client.data import generate_reviews, holdout_split, train_val_test_split
 from sentinel.client.data.split import stratified_counts
 

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from sentinel.client.data import DataFileError, DataSpecError, load_examples, load_labelled_dataset
 from sentinel.client.data.uci import UCI_FILES
 

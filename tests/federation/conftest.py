@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from sentinel.client.app import app as client_app
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.local_grid import LocalGrid

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-
 from sentinel.client.adversarial import consent_ignoring_app, scaling_inflating_app, signature_forging_app
 from sentinel.client.app import app as honest_app
 from sentinel.ledger.kinds import EntryKind
@@ -153,7 +152,7 @@ def test_shapley_contributions_are_recorded_with_their_method(tmp_path: Path, ti
     scores = result.history[-1]["contributions"]
     # Efficiency: every sampled permutation's marginal gains telescope, so the values add up
     # exactly to U(all) − U(none): the round's loss improvement on the scoring set.
-    from sentinel.server.model_state import CentralEvaluator
+    from sentinel.server.central import CentralEvaluator
 
     scoring = CentralEvaluator(coordinator.base, coordinator.evaluator.test[: coordinator.config.contribution_examples], coordinator.config.max_length)
     _, loss_before = scoring(coordinator.starting_state(resume=False))

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 from flwr.app import Context, Message
-
-from sentinel.client import protocol as P
 from sentinel.client.app import app as honest_app
 from sentinel.client.node import node_key
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.proposals import ContractChangeSpec, sign_proposal, sign_vote
+from sentinel.protos import messages as P
+from sentinel.server.checkpoints import load_state
 from sentinel.server.coordinator import Coordinator
-from sentinel.server.global_state import load_state
 from sentinel.server.local_grid import LocalGrid
+from sentinel.server.observer import RoundObserver
 
 IDS = [1001, 1008, 1015]  # partitions 0 (edge), 1 (central), 2 (gpu)
 
@@ -35,25 +35,23 @@ class Recorder:
         return honest_app(msg, context)
 
 
-class PassProposalAfterRound:
+class PassProposalAfterRound(RoundObserver):
     """An observer that has two nodes pass a signed proposal once ``after`` rounds are done."""
 
     def __init__(self, coordinator: Coordinator, spec: ContractChangeSpec, after: int, seed: int) -> None:
         self.coordinator, self.spec, self.after, self.seed = coordinator, spec, after, seed
         self.status: str | None = None
 
-    def on_nodes(self, nodes: Any) -> None: ...
-    def on_round_start(self, server_round: int) -> None: ...
-
-    def on_round(self, outcome: Any, row: Any, state: Any, previous: Any) -> None:
+    def on_round(self, outcome: Any, row: Any, state: Any, previous: Any) -> dict[str, Any]:
         if outcome.round != self.after:
-            return
+            return {}
         governor = self.coordinator.governance.governor
         gpu, central = str(IDS[2]), str(IDS[1])
         proposal = governor.submit_proposal(sign_proposal(node_key(2, None, self.seed), gpu, self.spec, title="let edge adapt layer 0"))
         governor.cast_vote(sign_vote(node_key(2, None, self.seed), proposal.proposal_id, gpu, "yes"))
         record = governor.cast_vote(sign_vote(node_key(1, None, self.seed), proposal.proposal_id, central, "yes"))
         self.status = record.status
+        return {}
 
 
 def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path, tiny_config) -> None:
@@ -82,10 +80,9 @@ def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path
 
 @pytest.mark.slow
 def test_contracts_travel_with_checkpoints_adapters_and_onnx(tmp_path: Path, tiny_config) -> None:
-    from typer.testing import CliRunner
-
     from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE, read_metadata
     from sentinel.server.cli import app
+    from typer.testing import CliRunner
 
     out = tmp_path / "run"
     config = tiny_config(rounds=1)

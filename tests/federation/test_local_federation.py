@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from peft import PeftModel
-
 from sentinel.models.loading import load_base_model
+from sentinel.server.checkpoints import load_state
 from sentinel.server.coordinator import Coordinator
-from sentinel.server.global_state import load_state
 from sentinel.server.report import write_report
 
 
@@ -71,9 +70,9 @@ def test_best_adapter_loads_with_peft_and_reproduces_central_accuracy(out_dir: P
     peft_model.eval()
     state = load_state(out_dir / "checkpoint" / "best_state")
     expected_acc, _ = coordinator.evaluator(state)
-    from sentinel.client.training import evaluate_model
+    from sentinel.client.training import evaluate_examples
 
-    acc, _ = evaluate_model(peft_model, base, coordinator.evaluator.test, 64, config.max_length)
+    acc, _ = evaluate_examples(peft_model, base, coordinator.evaluator.test, 64, config.max_length)
     # tiny-bert's projections are 32×32, so a rank-32 adapter holds ΔW exactly.
     assert acc == pytest.approx(expected_acc, abs=1e-9)
     assert state.round == result.best_round

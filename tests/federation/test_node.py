@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 from flwr.app import Context, RecordDict
-
 from sentinel.client.node import node_identity
 
 
 def test_device_resolution_is_explicit_about_missing_cuda() -> None:
     import torch
-
     from sentinel.client.training import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")

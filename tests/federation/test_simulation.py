@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from sentinel.client.adversarial import consent_ignoring_app
 from sentinel.ledger.kinds import EntryKind
 from sentinel.ledger.store import Ledger
-from sentinel.server.global_state import load_state
+from sentinel.server.checkpoints import load_state
 from sentinel.server.simulate import simulate
 
 pytestmark = pytest.mark.slow

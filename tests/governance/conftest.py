@@ -13,13 +13,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sentinel.governance.components import standard_components
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.governor import Governor
 from sentinel.governance.policy_file import derive_contracts, load_default_policy
 from sentinel.governance.store import GovernanceStore
 from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
 from sentinel.ledger.store import Ledger
+from sentinel.protos.vocabulary import standard_components
 
 NUM_LAYERS, NUM_HEADS = 3, 4
 ROLES = {"101": "edge", "202": "gpu", "303": "central"}

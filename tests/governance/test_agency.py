@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-
 from sentinel.governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
 from sentinel.governance.contracts import AgencyState, ContractSet
 from sentinel.governance.exceptions import UnknownComponentError

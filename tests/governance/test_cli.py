@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from sentinel.governance.cli import app as governance_app
 from sentinel.governance.cli import keys_app
 from sentinel.governance.service import serve
 from sentinel.ledger.crypto import load_private_key, public_key_b64
 from sentinel.ledger.store import Ledger
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

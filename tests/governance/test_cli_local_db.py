@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typer.testing import CliRunner
-
 from sentinel.server.cli import app
+from typer.testing import CliRunner
 
 
 def test_reads_work_on_a_database_file_without_a_server(governor, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from sentinel.governance.components import parse_component, standard_components
 from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
+from sentinel.protos.vocabulary import parse_component, standard_components
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.enforcement import check_update_consent, record_consent_violation
 from sentinel.governance.policy import PolicyEngine

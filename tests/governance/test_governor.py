@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.exceptions import (
     InvalidRequestError,

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sentinel.governance.components import standard_components
 from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.policy import PolicyEngine
 from sentinel.governance.registry import NodeRecord, NodeRegistry
+from sentinel.protos.vocabulary import standard_components
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 NODES = {"e1": "edge", "g1": "gpu", "c1": "central"}

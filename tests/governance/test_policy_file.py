@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.governance.components import standard_components
 from sentinel.governance.exceptions import PolicyFileError
 from sentinel.governance.policy_file import derive_contracts, load_default_policy, load_policy, parse_policy
+from sentinel.protos.vocabulary import standard_components
 
 COMPONENTS = standard_components(4, 2)
 

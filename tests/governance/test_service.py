@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from sentinel.governance import wire
 from sentinel.governance.client import GovernanceClient
 from sentinel.governance.exceptions import RemoteGovernanceError

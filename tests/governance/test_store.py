@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from sentinel.governance.contracts import AgencyState, ContractSet
 from sentinel.governance.exceptions import ReplayedRequestError
 from sentinel.governance.governor import Governor

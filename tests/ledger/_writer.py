@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import event
-
 from sentinel.ledger.crypto import load_private_key
 from sentinel.ledger.entries import AppendRequest
 from sentinel.ledger.store import Ledger
+from sqlalchemy import event
 
 
 def _round(i: int) -> AppendRequest:

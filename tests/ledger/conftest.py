@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-
 from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, public_key_b64
 from sentinel.ledger.recorder import LedgerRecorder, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.ledger.store import Ledger
+from sqlalchemy import text
 
 
 @pytest.fixture

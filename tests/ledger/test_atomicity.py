@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
-
 from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, save_private_key
 from sentinel.ledger.entries import AppendRequest
 from sentinel.ledger.exceptions import ReadOnlyLedgerError, SignerMismatchError
 from sentinel.ledger.store import Ledger
+from sqlalchemy import event
 
 
 class _InjectedCrash(RuntimeError):

@@ -10,12 +10,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
-
 from sentinel.ledger.cli import app
 from sentinel.ledger.client import LedgerClient
 from sentinel.ledger.service import LedgerServer, serve
 from sentinel.ledger.store import Ledger
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -6,7 +6,6 @@ import math
 from itertools import permutations
 
 import pytest
-
 from sentinel.ledger.contribution import leave_one_out, monte_carlo_shapley
 from sentinel.ledger.tokens import distribute_tokens
 

@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-
 from sentinel.ledger.chain import GENESIS_HASH, Envelope, envelope_bytes, payload_text
 from sentinel.ledger.crypto import canonical_json, generate_private_key, public_key_b64
 from sentinel.ledger.entries import AppendRequest

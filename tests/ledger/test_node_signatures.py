@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
 from sentinel.ledger.entries import AppendRequest
 from sentinel.ledger.exceptions import NodeSignatureError

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from sentinel.protos import ledger_pb2, ledger_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

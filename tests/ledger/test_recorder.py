@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from sentinel.ledger.contribution import leave_one_out
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
 from sentinel.ledger.kinds import EntryKind

@@ -11,7 +11,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from sentinel.ledger.client import LedgerApiError, LedgerClient
 from sentinel.ledger.crypto import public_key_from_b64
 from sentinel.ledger.entries import Problem

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-
 from sentinel.ledger.chain import Envelope, entry_hash, sign_hash
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
 from sentinel.ledger.entries import Problem

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
 from sentinel.models.loading import LoadedModel, load_base_model
 
 TINY_PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from typer.testing import CliRunner
-
 from sentinel.models.cli import app as models_app
 from sentinel.models.loading import load_base_model
 from sentinel.models.lora import attach_lora, save_adapter
 from sentinel.models.onnx_export import META_PRUNED, read_metadata
+from typer.testing import CliRunner
 
 root = typer.Typer()
 root.add_typer(models_app, name="models")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from typer.testing import CliRunner
-
 from sentinel.models.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

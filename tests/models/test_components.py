@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sentinel.models.components import (
     ModelLayout,
     attention_modules,
     check_component,
-    ffn_id,
-    head_id,
     head_parameter_slices,
     list_components,
     model_layout,
-    parse_component,
 )
 from sentinel.models.exceptions import ComponentError
 from sentinel.models.lora import attach_lora
+from sentinel.protos.vocabulary import ComponentRef, ffn_id, head_id, parse_component
 
 EXPECTED_KV = {"bert": 4, "gpt2": 4, "llama": 2}
 
@@ -44,19 +41,26 @@ def test_components_are_listed_in_order(tiny_base, tiny_lm) -> None:
     assert list_components(attach_lora(tiny_base, rank=2)) == expected + ["classifier"]
 
 
+LAYOUT = ModelLayout(family="bert", num_layers=8, num_heads=12, num_kv_heads=12, head_dim=8, hidden_size=96)
+
+
 def test_component_ids_round_trip() -> None:
-    assert parse_component(head_id(3, 11)) == ("head", 3, 11)
-    assert parse_component(ffn_id(5)) == ("ffn", 5, None)
+    assert parse_component(head_id(3, 11)) == ComponentRef("layer.3.head.11", "head", 3, 11)
+    assert parse_component(ffn_id(5)) == ComponentRef("layer.5.ffn", "ffn", 5, None)
     for name in ("embeddings", "classifier", "lm_head"):
-        assert parse_component(name) == (name, None, None)
+        assert parse_component(name) == ComponentRef(name, name, None, None)  # type: ignore[arg-type]
+    assert check_component(LAYOUT, head_id(3, 11)) == ComponentRef("layer.3.head.11", "head", 3, 11)
 
 
 @pytest.mark.parametrize(
     "bad", ["layer.1.head", "layer.01.head.2", "layer.-1.head.0", "head.1", "layer.1.ffn.0", "Classifier", ""]
 )
 def test_bad_component_ids_raise_value_error(bad: str) -> None:
-    with pytest.raises(ValueError, match="bad component id"):
+    with pytest.raises(ValueError, match="not a component id"):
         parse_component(bad)
+    with pytest.raises(ComponentError, match="bad component id") as raised:
+        check_component(LAYOUT, bad)
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value.__cause__, ValueError)
 
 
 def test_check_component_rejects_out_of_range(tiny_base) -> None:

@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from sentinel.models.components import head_id, head_parameter_slices, model_layout, parse_component, projection_role
+from sentinel.models.components import head_parameter_slices, model_layout, projection_role
 from sentinel.models.consent import head_units, restrict_lora_to_heads, touched_components, touched_heads
 from sentinel.models.exceptions import ComponentError
 from sentinel.models.lora import adapter_arrays, attach_lora, head_module_keys, lora_pairs
+from sentinel.protos.vocabulary import head_id, parse_component
 
 ALL_HEADS = {head_id(layer, head) for layer in range(2) for head in range(4)}
 # Layer 0: heads 0 and 1 (a whole GQA group for tiny-llama); layer 1: head 3 alone (half a group).
@@ -96,8 +96,8 @@ def test_training_never_changes_forbidden_heads(tiny_base, make_batch, which: st
     merged = dict(peft_model.merge_and_unload().named_parameters())
     before = dict(original.named_parameters())
     for cid in ALL_HEADS - permitted:
-        _, layer, head = parse_component(cid)
-        for s in head_parameter_slices(original, layer, head):
+        ref = parse_component(cid)
+        for s in head_parameter_slices(original, ref.layer, ref.head):
             width = s.stop - s.start
             after_slice = merged[s.param_name].narrow(s.dim, s.start, width)
             assert torch.equal(after_slice, before[s.param_name].narrow(s.dim, s.start, width)), cid

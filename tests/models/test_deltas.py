@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from sentinel.models.deltas import add_weight_deltas, lora_weight_deltas
 from sentinel.models.exceptions import AdapterError
 from sentinel.models.lora import adapter_arrays, attach_lora, lora_pairs, lora_scaling

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from sentinel.models.components import attention_modules, model_layout
 from sentinel.models.gating import EntropyGate, enable_entropy_gating, key_validity, normalised_entropy
 from sentinel.models.head_mask import install_head_gates

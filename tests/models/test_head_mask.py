@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from sentinel.models.components import attention_modules, model_layout
 from sentinel.models.head_mask import (
     HeadMaskError,

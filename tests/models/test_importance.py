@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from sentinel.models.components import attention_modules, model_layout
 from sentinel.models.importance import attention_entropy, gradient_importance, head_importance, normalise_per_layer
 from sentinel.models.loading import LoadedModel, load_base_model

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import huggingface_hub.constants
 import pytest
+import sentinel.models.presets as presets_module
 import torch
 import transformers
-
-import sentinel.models.presets as presets_module
 from sentinel.models.exceptions import ModelLoadError, PresetUnavailableError, UnsupportedModelError
 from sentinel.models.loading import family_of, load_base_model
 from sentinel.models.presets import preset_names

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-
 from sentinel.models.components import attention_modules
 from sentinel.models.exceptions import AdapterError
 from sentinel.models.loading import load_base_model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from sentinel.models.components import model_layout
 from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
 from sentinel.models.loading import LoadedModel, load_base_model

@@ -1,4 +1,4 @@
-"""The coordinator's view of the model: initial global state, central evaluation, PEFT export.
+"""The coordinator's own model work: the initial global state, central evaluation, PEFT export.
 
 The coordinator loads the base model once; central evaluation materialises the
 exact global model (dense ΔW merged) and scores it on the held-out test set the
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from sentinel.client.data import Example
-from sentinel.client.training import evaluate_model, materialise, split_adapter_arrays
+from sentinel.client.data.batching import iter_batches
+from sentinel.models.global_model import evaluate_classifier, materialise
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import (
     adapter_arrays,
@@ -24,9 +24,10 @@ from sentinel.models.lora import (
     lora_pairs,
     module_path,
     save_adapter,
+    split_adapter_arrays,
 )
 from sentinel.server.aggregation import factorise_all
-from sentinel.server.global_state import GlobalState
+from sentinel.server.state import GlobalState
 
 
 def initial_state(base: LoadedModel) -> GlobalState:
@@ -51,7 +52,7 @@ class CentralEvaluator:
     def __call__(self, state: GlobalState) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of the exact global model."""
         model = materialise(self.base, state.deltas, state.head)
-        return evaluate_model(model, self.base, self.test, self.batch_size, self.max_length)
+        return evaluate_classifier(model, iter_batches(self.base.tokenizer, self.test, self.batch_size, self.max_length))
 
 
 def export_peft_adapter(base: LoadedModel, state: GlobalState, directory: str | Path, rank: int) -> tuple[Path, float]:

@@ -1,4 +1,4 @@
-"""Binding the coordinator to governance: contracts, node registry and permitted sets.
+"""The governance observer: the coordinator's contracts, node registry and permitted sets.
 
 At start the model's consent contracts are derived from the policy file and
 installed (a restart keeps the installed ones; later changes go through
@@ -9,22 +9,22 @@ that passed between rounds changes what the next round allows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from sentinel.governance.governor import Governor
 from sentinel.governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
 from sentinel.governance.store import GovernanceStore
 from sentinel.ledger.store import Ledger
-from sentinel.models.components import head_id
-from sentinel.server.global_state import GlobalState
-from sentinel.server.strategy import NodeInfo, RoundOutcome
+from sentinel.protos.vocabulary import head_id
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import NodeInfo, RoundOutcome
+from sentinel.server.state import GlobalState
 
 
-class GovernanceBinding:
+class GovernanceObserver(RoundObserver):
     """Round observer and permitted-set source backed by a :class:`Governor`."""
 
     def __init__(self, governor: Governor, policy: PolicyFile) -> None:
@@ -35,7 +35,7 @@ class GovernanceBinding:
     @classmethod
     def open(
         cls, db_url: str | Path, ledger: Ledger, components: Sequence[str], model: str, policy_path: str | None = None
-    ) -> GovernanceBinding:
+    ) -> GovernanceObserver:
         """Open the governance store and install the model's contracts from the policy."""
         policy = load_policy(policy_path) if policy_path else load_default_policy()
         governor = Governor(GovernanceStore(db_url), ledger)
@@ -60,33 +60,40 @@ class GovernanceBinding:
         for node in nodes:
             self.governor.ensure_node(str(node.node_id), node.role, public_key=node.public_key)
 
-    def on_round_start(self, server_round: int) -> None:
-        """Nothing to do: permitted sets are read fresh when the round is configured."""
+    def on_round(
+        self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
+    ) -> dict[str, Any]:
+        """Let heads signal agency from this round's entropy; returns the agency changes and the contract version."""
+        fields: dict[str, Any] = {}
+        changes = self._signal_agency(outcome)
+        if changes is not None:
+            fields["agency_changes"] = changes
+        fields["contract_version"] = self.contract_version
+        return fields
 
-    def on_round(self, outcome: RoundOutcome, row: dict[str, Any], state: GlobalState, previous: GlobalState) -> None:
-        """Let heads signal agency, note the contract version, and put the contracts into the checkpoint's metadata."""
-        self._signal_agency(outcome, row)
-        row["contract_version"] = self.contract_version
-        state.meta["consent_contracts"] = self.contracts_json()
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The contract set in force goes into every checkpoint's metadata."""
+        return {"consent_contracts": self.contracts_json()}
 
-    def _signal_agency(self, outcome: RoundOutcome, row: dict[str, Any]) -> None:
+    def _signal_agency(self, outcome: RoundOutcome) -> list[str] | None:
         """Let heads signal their own state from this round's entropy, as the policy's rule says.
 
         Each head's normalised attention entropy is averaged over the nodes that
         reported it (accepted or not: it is a measurement, not an update) and
         appended to its history; the rule puts heads that stay saturated to rest.
+        Returns the changes made (None when the rule did not run).
         """
         rule = self.policy.agency.entropy_saturation if self.policy.agency else None
         reports = [r.normalised_entropy for r in outcome.results if r.normalised_entropy is not None]
         if rule is None or not reports:
-            return
+            return None
         mean = np.nanmean(np.stack(reports), axis=0)
         for layer, heads in enumerate(mean):
             for head, value in enumerate(heads):
                 if np.isfinite(value):
                     self.entropy_history.setdefault(head_id(layer, head), []).append(float(value))
         changes = self.governor.update_agency_from_entropy(self.entropy_history, rule)
-        row["agency_changes"] = [f"{c.component}: {c.from_state} -> {c.to_state} ({c.reason})" for c in changes]
+        return [f"{c.component}: {c.from_state} -> {c.to_state} ({c.reason})" for c in changes]
 
     def report(self) -> dict[str, Any]:
         """Governance figures for the run report."""

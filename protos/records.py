@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-
-from sentinel.client.protocol import KEY_HEAD, KEY_HEAD_MASK, KEY_LORA_A, KEY_LORA_B
+from sentinel.protos.messages import KEY_HEAD, KEY_HEAD_MASK, KEY_LORA_A, KEY_LORA_B
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -1,7 +1,8 @@
-"""The wire protocol between the coordinator and the nodes: message types and record keys.
+"""The Flower message schema between the coordinator and the nodes: message types and record keys.
 
-Keys are API: both the ServerApp and the ClientApp import them from here, so a
-rename happens in one place. Array keys for the global state the coordinator
+A wire format like ``ledger.proto`` and ``governance.proto``, so it lives beside
+them: both the ServerApp and the ClientApp import it, and it imports neither.
+Keys are API: a rename happens in one place. Array keys for the global state the coordinator
 sends are ``lora_A/<module>``, ``lora_B/<module>`` (rank-r factors of the global
 ΔW, scaling 1) and ``head/<param>`` (the classification head); a node replies
 with its adapter in PEFT's saved-key format (no adapter name).
@@ -9,10 +10,7 @@ with its adapter in PEFT's saved-key format (no adapter name).
 
 from __future__ import annotations
 
-from typing import Final, Literal
-
-Role = Literal["edge", "gpu", "central"]
-ROLES: Final[tuple[Role, ...]] = ("edge", "gpu", "central")
+from typing import Final
 
 # LoRA alpha is fixed at 2·rank, so every adapter's scaling alpha/rank is 2. The
 # coordinator aggregates with this value and rejects replies that claim another:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from sentinel.server.aggregation import (
     LoraUpdate,
     exact_aggregate,

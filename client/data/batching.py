@@ -6,9 +6,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
-
 from sentinel.client.data import Example
+from transformers import PreTrainedTokenizerBase
 
 
 def encode(

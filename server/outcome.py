@@ -1,0 +1,77 @@
+"""What a round produces, as plain values: the nodes, each node's verdict, the round's outcome.
+
+The strategy's steps return these and the round loop hands them to observers;
+nothing is read back from a side channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sentinel.protos.vocabulary import Role
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node taking part in the run: Flower node id, data partition, role and key."""
+
+    node_id: int
+    partition_id: int
+    role: Role
+    public_key: str | None = None
+
+
+@dataclass
+class NodeResult:
+    """What happened to one node's update in a round."""
+
+    node: NodeInfo
+    accepted: bool
+    reason: str = ""
+    num_examples: int = 0
+    train_loss: float = float("nan")
+    val_accuracy: float = float("nan")
+    rank: int = 0
+    scaling: float = 1.0
+    bytes_up: int = 0
+    content_hash: str = ""
+    signature: str | None = None
+    claimed_hash: str | None = None
+    """The content hash the node signed (compared with ``content_hash``)."""
+    authentic: bool = False
+    """The update is signed by the node's registered key over what was received."""
+    contract_version: int = 0
+    offending: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    entropy: np.ndarray | None = None
+    gradient_importance: np.ndarray | None = None
+    normalised_entropy: np.ndarray | None = None
+
+
+@dataclass
+class RoundOutcome:
+    """Everything the round's check phase decided, and what crossed the wire."""
+
+    round: int
+    bytes_down: int = 0
+    bytes_up: int = 0
+    svd_residual: dict[int, float] = field(default_factory=dict)
+    results: list[NodeResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[NodeResult]:
+        """Updates that go into the aggregate."""
+        return [r for r in self.results if r.accepted]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Central evaluation of a global state on the coordinator's held-out set."""
+
+    accuracy: float
+    loss: float
+
+
+__all__ = ["Evaluation", "NodeInfo", "NodeResult", "RoundOutcome"]
