@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,31 +117,45 @@ def train(msg: Message, context: Context) -> Message:
         permitted=set(ins.permitted) if ins.consent_restricted else None,
         device=resolve_device(ident.device),
     )
-    content_hash = content_hash_of_arrays(update.arrays)
-    # The node vouches for its update by signing exactly the ledger's submission payload.
-    payload = update_submitted_payload(context.node_id, ins.server_round, content_hash, update.num_examples)
+    metrics = {
+        P.M_EXAMPLES: update.num_examples,
+        P.M_TRAIN_LOSS: update.train_loss,
+        P.M_VAL_ACC: update.val_accuracy,
+        P.M_VAL_LOSS: update.val_loss,
+        P.M_SCALING: update.scaling,
+        P.M_RANK: update.rank,
+        P.M_CONTRACT_VERSION: ins.contract_version,  # the contracts this update was trained under
+    }
+    importance = {
+        P.KEY_ENTROPY: update.entropy,
+        P.KEY_GRAD_IMPORTANCE: update.gradient_importance,
+        P.KEY_ENTROPY_NORMALISED: update.normalised_entropy,
+    }
+    return signed_update_reply(msg, context, update.arrays, metrics, importance)
+
+
+def signed_update_reply(
+    msg: Message,
+    context: Context,
+    arrays: dict[str, np.ndarray],
+    metrics: dict[str, int | float],
+    importance: dict[str, np.ndarray],
+) -> Message:
+    """The train reply: the update's arrays, metrics and importance, signed by this node's key.
+
+    The node vouches for its update by signing exactly the ledger's submission
+    payload (node, round, content hash of the arrays, example count).
+    """
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    content_hash = content_hash_of_arrays(arrays)
+    payload = update_submitted_payload(context.node_id, ins.server_round, content_hash, int(metrics[P.M_EXAMPLES]))
     signature = sign_payload(node_key(ident.partition_id, ident.key_file, ins.run_seed), payload)
     content = RecordDict(
         {
-            P.REC_ARRAYS: to_array_record(update.arrays),
-            P.REC_METRICS: MetricRecord(
-                {
-                    P.M_EXAMPLES: update.num_examples,
-                    P.M_TRAIN_LOSS: update.train_loss,
-                    P.M_VAL_ACC: update.val_accuracy,
-                    P.M_VAL_LOSS: update.val_loss,
-                    P.M_SCALING: update.scaling,
-                    P.M_RANK: update.rank,
-                    P.M_CONTRACT_VERSION: ins.contract_version,  # the contracts this update was trained under
-                }
-            ),
-            P.REC_IMPORTANCE: to_array_record(
-                {
-                    P.KEY_ENTROPY: update.entropy,
-                    P.KEY_GRAD_IMPORTANCE: update.gradient_importance,
-                    P.KEY_ENTROPY_NORMALISED: update.normalised_entropy,
-                }
-            ),
+            P.REC_ARRAYS: to_array_record(arrays),
+            P.REC_METRICS: MetricRecord(dict(metrics)),
+            P.REC_IMPORTANCE: to_array_record(importance),
             P.REC_SIGNATURE: ConfigRecord({P.S_CONTENT_HASH: content_hash, P.S_SIGNATURE: signature}),
         }
     )
@@ -158,4 +173,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
 
 
-__all__ = ["app", "TrainInstruction"]
+__all__ = ["app", "TrainInstruction", "signed_update_reply"]

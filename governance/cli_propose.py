@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -28,13 +28,14 @@ from sentinel.governance.proposals import (
     SetAgencySpec,
     SetParameterSpec,
 )
+from sentinel.governance.signing import utcnow
 from sentinel.protos.vocabulary import ROLES
 
 propose_app = typer.Typer(help="Submit a signed proposal (one subcommand per kind).", no_args_is_help=True)
 
 
 def _submit(spec: ProposalSpec, target: str, node_id: str, key: Path, root_cert: Path | None, title: str, period: float | None) -> None:
-    deadline = datetime.now(timezone.utc) + timedelta(seconds=period) if period else None
+    deadline = utcnow() + timedelta(seconds=period) if period else None
     with make_client(target, root_cert, node_id, key) as client:
         p = client.submit_proposal(spec, title=title, deadline=deadline)
     console.print(f"proposal [bold]{p.proposal_id}[/] ({p.kind}) submitted; deadline {p.deadline}")
@@ -116,7 +117,7 @@ def propose_remove_node(
 @propose_app.command("set-parameter")
 @friendly_errors
 def propose_set_parameter(
-    name: Annotated[str, typer.Argument(help="validator_quorum, entropy_gate_threshold, token_budget, governance_quorum, ...")],
+    name: Annotated[str, typer.Argument(help="validator_quorum, validators_per_update, entropy_gate_z, loss_gate_tolerance, token_budget, ...")],
     value: Annotated[float, typer.Argument(help="New value.")],
     node_id: NodeId, key: KeyPath,
     title: Title = "", voting_period: VotingPeriod = None, target: Target = DEFAULT_TARGET, root_cert: RootCert = None,

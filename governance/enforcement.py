@@ -12,8 +12,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 
 from sentinel.governance.ledger_sink import LedgerSink
-
-CONSENT_VIOLATION = "consent_violation"
+from sentinel.protos.vocabulary import COORDINATOR, EntryKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +57,11 @@ def record_consent_violation(
     *,
     server_round: int,
     contract_set_version: int,
-    actor: str = "coordinator",
+    actor: str = COORDINATOR,
     operation: str = "adapt",
 ) -> object:
     """Append a ``consent_violation`` entry for ``node``'s rejected update; returns the ledger's entry."""
     payload = consent_violation_payload(
         node, check, server_round=server_round, contract_set_version=contract_set_version, operation=operation
     )
-    return ledger.append(CONSENT_VIOLATION, actor, payload)
+    return ledger.append(EntryKind.CONSENT_VIOLATION, actor, payload)

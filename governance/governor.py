@@ -35,7 +35,7 @@ from sentinel.governance.exceptions import (
     ProposalNotFoundError,
 )
 from sentinel.governance.execution import Effects, execute_spec
-from sentinel.governance.ledger_sink import LedgerSink, PendingEntry, append_entries
+from sentinel.governance.ledger_sink import LedgerSink, append_entries
 from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.policy import Decision, PolicyEngine, resolve_time
 from sentinel.governance.policy_file import EntropySaturationRule
@@ -44,7 +44,9 @@ from sentinel.governance.registry import NodeRecord, NodeRegistry
 from sentinel.governance.signing import DEFAULT_WINDOW, authenticate, parse_timestamp, utcnow
 from sentinel.governance.store import GovernanceStore, StoreTransaction
 from sentinel.governance.voting import Tally, decide, tally_votes
+from sentinel.ledger.entries import AppendRequest
 from sentinel.protos.vocabulary import COORDINATOR, EntryKind, Role
+
 
 @dataclass(frozen=True)
 class GovernanceSnapshot:
@@ -307,26 +309,26 @@ class Governor:
                 return
             tx.record_act(EntryKind.EXECUTION, self.actor, now, f"{record.proposal_id} {status}")
             entries = self._write_effects(tx, record, effects, now)
-            entries.append(PendingEntry(EntryKind.EXECUTION, self.actor, execution_payload(record, status, tally, outcome, effects)))
+            entries.append(AppendRequest(EntryKind.EXECUTION, self.actor, execution_payload(record, status, tally, outcome, effects)))
             append_entries(self.ledger, entries)
 
-    def _write_effects(self, tx: StoreTransaction, record: ProposalRecord, effects: Effects, now: datetime) -> list[PendingEntry]:
+    def _write_effects(self, tx: StoreTransaction, record: ProposalRecord, effects: Effects, now: datetime) -> list[AppendRequest]:
         """Store an executed proposal's effects; returns the ledger entries that record them."""
         cause = f"proposal {record.proposal_id}"
-        entries: list[PendingEntry] = []
+        entries: list[AppendRequest] = []
         if effects.contracts is not None:
             tx.put_contract_set(effects.contracts, at=now, cause=cause, changed=effects.changed_components)
-            entries.append(PendingEntry(EntryKind.CONTRACT_CHANGED, self.actor, contract_set_payload(effects.contracts, cause, effects.changed_components)))
+            entries.append(AppendRequest(EntryKind.CONTRACT_CHANGED, self.actor, contract_set_payload(effects.contracts, cause, effects.changed_components)))
         if effects.parameters is not None:
             tx.put_parameters(effects.parameters, at=now, cause=cause)
         if effects.node is not None:
             tx.put_node(effects.node)
             spec = record.document.spec
             if isinstance(spec, RegisterNodeSpec):
-                entries.append(PendingEntry(EntryKind.NODE_REGISTERED, self.actor, node_payload(effects.node, via=cause)))
+                entries.append(AppendRequest(EntryKind.NODE_REGISTERED, self.actor, node_payload(effects.node, via=cause)))
             elif isinstance(spec, RemoveNodeSpec):
                 payload = {"node_id": effects.node.node_id, "reason": spec.reason, "via": cause}
-                entries.append(PendingEntry(EntryKind.NODE_REMOVED, self.actor, payload))
+                entries.append(AppendRequest(EntryKind.NODE_REMOVED, self.actor, payload))
         return entries
 
     # ------------------------------------------------------------------ measured agency

@@ -1,16 +1,19 @@
 """What governance needs from the ledger: somewhere to append signed entries.
 
 Governance records every act (registration, proposal, vote, execution, contract
-change) through this protocol, so it does not depend on the ledger's internals;
+change) through this protocol, so it does not depend on the ledger's storage;
 ``ledger.store.Ledger`` satisfies it. The entry kinds are
-:class:`sentinel.protos.vocabulary.EntryKind` members.
+:class:`sentinel.protos.vocabulary.EntryKind` members, and entries an act appends
+together are ``ledger.entries.AppendRequest`` records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from sentinel.ledger.entries import AppendRequest
+
 
 @runtime_checkable
 class LedgerSink(Protocol):
@@ -34,18 +37,7 @@ class LedgerSink(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class PendingEntry:
-    """One ledger entry an act will append (same fields as ``ledger.entries.AppendRequest``)."""
-
-    kind: str
-    actor: str
-    payload: dict[str, Any]
-    node_signature: str | None = None
-    node_public_key: str | None = None
-
-
-def append_entries(ledger: LedgerSink, entries: Sequence[PendingEntry]) -> list[object]:
+def append_entries(ledger: LedgerSink, entries: Sequence[AppendRequest]) -> list[object]:
     """Append ``entries`` in order: in one ledger transaction when the ledger has ``append_many``
     (``ledger.store.Ledger`` does), else one by one."""
     if not entries:

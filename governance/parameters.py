@@ -19,8 +19,27 @@ class FederationParameters(BaseModel):
     validator_quorum: float = Field(
         default=2 / 3, gt=0.0, le=1.0, description="Fraction of an update's validators that must accept it."
     )
-    entropy_gate_threshold: float = Field(
-        default=0.15, gt=0.0, description="Largest per-head normalised entropy shift the entropy gate accepts."
+    validators_per_update: int = Field(
+        default=3, ge=1, le=64, description="How many validators (never the author) judge each update."
+    )
+    entropy_gate_z: float = Field(
+        default=3.5,
+        gt=0.0,
+        le=100.0,
+        description="Entropy gate: reject an update whose attention-entropy shift has a robust z-score (against the "
+        "round's median and MAD of shifts) above this.",
+    )
+    loss_gate_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=10.0,
+        description="Loss gate: reject an update that raises a validator's validation loss by more than this (nats).",
+    )
+    reputation_learning_rate: float = Field(
+        default=0.2, gt=0.0, le=1.0, description="How fast a validator's reputation follows its agreement with consensus."
+    )
+    rejection_cooldown_rounds: float = Field(
+        default=2.0, ge=0.0, le=1000.0, description="Rounds a node sits out after repeated rejected updates."
     )
     token_budget: float = Field(default=1000.0, ge=0.0, description="Tokens distributed per round.")
     governance_quorum: float = Field(

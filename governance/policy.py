@@ -16,11 +16,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sentinel.governance.contracts import OPERATIONS, ConsentContract, ContractSet, Operation
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.registry import NodeRegistry
+from sentinel.governance.signing import utcnow
 from sentinel.protos.vocabulary import ROLES, Role
 
 _RESTING_DENIES: frozenset[Operation] = frozenset({"adapt", "grow"})
@@ -48,7 +49,7 @@ def check_operation(operation: str) -> Operation:
 def resolve_time(at_time: datetime | None) -> datetime:
     """``at_time`` (timezone-aware) or now in UTC; naive datetimes are refused as ambiguous."""
     if at_time is None:
-        return datetime.now(timezone.utc)
+        return utcnow()
     if at_time.tzinfo is None:
         raise InvalidRequestError("`at_time` must be timezone-aware (e.g. datetime.now(timezone.utc))")
     return at_time

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.governance.contracts import AgencyStateName, Grant, Operation
-from sentinel.governance.registry import validate_node_id, validate_public_key
-from sentinel.governance.signing import check_nonce_format, format_timestamp, new_nonce, parse_timestamp, sign_document
+from sentinel.governance.registry import NodeIdText, validate_public_key
+from sentinel.governance.signing import Nonce, Timestamp, format_timestamp, new_nonce, parse_timestamp, sign_document
 from sentinel.governance.voting import Choice, Tally
 from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sha256_hex
 from sentinel.protos.vocabulary import Role
@@ -62,15 +62,10 @@ class RegisterNodeSpec(_Spec):
     """Register a node (``public_key``: base64 raw Ed25519; empty: the node cannot vote)."""
 
     kind: Literal["register_node"] = "register_node"
-    node_id: str
+    node_id: NodeIdText
     role: Role
     organisation: str = ""
     public_key: str = ""
-
-    @field_validator("node_id")
-    @classmethod
-    def _id(cls, node_id: str) -> str:
-        return validate_node_id(node_id)
 
     @field_validator("public_key")
     @classmethod
@@ -108,22 +103,11 @@ class ProposalDocument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     proposer: str
-    nonce: str
-    timestamp: str
+    nonce: Nonce
+    timestamp: Timestamp
     title: str = ""
     deadline: str = Field(default="", description="ISO 8601; empty: the federation's default voting period.")
     spec: ProposalSpec
-
-    @field_validator("nonce")
-    @classmethod
-    def _nonce(cls, nonce: str) -> str:
-        return check_nonce_format(nonce)
-
-    @field_validator("timestamp")
-    @classmethod
-    def _timestamp(cls, timestamp: str) -> str:
-        parse_timestamp(timestamp)
-        return timestamp
 
     @field_validator("deadline")
     @classmethod
@@ -158,19 +142,8 @@ class VoteBody(BaseModel):
     proposal_id: str = Field(min_length=1)
     voter: str
     choice: Choice
-    nonce: str
-    timestamp: str
-
-    @field_validator("nonce")
-    @classmethod
-    def _nonce(cls, nonce: str) -> str:
-        return check_nonce_format(nonce)
-
-    @field_validator("timestamp")
-    @classmethod
-    def _timestamp(cls, timestamp: str) -> str:
-        parse_timestamp(timestamp)
-        return timestamp
+    nonce: Nonce
+    timestamp: Timestamp
 
     def signed_payload(self) -> dict:
         """The JSON object the signature covers."""

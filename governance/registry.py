@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from sentinel.ledger.crypto import public_key_from_b64
 from sentinel.protos.vocabulary import Role
 
@@ -29,6 +29,10 @@ def validate_node_id(node_id: str) -> str:
     return node_id
 
 
+NodeIdText = Annotated[str, AfterValidator(validate_node_id)]
+"""A ``node_id`` field (pydantic), checked by :func:`validate_node_id`."""
+
+
 def validate_public_key(public_key: str | None) -> str | None:
     """A base64 raw Ed25519 public key, or None for a node that cannot sign."""
     if public_key is None or public_key == "":
@@ -42,18 +46,13 @@ class NodeRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    node_id: str
+    node_id: NodeIdText
     role: Role
     organisation: str = ""
     public_key: str | None = Field(default=None, description="Base64 raw Ed25519 key; None: the node cannot vote.")
     status: NodeStatus = "active"
     registered_at: AwareDatetime = _EPOCH
     removed_at: AwareDatetime | None = None
-
-    @field_validator("node_id")
-    @classmethod
-    def _check_id(cls, node_id: str) -> str:
-        return validate_node_id(node_id)
 
     @field_validator("public_key")
     @classmethod

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from sentinel.governance.exceptions import GovernanceError, InvalidRequestError,
 from sentinel.governance.governor import Governor
 from sentinel.governance.ledger_sink import LedgerSink
 from sentinel.governance.policy import check_operation
-from sentinel.governance.signing import DEFAULT_WINDOW, parse_timestamp
+from sentinel.governance.signing import DEFAULT_WINDOW, parse_timestamp, utcnow
 from sentinel.governance.store import GovernanceStore
 from sentinel.protos import governance_pb2 as pb
 from sentinel.protos import governance_pb2_grpc as pb_grpc
@@ -164,10 +164,6 @@ class GovernanceServer:
         self.stop()
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def serve(
     db_url: str | Path,
     ledger: LedgerSink,
@@ -177,7 +173,7 @@ def serve(
     *,
     max_workers: int = 8,
     request_window: timedelta = DEFAULT_WINDOW,
-    clock: Callable[[], datetime] = _utcnow,
+    clock: Callable[[], datetime] = utcnow,
 ) -> GovernanceServer:
     """Start a GovernanceService on ``host:port`` (port 0: a free one) over the governance database at ``db_url``.
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import AfterValidator
 from sentinel.governance.exceptions import (
     InvalidRequestError,
     InvalidSignatureError,
@@ -29,6 +30,11 @@ from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, 
 DEFAULT_WINDOW = timedelta(minutes=5)
 
 
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC: the default clock of the governor and the service."""
+    return datetime.now(timezone.utc)
+
+
 def new_nonce() -> str:
     """A fresh random nonce (128 bits, hex)."""
     return secrets.token_hex(16)
@@ -36,7 +42,7 @@ def new_nonce() -> str:
 
 def format_timestamp(when: datetime | None = None) -> str:
     """ISO 8601 text of ``when`` (default: now) in UTC, as signed documents carry it."""
-    when = when or datetime.now(timezone.utc)
+    when = when or utcnow()
     if when.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     return when.astimezone(timezone.utc).isoformat()
@@ -53,11 +59,23 @@ def parse_timestamp(text: str, field: str = "timestamp") -> datetime:
     return when
 
 
+def check_timestamp(text: str) -> str:
+    """``text`` itself if it is an ISO 8601 timestamp with a timezone; :class:`InvalidRequestError` otherwise."""
+    parse_timestamp(text)
+    return text
+
+
 def check_nonce_format(nonce: str) -> str:
     """Nonces are 8 to 128 printable characters (so they can be stored and compared)."""
     if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128 or not nonce.isprintable():
         raise InvalidRequestError("`nonce` must be 8 to 128 printable characters")
     return nonce
+
+
+Nonce = Annotated[str, AfterValidator(check_nonce_format)]
+"""A signed document's ``nonce`` field (pydantic): checked by :func:`check_nonce_format`."""
+Timestamp = Annotated[str, AfterValidator(check_timestamp)]
+"""A signed document's ``timestamp`` field (pydantic): ISO 8601 text with a timezone, kept as signed."""
 
 
 def sign_document(key: Ed25519PrivateKey, document: Mapping[str, Any]) -> str:

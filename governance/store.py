@@ -1,7 +1,8 @@
 """Persistence of governance state (SQLModel): contracts with history, nodes, proposals, votes.
 
 The database is given by URL, as for the ledger: a SQLite file by default
-(a plain path is accepted), PostgreSQL as ``postgresql+psycopg://...``. Tables
+(a plain path is accepted), PostgreSQL as ``postgresql+psycopg://...``; the
+engine is the ledger's (:func:`sentinel.ledger.engine.make_engine`). Tables
 are prefixed ``governance_`` so they can share a database with the ledger.
 
 Writes happen inside :meth:`GovernanceStore.transaction`: one transaction per
@@ -24,10 +25,10 @@ from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.proposals import ProposalDocument, ProposalRecord, ProposalStatus, SignedVote, VoteBody
 from sentinel.governance.registry import NodeRecord, NodeRegistry
 from sentinel.governance.voting import Tally
-from sqlalchemy import Engine, Text, UniqueConstraint, delete, event, func, make_url, text
+from sentinel.ledger.engine import database_url, make_engine
+from sqlalchemy import Engine, Text, UniqueConstraint, delete, func, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
 
 
 class ActRow(SQLModel, table=True):
@@ -130,42 +131,7 @@ class ParametersRow(SQLModel, table=True):
     body: str = Field(sa_type=Text)
 
 
-SQLITE_BUSY_TIMEOUT_S = 60.0
-
 TABLES = [ActRow, ContractSetRow, ContractRow, NodeRow, ProposalRow, VoteRow, NonceRow, ParametersRow]
-
-
-def database_url(url_or_path: str | Path) -> str:
-    """A SQLAlchemy URL: paths become SQLite files; ``postgresql://`` uses the psycopg (v3) driver."""
-    raw = str(url_or_path)
-    if "://" not in raw:
-        return f"sqlite:///{Path(raw).expanduser()}"
-    if raw.startswith("postgresql://") or raw.startswith("postgres://"):
-        return "postgresql+psycopg://" + raw.split("://", 1)[1]
-    return raw
-
-
-def _engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    memory = url in ("sqlite://", "sqlite:///:memory:")
-    if not memory:
-        Path(make_url(url).database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url,
-        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
-        poolclass=StaticPool if memory else None,
-    )
-    if not memory:
-
-        @event.listens_for(engine, "connect")
-        def _wal(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-            # WAL: readers (the API server) never block the writer (the coordinator) and vice versa.
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.close()
-
-    return engine
 
 
 def _create_tables(engine: Engine) -> None:
@@ -286,7 +252,7 @@ class GovernanceStore:
     def __init__(self, url: str | Path = "governance.db") -> None:
         self.url = database_url(url)
         try:
-            self.engine = _engine(self.url)
+            self.engine = make_engine(self.url)
             _create_tables(self.engine)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open governance database {self.url!r}: {e}") from e

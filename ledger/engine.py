@@ -1,4 +1,7 @@
-"""Database engines for the ledger, and the one way to write: a serialised transaction.
+"""Database engines (the ledger's and governance's), and the ledger's one way to write: a serialised transaction.
+
+:func:`make_engine` is the one place a SQLite or PostgreSQL engine is set up;
+``governance.store`` opens its database with it too.
 
 Serialisation (documented choice):
 
@@ -34,8 +37,33 @@ def _is_memory(database: str | None) -> bool:
     return database in (None, "", ":memory:")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` (``sqlite:///FILE``, ``sqlite://`` in memory, ``postgresql+psycopg://...``)."""
+def database_url(url_or_path: str | Path) -> str:
+    """A SQLAlchemy URL: paths become SQLite files; ``postgresql://`` uses the psycopg (v3) driver."""
+    raw = str(url_or_path)
+    if "://" not in raw:
+        return f"sqlite:///{Path(raw).expanduser()}"
+    if raw.startswith("postgresql://") or raw.startswith("postgres://"):
+        return "postgresql+psycopg://" + raw.split("://", 1)[1]
+    return raw
+
+
+def make_engine(url_or_path: str | Path, *, explicit_begin: bool = False) -> Engine:
+    """An engine for a database URL or a SQLite file path (normalised by :func:`database_url`).
+
+    ``sqlite:///FILE`` (or a plain path): the file's folder is created, connections
+    wait up to ``SQLITE_BUSY_TIMEOUT_S`` for a lock and use WAL journaling, so
+    readers (verify, the API servers) never block the writer and vice versa;
+    ``sqlite://`` is one in-memory database shared by every thread. Anything
+    else (``postgresql+psycopg://...``) gets a pool that pings before use.
+
+    ``explicit_begin`` (SQLite only) turns off pysqlite's own transaction
+    handling: the engine emits ``BEGIN`` itself, and ``BEGIN IMMEDIATE`` on the
+    connections :func:`write_transaction` marks, so a ledger writer holds the
+    write lock from before it reads the head. Without it (governance) pysqlite
+    begins a transaction at the first write, so a session that only flushes at
+    commit takes no write lock before then.
+    """
+    url = database_url(url_or_path)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -50,16 +78,19 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
+        if explicit_begin:
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (below)
         cursor = dbapi_connection.cursor()
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+    if explicit_begin:
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
 
@@ -69,29 +100,32 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def init_schema(engine: Engine) -> None:
-    """Create the ledger tables and the head record if missing (safe to race from several processes)."""
+@contextmanager
+def _writer_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose transactions start with SQLite's write lock (``BEGIN IMMEDIATE``; see `make_engine`)."""
     with engine.connect() as conn:
         if is_sqlite(engine):
             conn.execution_options(**{_WRITE: True})
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sentinel-ledger-init'))"))
-            ENTRY_TABLE.metadata.create_all(conn, tables=[ENTRY_TABLE, HEAD_TABLE])
-            if conn.execute(select(HEAD_TABLE.c.id)).first() is None:
-                conn.execute(HEAD_TABLE.insert().values(id=1))
+        yield conn
+
+
+def init_schema(engine: Engine) -> None:
+    """Create the ledger tables and the head record if missing (safe to race from several processes)."""
+    with _writer_connection(engine) as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sentinel-ledger-init'))"))
+        ENTRY_TABLE.metadata.create_all(conn, tables=[ENTRY_TABLE, HEAD_TABLE])
+        if conn.execute(select(HEAD_TABLE.c.id)).first() is None:
+            conn.execute(HEAD_TABLE.insert().values(id=1))
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that holds the ledger's write lock from its start to its commit."""
-    with engine.connect() as conn:
-        if is_sqlite(engine):
-            conn.execution_options(**{_WRITE: True})
-        with conn.begin():
-            if not is_sqlite(engine):
-                conn.execute(select(HEAD_TABLE.c.id).where(HEAD_TABLE.c.id == 1).with_for_update())
-            yield conn
+    with _writer_connection(engine) as conn, conn.begin():
+        if not is_sqlite(engine):
+            conn.execute(select(HEAD_TABLE.c.id).where(HEAD_TABLE.c.id == 1).with_for_update())
+        yield conn
 
 
 @contextmanager

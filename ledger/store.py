@@ -78,7 +78,7 @@ class _Prepared:
         self.node_signature = item.node_signature
         self.node_public_key = item.node_public_key
         if item.node_signature is not None and self.actor == COORDINATOR:
-            raise NodeSignatureError("a `node_signature` needs a node `actor`, not 'coordinator'")
+            raise NodeSignatureError(f"a `node_signature` needs a node `actor`, not {COORDINATOR!r}")
 
 
 class Ledger:
@@ -90,7 +90,7 @@ class Ledger:
     def __init__(self, url: str = DEFAULT_URL, signer: Ed25519PrivateKey | None = None) -> None:
         self.url = url
         self._signer = signer
-        self._engine = make_engine(url)
+        self._engine = make_engine(url, explicit_begin=True)
         self._lock = threading.Lock()  # keeps this process's threads off one SQLite connection's toes
         init_schema(self._engine)
         stored = self._stored_public_key()

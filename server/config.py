@@ -68,6 +68,11 @@ class FederationConfig(BaseModel):
     shapley_permutations: int = Field(default=20, ge=1, description="Monte-Carlo permutations for Shapley scores.")
     contribution_examples: int = Field(default=256, ge=8, description="Held-out examples used to score contributions.")
     token_budget: int = Field(default=1000, ge=0, description="Tokens distributed per round, in proportion to contribution.")
+    update_norm_factor: float = Field(
+        default=10.0,
+        gt=1.0,
+        description="Reject an update whose ‖ΔW‖ exceeds this multiple of the round's median update norm.",
+    )
 
     @field_validator("profiles")
     @classmethod

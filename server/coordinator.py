@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 from sentinel.client.data import Example
-from sentinel.client.data.federated import federated_split
+from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.ledger.store import Ledger
 from sentinel.models.components import list_components, model_layout
 from sentinel.models.consent import touched_components
@@ -28,7 +28,7 @@ from sentinel.server.exceptions import RunNotFoundError
 from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
 from sentinel.server.observer import RoundObserver
-from sentinel.server.outcome import RoundOutcome
+from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.rounds import RunResult, run_federation
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import PermittedFn, SentinelStrategy
@@ -52,6 +52,8 @@ class Coordinator:
     permitted_fn: PermittedFn | None = None
     ledger: Ledger | None = None
     governance: GovernanceObserver | None = None
+    train_sizes: tuple[int, ...] = ()
+    """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
 
     @classmethod
     def build(cls, config: FederationConfig, out_dir: Path, *, accountable: bool = True) -> Coordinator:
@@ -65,7 +67,8 @@ class Coordinator:
             config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed
         )
         base = load_base_model(config.model, task="classification", num_labels=data.num_labels, seed=config.seed)
-        coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length))
+        train_sizes = tuple(len(node_train_val(data, i, config.val_fraction, config.seed)[0]) for i in range(config.nodes))
+        coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length), train_sizes=train_sizes)
         if accountable:
             coordinator._open_accountability(data.test[: config.contribution_examples])
         return coordinator
@@ -101,7 +104,16 @@ class Coordinator:
             touched_fn=lambda arrays, head: set(touched_components(layout, arrays, head)),
             permitted_fn=self.permitted_fn,
             contract_version_fn=(lambda: governance.contract_version) if governance is not None else None,
+            max_examples_fn=self._max_examples,
+            importance_shape=(layout.num_layers, layout.num_heads),
+            norm_factor=self.config.update_norm_factor,
         )
+
+    def _max_examples(self, node: NodeInfo) -> int:
+        """A node's partition size: the bound on the example count it may claim."""
+        if not 0 <= node.partition_id < len(self.train_sizes):
+            return 0  # a partition the coordinator does not know: every claim is rejected
+        return self.train_sizes[node.partition_id]
 
     def starting_state(self, resume: bool) -> GlobalState:
         """Round 0 (fresh run) or the last checkpoint (``--resume``)."""

@@ -78,13 +78,14 @@ class GovernanceObserver(RoundObserver):
     def _signal_agency(self, outcome: RoundOutcome) -> list[str] | None:
         """Let heads signal their own state from this round's entropy, as the policy's rule says.
 
-        Each head's normalised attention entropy is averaged over the nodes that
-        reported it (accepted or not: it is a measurement, not an update) and
+        Each head's normalised attention entropy is averaged over the accepted
+        updates that reported it (the check phase bounded it to [0, 1]) and
         appended to its history; the rule puts heads that stay saturated to rest.
         Returns the changes made (None when the rule did not run).
         """
         rule = self.policy.agency.entropy_saturation if self.policy.agency else None
-        reports = [r.normalised_entropy for r in outcome.results if r.normalised_entropy is not None]
+        # Only accepted updates speak: a rejected or unsigned node's measurements are not trusted.
+        reports = [r.normalised_entropy for r in outcome.accepted if r.normalised_entropy is not None]
         if rule is None or not reports:
             return None
         mean = np.nanmean(np.stack(reports), axis=0)

@@ -30,6 +30,7 @@ def build_report(config: FederationConfig, result: RunResult, extra: dict[str, A
             {"node_id": str(n.node_id), "partition_id": n.partition_id, "role": n.role, "public_key": n.public_key}
             for n in result.nodes
         ],
+        "refused_nodes": {str(n): reason for n, reason in result.refused.items()},
     }
     report.update(extra or {})
     return report

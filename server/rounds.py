@@ -23,13 +23,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
-from sentinel.protos import messages as P
 from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, save_state
 from sentinel.server.config import FederationConfig
-from sentinel.server.exceptions import NodesUnavailableError
+from sentinel.server.handshake import discover_nodes
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
@@ -49,6 +47,8 @@ class RunResult:
     best_accuracy: float
     stopped_early: bool
     nodes: list[NodeInfo] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+    """Nodes refused at the handshake, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -113,33 +113,6 @@ class RoundContext:
     evaluate: Evaluate
     nodes: Sequence[NodeInfo]
     observers: Sequence[RoundObserver]
-
-
-def discover_nodes(grid: Grid, config: FederationConfig, timeout: float) -> list[NodeInfo]:
-    """Wait for the run's nodes, ask each for its profile, and assign roles.
-
-    A node's own configured role (deployment ``--node-config role=...``) wins;
-    otherwise the run's configuration maps its partition id to a role.
-    """
-    deadline = time.monotonic() + timeout
-    while len(ids := sorted(grid.get_node_ids())) < config.nodes:
-        if time.monotonic() > deadline:
-            raise NodesUnavailableError(f"only {len(ids)} of {config.nodes} nodes connected within {timeout:.0f} s")
-        time.sleep(0.2)
-    query = ConfigRecord({P.C_RUN_SEED: config.seed})
-    msgs = [Message(RecordDict({P.REC_CONFIG: query}), dst_node_id=n, message_type=P.MSG_PROFILE) for n in ids]
-    nodes: list[NodeInfo] = []
-    for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
-        if reply.has_error():
-            log(INFO, "profile of node %s failed: %s", reply.metadata.src_node_id, reply.error.reason)
-            continue
-        prof = reply.content[P.REC_PROFILE]
-        pid = int(prof[P.P_PARTITION_ID])
-        role = str(prof[P.P_ROLE]) or config.role_of_partition(pid)
-        nodes.append(NodeInfo(reply.metadata.src_node_id, pid, role, str(prof[P.P_PUBLIC_KEY])))  # type: ignore[arg-type]
-    if len(nodes) < config.nodes:
-        raise NodesUnavailableError(f"{len(nodes)} of {config.nodes} nodes answered the profile handshake")
-    return sorted(nodes, key=lambda n: n.partition_id)
 
 
 def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
@@ -240,7 +213,8 @@ def run_federation(
     export_best: ExportBest | None = None,
 ) -> RunResult:
     """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``."""
-    nodes = discover_nodes(grid, config, config.timeout_s)
+    handshake = discover_nodes(grid, config, config.timeout_s)
+    nodes = handshake.nodes
     for obs in observers:
         obs.on_nodes(nodes)
     ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers)
@@ -269,7 +243,8 @@ def run_federation(
         best_accuracy=progress.best_accuracy,
         stopped_early=progress.stopped_early,
         nodes=list(nodes),
+        refused=dict(handshake.refused),
     )
 
 
-__all__ = ["RoundContext", "RunProgress", "RunResult", "discover_nodes", "round_row", "run_federation", "run_round"]
+__all__ = ["RoundContext", "RunProgress", "RunResult", "round_row", "run_federation", "run_round"]

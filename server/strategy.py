@@ -25,20 +25,32 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore import log
 from sentinel.governance.enforcement import check_update_consent
-from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
+from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import payload_signature_valid
-from sentinel.models.lora import split_adapter_arrays
+from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
-from sentinel.protos.records import from_array_record, global_view_record
+from sentinel.protos.records import global_view_record
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
+from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
+from sentinel.server.update_checks import (
+    ExpectedUpdate,
+    claims_problem,
+    importance_problem,
+    norm_outliers,
+    structure_problem,
+    update_norm,
+)
 
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
 TouchedFn = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], set[str]]
-"""(update arrays, global head) → the components an update changes."""
+"""(update arrays, global head in the same PEFT key scheme) → the components an update changes."""
+MaxExamplesFn = Callable[[NodeInfo], int]
+"""node → the most training examples it can have (the coordinator's own knowledge of its partition)."""
+UNBOUNDED_EXAMPLES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class SentView:
     rank: int
     permitted: frozenset[str] | None
     head: dict[str, np.ndarray]
+    expected: ExpectedUpdate
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,12 @@ class SentinelStrategy:
         Reject updates that are not signed by the node's key from the handshake.
     contract_version_fn : Callable[[], int], optional
         Version of the consent contract set in force, sent to nodes with their permitted set.
+    max_examples_fn : MaxExamplesFn, optional
+        The most training examples a node can claim (its aggregation weight is bounded by it).
+    importance_shape : tuple[int, int], optional
+        (layers, heads) of the model, the shape every importance report must have.
+    norm_factor : float
+        An update whose ‖ΔW‖ exceeds this multiple of the round's median norm is rejected.
     """
 
     def __init__(
@@ -92,8 +111,16 @@ class SentinelStrategy:
         permitted_fn: PermittedFn | None = None,
         require_signatures: bool = True,
         contract_version_fn: Callable[[], int] | None = None,
+        max_examples_fn: MaxExamplesFn | None = None,
+        importance_shape: tuple[int, int] | None = None,
+        norm_factor: float = 10.0,
     ) -> None:
+        if norm_factor <= 1.0:
+            raise ValueError(f"`norm_factor` must be > 1 (a multiple of the median norm), got {norm_factor}")
         self.config = config
+        self.max_examples_fn = max_examples_fn
+        self.importance_shape = importance_shape
+        self.norm_factor = norm_factor
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
@@ -101,7 +128,7 @@ class SentinelStrategy:
 
     # ------------------------------------------------------------ configure
 
-    def _node_config(self, node: NodeInfo, server_round: int, permitted: frozenset[str] | None) -> ConfigRecord:
+    def _node_config(self, node: NodeInfo, server_round: int, permitted: frozenset[str] | None, version: int) -> ConfigRecord:
         profile = self.config.profiles[node.role]
         return ConfigRecord(
             {
@@ -124,7 +151,7 @@ class SentinelStrategy:
                 P.C_MAX_LENGTH: self.config.max_length,
                 P.C_RESTRICTED: permitted is not None,
                 P.C_PERMITTED: sorted(permitted) if permitted else [],
-                P.C_CONTRACT_VERSION: self.contract_version_fn() if self.contract_version_fn else 0,
+                P.C_CONTRACT_VERSION: version,
             }
         )
 
@@ -135,16 +162,22 @@ class SentinelStrategy:
         messages: list[Message] = []
         sent: dict[int, SentView] = {}
         bytes_down = 0
+        version = self.contract_version_fn() if self.contract_version_fn else 0
+        modules = {m: (int(d.shape[0]), int(d.shape[1])) for m, d in state.deltas.items()}
+        head_shapes = {k: tuple(int(x) for x in v.shape) for k, v in state.head.items()}
         for node in sorted(nodes, key=lambda n: n.partition_id):
             rank = self.config.profiles[node.role].lora_rank
             if rank not in by_rank:
                 parts, residuals[rank] = factorise_all(state.deltas, rank)
                 by_rank[rank] = {m: (f.a, f.b) for m, f in parts.items()}
             permitted = self.permitted_fn(node, server_round) if self.permitted_fn else None
-            sent[node.node_id] = SentView(node, rank, permitted, dict(state.head))
+            max_examples = self.max_examples_fn(node) if self.max_examples_fn else UNBOUNDED_EXAMPLES
+            expected = ExpectedUpdate(rank, modules, head_shapes, self.importance_shape, max_examples, version)
+            sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected)
             record = global_view_record(by_rank[rank], state.head, state.head_mask)
             bytes_down += record.count_bytes()
-            content = RecordDict({P.REC_ARRAYS: record, P.REC_CONFIG: self._node_config(node, server_round, permitted)})
+            config = self._node_config(node, server_round, permitted, version)
+            content = RecordDict({P.REC_ARRAYS: record, P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
         log(INFO, "configure_train: round %s, %s nodes, ranks %s", server_round, len(messages), sorted(by_rank))
         return TrainPlan(server_round, messages, sent, bytes_down, residuals)
@@ -160,10 +193,20 @@ class SentinelStrategy:
                 outcome.results.append(result)
         outcome.results.sort(key=lambda r: r.node.partition_id)  # fixed order: sums are reproducible
         outcome.bytes_up = sum(r.bytes_up for r in outcome.results)
+        norms = {r.node.node_id: update_norm(split_adapter_arrays(r.arrays)[0], P.LORA_ALPHA_PER_RANK) for r in outcome.accepted}
+        for result in outcome.accepted:
+            reason = norm_outliers(norms, self.norm_factor).get(result.node.node_id)
+            if reason:
+                result.accepted, result.reason = False, reason
         return outcome
 
     def _check_reply(self, plan: TrainPlan, msg: Message, failures: list[str]) -> NodeResult | None:
-        """Parse one reply and decide whether it may be aggregated; None for failed or malformed replies."""
+        """One reply's verdict; None for error replies and replies from outside the run (listed as failures).
+
+        The checks run in order and the first problem is the reason: schema,
+        signature, rank and scaling, structure against what was sent, the node's
+        claims, importance reports, then consent.
+        """
         src = msg.metadata.src_node_id
         view = plan.sent.get(src)
         if view is None or msg.has_error():
@@ -172,21 +215,26 @@ class SentinelStrategy:
             log(WARNING, "train reply from node %s failed: %s", src, reason)
             return None
         try:
-            result = _parse_reply(msg, view.node)
-        except (KeyError, TypeError, ValueError) as e:  # a buggy or hostile node must not stop the round
-            reason = f"malformed reply: {type(e).__name__}: {e}"
-            failures.append(f"{src}: {reason}")
-            log(WARNING, "train reply from node %s failed: %s", src, reason)
-            return None
+            result = parse_train_reply(msg, view.node)
+        except MalformedReplyError as e:  # a buggy or hostile node must not stop the round
+            log(WARNING, "train reply from node %s rejected: %s", src, e)
+            return NodeResult(node=view.node, accepted=False, reason=f"malformed reply: {e}")
         problem = self._authenticity_problem(result, plan.server_round)
         result.authentic = not problem and result.signature is not None
-        problem = problem or _shape_problem(result, view.rank)
+        problem = (
+            problem
+            or _rank_problem(result, view.rank)
+            or structure_problem(result.arrays, view.expected)
+            or claims_problem(result.num_examples, result.contract_version, view.expected)
+            or importance_problem(_importance_reports(result), view.expected)
+        )
         if problem:
             result.accepted = False
             result.reason = problem
             return result
         if view.permitted is not None:
-            check = check_update_consent(self.touched_fn(result.arrays, view.head), view.permitted)
+            head = {PEFT_PREFIX + k: v for k, v in view.head.items()}  # the reply's key scheme
+            check = check_update_consent(self.touched_fn(result.arrays, head), view.permitted)
             if not check.ok:
                 result.accepted = False
                 result.offending = check.offending
@@ -227,47 +275,21 @@ class SentinelStrategy:
         log(INFO, "\t└── Consent enforcement: %s", "on" if self.permitted_fn else "off")
 
 
-def _shape_problem(result: NodeResult, expected: int) -> str:
-    """Why the update's rank or scaling is not the one this node was configured with ('' if it is)."""
+def _rank_problem(result: NodeResult, expected: int) -> str:
+    """Why the reported rank or scaling is not the one this node was configured with ('' if it is)."""
     if result.rank != expected:
         return f"wrong rank: the node was configured with rank {expected}, reported {result.rank}"
-    pairs, _ = split_adapter_arrays(result.arrays)
-    for module, (a, b) in pairs.items():
-        if a.shape[0] != expected or b.shape[1] != expected:
-            return f"wrong rank: module `{module}` has factors of rank {a.shape[0]}/{b.shape[1]}, expected {expected}"
-        if not (np.isfinite(a).all() and np.isfinite(b).all()):
-            return f"non-finite values in module `{module}`"
     if not np.isclose(result.scaling, P.LORA_ALPHA_PER_RANK):
         return f"wrong LoRA scaling: reported {result.scaling}, the protocol fixes {P.LORA_ALPHA_PER_RANK}"
     return ""
 
 
-def _parse_reply(msg: Message, node: NodeInfo) -> NodeResult:
-    """The reply's content as a NodeResult (raises KeyError/ValueError/TypeError when malformed)."""
-    arrays = from_array_record(msg.content[P.REC_ARRAYS])
-    metrics = msg.content[P.REC_METRICS]
-    importance = from_array_record(msg.content[P.REC_IMPORTANCE]) if P.REC_IMPORTANCE in msg.content else {}
-    result = NodeResult(
-        node=node,
-        accepted=True,
-        num_examples=int(metrics[P.M_EXAMPLES]),
-        train_loss=float(metrics[P.M_TRAIN_LOSS]),
-        val_accuracy=float(metrics[P.M_VAL_ACC]),
-        rank=int(metrics[P.M_RANK]),
-        scaling=float(metrics[P.M_SCALING]),
-        contract_version=int(metrics.get(P.M_CONTRACT_VERSION, 0)),
-        bytes_up=msg.content[P.REC_ARRAYS].count_bytes(),
-        arrays=arrays,
-        entropy=importance.get(P.KEY_ENTROPY),
-        gradient_importance=importance.get(P.KEY_GRAD_IMPORTANCE),
-        normalised_entropy=importance.get(P.KEY_ENTROPY_NORMALISED),
-    )
-    signed = msg.content[P.REC_SIGNATURE] if P.REC_SIGNATURE in msg.content else None
-    result.content_hash = content_hash_of_arrays(arrays)
-    if signed is not None:
-        result.signature = str(signed[P.S_SIGNATURE])
-        result.claimed_hash = str(signed[P.S_CONTENT_HASH])
-    return result
+def _importance_reports(result: NodeResult) -> dict[str, np.ndarray | None]:
+    return {
+        P.KEY_ENTROPY: result.entropy,
+        P.KEY_GRAD_IMPORTANCE: result.gradient_importance,
+        P.KEY_ENTROPY_NORMALISED: result.normalised_entropy,
+    }
 
 
 def aggregate_updates(

@@ -131,17 +131,19 @@ def test_a_node_cannot_amplify_its_update_by_claiming_a_larger_scaling(tmp_path:
         np.testing.assert_array_equal(result.state.deltas[module], delta)
 
 
-def test_a_malformed_reply_is_a_failure_not_a_crash(tmp_path: Path, tiny_config) -> None:
+def test_a_malformed_reply_is_rejected_with_its_reason_not_a_crash(tmp_path: Path, tiny_config) -> None:
     def drops_metrics(msg: Message, context: Context) -> Message:
         reply = honest_app(msg, context)
         if msg.metadata.message_type == "train":
             del reply.content["metrics"]
         return reply
 
-    _, result = _run(tiny_config, tmp_path / "malformed", _grid(honest_app, {1: drops_metrics}))
+    coordinator, result = _run(tiny_config, tmp_path / "malformed", _grid(honest_app, {1: drops_metrics}))
     row = result.history[-1]
-    assert row["failures"] == 1 and row["accepted"] == 2
+    assert row["rejected"] == 1 and row["accepted"] == 2
     assert result.state.round == 1
+    rejected = [e for e in coordinator.ledger.iter_entries(kind=EntryKind.UPDATE_REJECTED)]
+    assert [(e.payload["node"], e.payload["reason"]) for e in rejected] == [(str(IDS[1]), "malformed reply: reply has no `metrics` record")]
 
 
 def test_shapley_contributions_are_recorded_with_their_method(tmp_path: Path, tiny_config) -> None:

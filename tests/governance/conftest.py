@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.governor import Governor
 from sentinel.governance.policy_file import derive_contracts, load_default_policy

@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 
 import pytest
 from pydantic import ValidationError
-
 from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
 from sentinel.protos.vocabulary import parse_component, standard_components
 

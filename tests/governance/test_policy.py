@@ -6,7 +6,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet, Grant
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.policy import PolicyEngine

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from sentinel.governance.exceptions import PolicyFileError
 from sentinel.governance.policy_file import derive_contracts, load_default_policy, load_policy, parse_policy
 from sentinel.protos.vocabulary import standard_components

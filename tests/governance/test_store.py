@@ -11,8 +11,9 @@ from sentinel.governance.governor import Governor
 from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.proposals import ContractChangeSpec, ProposalRecord, sign_proposal, sign_vote
 from sentinel.governance.registry import NodeRecord
-from sentinel.governance.store import GovernanceStore, database_url
+from sentinel.governance.store import GovernanceStore
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
+from sentinel.ledger.engine import database_url
 from sentinel.ledger.exceptions import ReadOnlyLedgerError
 from sentinel.ledger.store import Ledger
 
