@@ -87,13 +87,23 @@ class _RoundInputs:
     view: GlobalView
 
 
-def _resolve(msg: Message, context: Context) -> _RoundInputs:
-    """Validate the message and load (cached) the model and this node's data."""
+def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInstruction, LoadedModel, list[Example], list[Example]]:
+    """Validate the message's config and load (cached) the base model and this node's train and validation data.
+
+    The base model is built with the run's seed, as the coordinator builds it, so
+    both sides start from the same weights.
+    """
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
     data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
     train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
-    base = cached_base_model(ins.model, data.num_labels)
+    base = cached_base_model(ins.model, data.num_labels, ins.run_seed)
+    return ident, ins, base, train_set, val_set
+
+
+def _resolve(msg: Message, context: Context) -> _RoundInputs:
+    """Validate the message and load (cached) the model, this node's data and its view of the global model."""
+    ident, ins, base, train_set, val_set = node_inputs(msg, context)
     factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
     return _RoundInputs(ident, ins, base, train_set, val_set, GlobalView(factors=factors, head=head, head_mask=head_mask))
 
@@ -173,4 +183,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
 
 
-__all__ = ["app", "TrainInstruction", "signed_update_reply"]
+@app.evaluate("validate")
+def validate(msg: Message, context: Context) -> Message:
+    """Judge candidate updates against the exact global model on this node's validation data (signed verdicts)."""
+    from sentinel.client.validation import validate_candidates
+
+    ident, ins, base, _, val_set = node_inputs(msg, context)
+    key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
+    content = validate_candidates(msg.content, base, val_set, ins, context.node_id, key, resolve_device(ident.device))
+    return Message(content, reply_to=msg)
+
+
+__all__ = ["app", "TrainInstruction", "node_inputs", "signed_update_reply"]

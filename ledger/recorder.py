@@ -49,6 +49,11 @@ def update_submitted_payload(node: str | int, round: int, content_hash: str, exa
     return {"node": str(node), "round": int(round), "content_hash": content_hash, "examples": int(examples)}
 
 
+def validation_verdict_payload(node: str | int, round: int, validator: str | int, accept: bool, reason: str = "") -> dict[str, object]:
+    """The ``validation_verdict`` payload: what a validator signs about ``node``'s update in ``round``."""
+    return {"node": str(node), "round": int(round), "validator": str(validator), "accept": bool(accept), "reason": reason}
+
+
 class LedgerRecorder:
     """Records a federation's events on ``ledger`` (the coordinator's signing ledger)."""
 
@@ -86,7 +91,7 @@ class LedgerRecorder:
         node_signature: str | None = None,
     ) -> LedgerEntry:
         """``validator``'s verdict on ``node``'s update (signed by the validator, if ``node_signature``)."""
-        payload = {"node": str(node), "round": int(round), "validator": str(validator), "accept": bool(accept), "reason": reason}
+        payload = validation_verdict_payload(node, round, validator, accept, reason)
         actor = str(validator) if node_signature is not None else COORDINATOR
         return self.ledger.append(EntryKind.VALIDATION_VERDICT, actor, payload, node_signature=node_signature)
 

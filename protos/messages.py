@@ -21,6 +21,7 @@ LORA_ALPHA_PER_RANK: Final = 2.0
 MSG_PROFILE: Final = "query.profile"
 MSG_TRAIN: Final = "train"
 MSG_EVALUATE: Final = "evaluate"
+MSG_VALIDATE: Final = "evaluate.validate"
 
 # RecordDict keys.
 REC_ARRAYS: Final = "arrays"
@@ -33,6 +34,26 @@ REC_PROFILE: Final = "profile"
 KEY_LORA_A: Final = "lora_A/"
 KEY_LORA_B: Final = "lora_B/"
 KEY_HEAD: Final = "head/"
+KEY_DELTA: Final = "delta/"
+"""Dense global ΔW per module (validators receive the exact global model; checkpoints use the same keys)."""
+
+# Validation messages: the exact global state, and one ArrayRecord per candidate update.
+REC_GLOBAL: Final = "global"
+REC_CANDIDATE: Final = "candidate/"
+"""Prefix of a candidate's record: ``candidate/<author node id>`` holds its update arrays as received."""
+REC_VERDICT: Final = "verdict/"
+"""Prefix of a validator's MetricRecord per candidate: ``verdict/<author node id>``."""
+REC_ENTROPY_SHIFT: Final = "entropy-shift/"
+"""Prefix of a validator's ArrayRecord per candidate: the per-head entropy shift."""
+V_ACCEPT: Final = "accept"
+V_LOSS_CHANGE: Final = "loss-change"
+V_ACCURACY_CHANGE: Final = "accuracy-change"
+V_KL: Final = "kl"
+V_SHIFT_NORM: Final = "entropy-shift-norm"
+V_EXAMPLES: Final = "num-examples"
+KEY_SHIFT: Final = "shift"
+C_LOSS_TOLERANCE: Final = "loss-gate-tolerance"
+C_ENTROPY_Z: Final = "entropy-gate-z"
 
 # Importance arrays (layers × heads).
 KEY_ENTROPY: Final = "entropy"
@@ -83,3 +104,7 @@ C_RUN_SEED: Final = "run-seed"
 # Keys of the signature record a node attaches to its update.
 S_CONTENT_HASH: Final = "content-hash"
 S_SIGNATURE: Final = "signature"
+S_VERDICT: Final = "verdict/"
+"""In a validator's signature record: ``verdict/<author>`` is its signature over that verdict's ledger payload."""
+S_REASON: Final = "reason/"
+"""In a validator's signature record: ``reason/<author>`` is the reason of a rejecting verdict."""

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
-from sentinel.protos.messages import KEY_HEAD, KEY_HEAD_MASK, KEY_LORA_A, KEY_LORA_B
+from sentinel.protos.messages import KEY_DELTA, KEY_HEAD, KEY_HEAD_MASK, KEY_LORA_A, KEY_LORA_B
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -50,3 +50,21 @@ def parse_global_view(
     if set(a) != set(b):
         raise ValueError(f"global view modules without both factors: {sorted(set(a) ^ set(b))[:3]}")
     return {m: (a[m], b[m]) for m in a}, head, mask
+
+
+def dense_state_arrays(deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One flat mapping of a dense global state: ``delta/<module>`` and ``head/<param>`` keys.
+
+    The one key scheme of the exact global state: the validate message carries
+    it, checkpoints store it and ledger hashes cover it.
+    """
+    arrays = {KEY_DELTA + k: v for k, v in deltas.items()}
+    arrays.update({KEY_HEAD + k: v for k, v in head.items()})
+    return arrays
+
+
+def parse_dense_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inverse of :func:`dense_state_arrays`: (deltas, head); other keys are ignored."""
+    deltas = {k[len(KEY_DELTA) :]: v for k, v in arrays.items() if k.startswith(KEY_DELTA)}
+    head = {k[len(KEY_HEAD) :]: v for k, v in arrays.items() if k.startswith(KEY_HEAD)}
+    return deltas, head

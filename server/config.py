@@ -68,6 +68,12 @@ class FederationConfig(BaseModel):
     shapley_permutations: int = Field(default=20, ge=1, description="Monte-Carlo permutations for Shapley scores.")
     contribution_examples: int = Field(default=256, ge=8, description="Held-out examples used to score contributions.")
     token_budget: int = Field(default=1000, ge=0, description="Tokens distributed per round, in proportion to contribution.")
+    validation: bool = Field(
+        default=True, description="Validators judge every update before it is aggregated (the validate phase)."
+    )
+    validator_roles: list[Role] = Field(
+        default_factory=lambda: ["gpu", "central"], min_length=1, description="Roles whose nodes validate others' updates."
+    )
     update_norm_factor: float = Field(
         default=10.0,
         gt=1.0,

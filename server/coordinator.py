@@ -14,6 +14,7 @@ from pathlib import Path
 from flwr.serverapp import Grid
 from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
+from sentinel.governance.parameters import FederationParameters
 from sentinel.ledger.store import Ledger
 from sentinel.models.components import list_components, model_layout
 from sentinel.models.consent import touched_components
@@ -32,6 +33,7 @@ from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.rounds import RunResult, run_federation
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import PermittedFn, SentinelStrategy
+from sentinel.server.validation import GateParameters, ValidationPhase
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -52,6 +54,7 @@ class Coordinator:
     permitted_fn: PermittedFn | None = None
     ledger: Ledger | None = None
     governance: GovernanceObserver | None = None
+    validation: ValidationPhase | None = None
     train_sizes: tuple[int, ...] = ()
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
 
@@ -78,7 +81,12 @@ class Coordinator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger.open(f"sqlite:///{self.out_dir / LEDGER_FILE}", self.out_dir / COORDINATOR_KEY)
         self.governance = GovernanceObserver.open(
-            self.out_dir / GOVERNANCE_FILE, self.ledger, list_components(self.base.model), self.config.model, self.config.policy
+            self.out_dir / GOVERNANCE_FILE,
+            self.ledger,
+            list_components(self.base.model),
+            self.config.model,
+            self.config.policy,
+            FederationParameters(token_budget=float(self.config.token_budget)),
         )
         self.observers.append(self.governance)  # first: it registers nodes on the ledger
         if self.config.consent:
@@ -93,7 +101,9 @@ class Coordinator:
                     outcome.accepted, previous, cfg.aggregation, scoring_eval, method, cfg.shapley_permutations, cfg.seed + outcome.round
                 )
 
-        self.observers.append(LedgerObserver(self.ledger, scorer, self.config.token_budget, self.config.contribution))
+        governor = self.governance.governor
+        budget = lambda: int(governor.parameters().token_budget)  # noqa: E731 - governance may change it between rounds
+        self.observers.append(LedgerObserver(self.ledger, scorer, budget, self.config.contribution))
 
     def strategy(self) -> SentinelStrategy:
         """A fresh strategy wired to this model's components."""
@@ -127,25 +137,46 @@ class Coordinator:
         if self.governance is not None:
             write_text_atomically(directory / ADAPTER_CONTRACTS_FILE, self.governance.contracts_json())
 
+    def gate_parameters(self) -> GateParameters:
+        """The validate phase's parameters, read from governance now (defaults without governance)."""
+        params = self.governance.governor.parameters() if self.governance is not None else FederationParameters()
+        return GateParameters(
+            validators_per_update=params.validators_per_update,
+            quorum=params.validator_quorum,
+            entropy_z=params.entropy_gate_z,
+            loss_tolerance=params.loss_gate_tolerance,
+            reputation_learning_rate=params.reputation_learning_rate,
+            cooldown_rounds=int(params.rejection_cooldown_rounds),
+        )
+
+    def validation_phase(self, strategy: SentinelStrategy) -> ValidationPhase | None:
+        """The validate phase of this run (None when validation is off)."""
+        if not self.config.validation:
+            return None
+        return ValidationPhase(self.config.validator_roles, self.gate_parameters, strategy.node_config, self.config.seed)
+
     def run(self, grid: Grid, resume: bool = False, extra_observers: Sequence[RoundObserver] = ()) -> RunResult:
         """Run the federation on ``grid`` and return its result."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        strategy = self.strategy()
+        self.validation = self.validation_phase(strategy)
         return run_federation(
             grid,
             self.config,
-            self.strategy(),
+            strategy,
             self.evaluator,
             self.starting_state(resume),
             self.out_dir / CHECKPOINT_DIR,
             observers=[*self.observers, *extra_observers],
             export_best=self.export_best,
+            validation=self.validation,
         )
 
     def report_extra(self) -> dict[str, object]:
         """What observers add to the run report (ledger totals, governance figures, ...)."""
         extra: dict[str, object] = {}
-        for obs in self.observers:
+        for obs in [*self.observers, *([self.validation] if self.validation else [])]:
             extra.update(obs.report())
         return extra
 

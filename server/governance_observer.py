@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from sentinel.governance.governor import Governor
+from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.policy_file import PolicyFile, derive_contracts, load_default_policy, load_policy
 from sentinel.governance.store import GovernanceStore
 from sentinel.ledger.store import Ledger
@@ -34,12 +35,23 @@ class GovernanceObserver(RoundObserver):
 
     @classmethod
     def open(
-        cls, db_url: str | Path, ledger: Ledger, components: Sequence[str], model: str, policy_path: str | None = None
+        cls,
+        db_url: str | Path,
+        ledger: Ledger,
+        components: Sequence[str],
+        model: str,
+        policy_path: str | None = None,
+        parameters: FederationParameters | None = None,
     ) -> GovernanceObserver:
-        """Open the governance store and install the model's contracts from the policy."""
+        """Open the governance store; install the model's contracts from the policy and, on first start, ``parameters``.
+
+        A restart keeps what is installed; later changes go through proposals.
+        """
         policy = load_policy(policy_path) if policy_path else load_default_policy()
         governor = Governor(GovernanceStore(db_url), ledger)
         governor.ensure_contracts(derive_contracts(policy, components, steward="coordinator", model=model))
+        if parameters is not None and not governor.store.parameters_stored():
+            governor.install_parameters(parameters)
         return cls(governor, policy)
 
     def permitted(self, node: NodeInfo, server_round: int) -> frozenset[str]:

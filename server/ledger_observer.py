@@ -30,11 +30,11 @@ class LedgerObserver(RoundObserver):
     round's ``tokens``; and a ``checkpoint`` with the new global state's hash.
     """
 
-    def __init__(self, ledger: Ledger, scorer: Scorer | None, token_budget: int, method: str) -> None:
+    def __init__(self, ledger: Ledger, scorer: Scorer | None, token_budget: int | Callable[[], int], method: str) -> None:
         self.ledger = ledger
         self.recorder = LedgerRecorder(ledger)
         self.scorer = scorer
-        self.token_budget = token_budget
+        self.token_budget: Callable[[], int] = token_budget if callable(token_budget) else (lambda: int(token_budget))
         self.method = method
         self.nodes: list[str] = []
 
@@ -64,6 +64,8 @@ class LedgerObserver(RoundObserver):
         for res in outcome.results:
             if res.authentic:  # only a submission the node really signed goes on the ledger as its own
                 self.recorder.update_submitted(res.node.node_id, r, res.content_hash, res.num_examples, node_signature=res.signature)
+            for v in res.verdicts:  # each verdict as its validator signed it
+                self.recorder.validation_verdict(res.node.node_id, r, v.validator, v.accept, v.reason, node_signature=v.signature)
             if res.offending:
                 self.recorder.consent_violation(res.node.node_id, r, res.offending)
             if res.accepted:
@@ -74,8 +76,9 @@ class LedgerObserver(RoundObserver):
         allocations: dict[str, int] = {}
         if scores:
             self.recorder.contribution(r, scores, self.method)  # type: ignore[arg-type]
-            allocations = distribute_tokens(scores, self.token_budget)
-            self.recorder.tokens(r, allocations, self.token_budget)
+            budget = self.token_budget()  # read each round: governance may have changed it
+            allocations = distribute_tokens(scores, budget)
+            self.recorder.tokens(r, allocations, budget)
         self.recorder.checkpoint(r, state_hash(state))
         return {"contributions": scores, "tokens": allocations}
 

@@ -22,6 +22,26 @@ class NodeInfo:
     public_key: str | None = None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One validator's signed verdict on one candidate update, with its measurements."""
+
+    validator: int
+    author: int
+    accept: bool
+    reason: str
+    signature: str
+    """The validator's signature over the ledger's ``validation_verdict`` payload."""
+    loss_change: float
+    accuracy_change: float
+    kl: float
+    entropy_shift: float
+    """‖per-head entropy shift‖₂ on the validator's data."""
+    effective: bool | None = None
+    """The vote consensus counted: the verdict, unless the round-wide entropy gate overruled it."""
+    effective_reason: str = ""
+
+
 @dataclass
 class NodeResult:
     """What happened to one node's update in a round."""
@@ -47,6 +67,8 @@ class NodeResult:
     entropy: np.ndarray | None = None
     gradient_importance: np.ndarray | None = None
     normalised_entropy: np.ndarray | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    """The validators' verdicts on this update (empty when it was not validated)."""
 
 
 @dataclass
@@ -59,6 +81,12 @@ class RoundOutcome:
     svd_residual: dict[int, float] = field(default_factory=dict)
     results: list[NodeResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
+    """Nodes sitting out this round (a cool-down after repeated rejections)."""
+    validator_agreement: float | None = None
+    """Share of validator verdicts that agreed with consensus (None when nothing was validated)."""
+    reputation: dict[str, float] = field(default_factory=dict)
+    """Validators' reputation after this round."""
 
     @property
     def accepted(self) -> list[NodeResult]:
@@ -74,4 +102,4 @@ class Evaluation:
     loss: float
 
 
-__all__ = ["Evaluation", "NodeInfo", "NodeResult", "RoundOutcome"]
+__all__ = ["Evaluation", "NodeInfo", "NodeResult", "RoundOutcome", "Verdict"]

@@ -6,10 +6,12 @@ function that takes and returns values:
 
 1. configure — each node's view of the global model, its permitted set and its work;
 2. train — the messages go out and the replies come back (the loop's own I/O);
-3. check — a verdict per reply: signature, shape, rank, scaling, consent;
-4. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
-5. evaluate — central evaluation on the coordinator's held-out set;
-6. record — observers (ledger, governance, progress) return their fields; early
+3. check — what the coordinator can know itself: signature, keys, shapes, dtypes,
+   finiteness, size, rank, scaling, example count, contract version, consent;
+4. validate — k validators per candidate judge it on their own data; consensus decides;
+5. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
+6. evaluate — central evaluation on the coordinator's held-out set;
+7. record — observers (ledger, governance, progress) return their fields; early
    stopping is decided; the checkpoint is written (atomically).
 """
 
@@ -32,6 +34,7 @@ from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import SentinelStrategy
+from sentinel.server.validation import ValidationPhase
 
 Evaluate = Callable[[GlobalState], tuple[float, float]]
 ExportBest = Callable[[GlobalState, Path], None]
@@ -113,6 +116,7 @@ class RoundContext:
     evaluate: Evaluate
     nodes: Sequence[NodeInfo]
     observers: Sequence[RoundObserver]
+    validation: ValidationPhase | None = None
 
 
 def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
@@ -136,6 +140,9 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
         # The largest relative norm dropped when factorising the global ΔW for any rank sent.
         "svd_residual": max(residuals.values()) if residuals else 0.0,
         "svd_residual_by_rank": {str(k): v for k, v in sorted(residuals.items())},
+        "excluded": [str(n) for n in outcome.excluded],
+        "validator_agreement": outcome.validator_agreement,
+        "reputation": dict(outcome.reputation),
         "per_node": [
             {
                 "node_id": str(r.node.node_id),
@@ -150,6 +157,18 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
                 "train_loss": r.train_loss,
                 "val_accuracy": r.val_accuracy,
                 "bytes_up": r.bytes_up,
+                "validators": [
+                    {
+                        "validator": str(v.validator),
+                        "accept": v.accept,
+                        "counted": v.effective,
+                        "reason": v.effective_reason or v.reason,
+                        "loss_change": v.loss_change,
+                        "kl": v.kl,
+                        "entropy_shift": v.entropy_shift,
+                    }
+                    for v in r.verdicts
+                ],
             }
             for r in outcome.results
         ],
@@ -176,13 +195,28 @@ def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple
     started = time.monotonic()
     for obs in ctx.observers:
         obs.on_round_start(server_round)
-    plan = ctx.strategy.configure_train(server_round, state, ctx.nodes)  # 1 configure
+    excluded = ctx.validation.excluded(server_round) if ctx.validation else set()
+    taking_part = [n for n in ctx.nodes if n.node_id not in excluded]
+    plan = ctx.strategy.configure_train(server_round, state, taking_part)  # 1 configure
     replies = list(ctx.grid.send_and_receive(plan.messages, timeout=ctx.config.timeout_s))  # 2 train
     outcome = ctx.strategy.check_replies(plan, replies)  # 3 check
-    new_state = ctx.strategy.aggregate_train(state, outcome)  # 4 aggregate
-    evaluation = _evaluate(ctx, new_state)  # 5 evaluate
-    row = _record(ctx, outcome, evaluation, new_state, state, started)  # 6 record
+    outcome.excluded = sorted(excluded)
+    outcome = _validate(ctx, server_round, state, outcome)  # 4 validate
+    new_state = ctx.strategy.aggregate_train(state, outcome)  # 5 aggregate
+    evaluation = _evaluate(ctx, new_state)  # 6 evaluate
+    row = _record(ctx, outcome, evaluation, new_state, state, started)  # 7 record
     return new_state, row
+
+
+def _validate(ctx: RoundContext, server_round: int, state: GlobalState, outcome: RoundOutcome) -> RoundOutcome:
+    """The validate phase: candidates go to their validators within the round; consensus decides."""
+    if ctx.validation is None or not outcome.accepted:
+        return outcome
+    plan = ctx.validation.configure(server_round, state, outcome)
+    if not plan.messages:
+        return outcome
+    replies = list(ctx.grid.send_and_receive(plan.messages, timeout=ctx.config.timeout_s))
+    return ctx.validation.decide(plan, replies, outcome)
 
 
 def _checkpoint_meta(progress: RunProgress, observers: Sequence[RoundObserver]) -> dict[str, Any]:
@@ -211,13 +245,20 @@ def run_federation(
     checkpoint_dir: Path,
     observers: Sequence[RoundObserver] = (),
     export_best: ExportBest | None = None,
+    validation: ValidationPhase | None = None,
 ) -> RunResult:
-    """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``."""
+    """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``.
+
+    ``validation`` is the validate phase (None: updates are aggregated once they pass the check phase).
+    """
     handshake = discover_nodes(grid, config, config.timeout_s)
     nodes = handshake.nodes
+    if validation is not None:
+        validation.restore(initial.meta)
+        observers = [validation, *observers]
     for obs in observers:
         obs.on_nodes(nodes)
-    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers)
+    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation)
     state, progress = initial, RunProgress.from_meta(initial.meta)
     if state.round == 0 and not progress.history:
         first = _evaluate(ctx, state)

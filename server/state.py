@@ -8,11 +8,11 @@ factors (``server.aggregation.factorise_all``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sentinel.protos.records import dense_state_arrays, parse_dense_state
 
 
 @dataclass
@@ -27,25 +27,9 @@ class GlobalState:
     """Run bookkeeping saved with the state (history, early-stopping counters, ...)."""
 
 
-STATE_DELTA = "delta/"
-STATE_HEAD = "head/"
-
-
-def flatten_state(deltas: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One flat mapping of the global state: ``delta/<module>`` and ``head/<param>`` keys.
-
-    The one key scheme used by checkpoints and ledger hashes.
-    """
-    arrays = {STATE_DELTA + k: v for k, v in deltas.items()}
-    arrays.update({STATE_HEAD + k: v for k, v in head.items()})
-    return arrays
-
-
-def unflatten_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inverse of :func:`flatten_state`: (deltas, head); other keys are ignored."""
-    deltas = {k[len(STATE_DELTA):]: v for k, v in arrays.items() if k.startswith(STATE_DELTA)}
-    head = {k[len(STATE_HEAD):]: v for k, v in arrays.items() if k.startswith(STATE_HEAD)}
-    return deltas, head
+flatten_state = dense_state_arrays
+"""The global state's one key scheme (``delta/<module>``, ``head/<param>``), defined with the wire format."""
+unflatten_state = parse_dense_state
 
 
 __all__ = ["GlobalState", "flatten_state", "unflatten_state"]

@@ -128,7 +128,8 @@ class SentinelStrategy:
 
     # ------------------------------------------------------------ configure
 
-    def _node_config(self, node: NodeInfo, server_round: int, permitted: frozenset[str] | None, version: int) -> ConfigRecord:
+    def node_config(self, node: NodeInfo, server_round: int, permitted: frozenset[str] | None = None, version: int = 0) -> ConfigRecord:
+        """A node's config for a round: its role's local work, where its data is, its permitted set."""
         profile = self.config.profiles[node.role]
         return ConfigRecord(
             {
@@ -176,7 +177,7 @@ class SentinelStrategy:
             sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected)
             record = global_view_record(by_rank[rank], state.head, state.head_mask)
             bytes_down += record.count_bytes()
-            config = self._node_config(node, server_round, permitted, version)
+            config = self.node_config(node, server_round, permitted, version)
             content = RecordDict({P.REC_ARRAYS: record, P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
         log(INFO, "configure_train: round %s, %s nodes, ranks %s", server_round, len(messages), sorted(by_rank))

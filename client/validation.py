@@ -1,0 +1,124 @@
+"""A node as validator: apply each candidate update to the exact global model and judge it.
+
+The validate message carries the exact global state (dense ΔW and head) and one
+or more candidate updates (other nodes' replies, as the coordinator received
+them). For each candidate the node measures, on its own validation data, the
+change of loss and accuracy, the per-head attention-entropy shift and the KL
+divergence of the outputs (``models.validation``), and decides:
+
+- **loss gate**: reject when validation loss rises by more than the tolerance;
+- **entropy gate**: reject when the candidate's entropy shift is an outlier
+  among this message's candidates (robust z-score of its log above the
+  threshold; with too few candidates to calibrate, the coordinator's round-wide
+  gate decides alone).
+
+Each verdict is signed by the node over the ledger's ``validation_verdict``
+payload, so the coordinator cannot forge or alter it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from pydantic import BaseModel, ConfigDict, Field
+from sentinel.client.data import Example
+from sentinel.client.data.batching import iter_batches
+from sentinel.ledger.crypto import Ed25519PrivateKey
+from sentinel.ledger.recorder import validation_verdict_payload
+from sentinel.ledger.signing import sign_payload
+from sentinel.models.global_model import materialise
+from sentinel.models.loading import LoadedModel
+from sentinel.models.lora import split_adapter_arrays
+from sentinel.models.validation import CandidateMeasurement, compare, entropy_shift_z, read_model
+from sentinel.protos import messages as P
+from sentinel.protos.records import from_array_record, parse_dense_state, to_array_record
+
+
+class GateSettings(BaseModel):
+    """The gate parameters a validate message carries (set by governance)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    loss_tolerance: float = Field(alias=P.C_LOSS_TOLERANCE, ge=0)
+    entropy_z: float = Field(alias=P.C_ENTROPY_Z, gt=0)
+    server_round: int = Field(alias=P.C_ROUND, ge=1)
+    batch_size: int = Field(alias=P.C_BATCH, ge=1)
+    max_length: int = Field(alias=P.C_MAX_LENGTH, ge=4)
+
+
+def candidate_model(base: LoadedModel, deltas: dict[str, np.ndarray], head: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The global model with one candidate update applied: ΔW + s·B·A per module, the candidate's head."""
+    pairs, cand_head = split_adapter_arrays(arrays)
+    merged = dict(deltas)
+    for module, (a, b) in pairs.items():
+        if module not in merged:
+            raise ValueError(f"candidate adapts module `{module}`, which the global model does not have")
+        merged[module] = (merged[module].astype(np.float64) + P.LORA_ALPHA_PER_RANK * (b.astype(np.float64) @ a.astype(np.float64))).astype(np.float32)
+    return materialise(base, merged, {**head, **cand_head})
+
+
+def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) -> dict[str, str]:
+    """Author → '' (accept) or the reason for rejecting, by the loss gate and the local entropy gate."""
+    authors = sorted(measurements)
+    z = dict(zip(authors, entropy_shift_z([measurements[a].entropy_shift_norm for a in authors]), strict=True))
+    reasons: dict[str, str] = {}
+    for author in authors:
+        m = measurements[author]
+        if m.loss_change > gates.loss_tolerance:
+            reasons[author] = f"loss gate: validation loss +{m.loss_change:.4f} nats > tolerance {gates.loss_tolerance:g}"
+        elif z[author] > gates.entropy_z:
+            reasons[author] = f"entropy gate: shift z-score {z[author]:.1f} > {gates.entropy_z:g}"
+        else:
+            reasons[author] = ""
+    return reasons
+
+
+def validate_candidates(
+    content: RecordDict,
+    base: LoadedModel,
+    val_set: list[Example],
+    instruction: object,
+    node_id: int,
+    key: Ed25519PrivateKey,
+    device: torch.device,
+) -> RecordDict:
+    """The reply to a validate message: per candidate its measurements, the verdict and its signature."""
+    gates = GateSettings.model_validate(dict(content[P.REC_CONFIG]))
+    if not val_set:
+        raise ValueError("this node has no validation data, so it cannot validate")
+    deltas, head = parse_dense_state(from_array_record(content[P.REC_GLOBAL]))
+    batches = list(iter_batches(base.tokenizer, val_set, gates.batch_size * 2, gates.max_length))
+    reference = read_model(materialise(base, deltas, head).to(device), batches)
+    measurements: dict[str, CandidateMeasurement] = {}
+    for name in content:
+        if not name.startswith(P.REC_CANDIDATE):
+            continue
+        author = name[len(P.REC_CANDIDATE) :]
+        model = candidate_model(base, deltas, head, from_array_record(content[name])).to(device)
+        measurements[author] = compare(reference, read_model(model, batches))
+        del model
+    reasons = judge(measurements, gates)
+    reply = RecordDict()
+    signatures = ConfigRecord()
+    for author, m in measurements.items():
+        accept = not reasons[author]
+        reply[P.REC_VERDICT + author] = MetricRecord(
+            {
+                P.V_ACCEPT: int(accept),
+                P.V_LOSS_CHANGE: m.loss_change,
+                P.V_ACCURACY_CHANGE: m.accuracy_change,
+                P.V_KL: m.kl,
+                P.V_SHIFT_NORM: m.entropy_shift_norm,
+                P.V_EXAMPLES: len(val_set),
+            }
+        )
+        reply[P.REC_ENTROPY_SHIFT + author] = to_array_record({P.KEY_SHIFT: np.nan_to_num(m.entropy_shift)})
+        payload = validation_verdict_payload(author, gates.server_round, node_id, accept, reasons[author])
+        signatures[P.S_VERDICT + author] = sign_payload(key, payload)
+        signatures[P.S_REASON + author] = reasons[author]
+    reply[P.REC_SIGNATURE] = signatures
+    return reply
+
+
+__all__ = ["GateSettings", "candidate_model", "judge", "validate_candidates"]

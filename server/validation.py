@@ -1,0 +1,335 @@
+"""The validate phase: k validators per update, entropy and loss gates, reputation-weighted consensus.
+
+After the check phase, every update still in the running is a *candidate*. Each
+gets ``k`` validators — never its author, drawn by reputation and spread so no
+validator carries much more than its share — which apply it to the exact global
+model on their own data (``evaluate.validate``) and answer with signed verdicts
+and measurements. The coordinator then
+
+1. applies the round-wide **entropy gate**: a vote whose entropy shift is an
+   outlier among all of the round's measurements (robust z-score above the
+   governance threshold) counts as a rejection;
+2. takes **consensus**: a candidate is accepted iff the reputation-weighted share
+   of accepting validators reaches the quorum;
+3. updates **reputation**: each validator's reputation moves toward its agreement
+   with consensus, so a validator that keeps disagreeing is assigned less and
+   weighs less; an author whose updates are rejected twice in a row sits out a
+   cool-down.
+
+The pure functions (assignment, consensus, reputation) take and return values;
+:class:`ValidationPhase` builds the messages and reads the replies, and the
+round loop sends them. Reputation and cool-downs are saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore import log
+from sentinel.ledger.recorder import validation_verdict_payload
+from sentinel.ledger.signing import payload_signature_valid
+from sentinel.models.validation import entropy_shift_z
+from sentinel.protos import messages as P
+from sentinel.protos.records import dense_state_arrays, to_array_record
+from sentinel.server.observer import RoundObserver
+from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome, Verdict
+from sentinel.server.state import GlobalState
+
+MIN_REPUTATION = 0.05
+REJECTIONS_BEFORE_COOLDOWN = 2
+
+
+# ---------------------------------------------------------------- pure steps
+
+
+def assign_validators(
+    authors: Sequence[int], validators: Sequence[int], reputation: Mapping[int, float], k: int, seed: int
+) -> dict[int, list[int]]:
+    """Author → its validators: ``k`` (or all eligible, if fewer) distinct nodes, never the author.
+
+    Drawn without replacement with probability ∝ reputation / (1 + load so far),
+    so low-reputation validators are picked less and the work spreads evenly.
+    Deterministic for a given ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    load = {v: 0 for v in validators}
+    assignment: dict[int, list[int]] = {}
+    for author in sorted(authors):
+        chosen: list[int] = []
+        pool = [v for v in sorted(validators) if v != author]
+        while pool and len(chosen) < k:
+            weights = np.array([max(reputation.get(v, 1.0), MIN_REPUTATION) / (1 + load[v]) for v in pool])
+            pick = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+            chosen.append(pick)
+            load[pick] += 1
+            pool.remove(pick)
+        assignment[author] = chosen
+    return assignment
+
+
+def consensus(votes: Mapping[int, bool], reputation: Mapping[int, float], quorum: float) -> tuple[bool, float]:
+    """(accepted, weighted accept share): accepted iff Σ rep(accepting) / Σ rep(all voters) ≥ ``quorum``."""
+    if not votes:
+        raise ValueError("`votes` is empty: consensus needs at least one validator")
+    weight = {v: max(reputation.get(v, 1.0), MIN_REPUTATION) for v in votes}
+    share = sum(weight[v] for v, ok in votes.items() if ok) / sum(weight.values())
+    return share >= quorum - 1e-9, share
+
+
+def updated_reputation(
+    reputation: Mapping[int, float], agreement: Mapping[int, float], learning_rate: float
+) -> dict[int, float]:
+    """Each validator's reputation moved toward its agreement with consensus this round (in [0.05, 1])."""
+    new = dict(reputation)
+    for v, agree in agreement.items():
+        old = reputation.get(v, 1.0)
+        new[v] = float(min(1.0, max(MIN_REPUTATION, (1 - learning_rate) * old + learning_rate * agree)))
+    return new
+
+
+def round_entropy_gate(shifts: Mapping[tuple[int, int], float], z_threshold: float) -> dict[tuple[int, int], float]:
+    """(validator, author) → z-score, for the measurements whose shift is an outlier among the round's.
+
+    One-sided (only shifts above the median are suspicious), on a log scale, and
+    silent below the calibration minimum (:func:`models.validation.entropy_shift_z`).
+    """
+    keys = sorted(shifts)
+    z = entropy_shift_z([shifts[k] for k in keys])
+    return {k: float(zk) for k, zk in zip(keys, z, strict=True) if zk > z_threshold}
+
+
+# ---------------------------------------------------------------- the phase
+
+
+@dataclass(frozen=True)
+class GateParameters:
+    """The federation parameters the validate phase reads from governance each round."""
+
+    validators_per_update: int = 3
+    quorum: float = 2 / 3
+    entropy_z: float = 3.5
+    loss_tolerance: float = 0.05
+    reputation_learning_rate: float = 0.2
+    cooldown_rounds: int = 2
+
+
+@dataclass
+class ValidationState:
+    """What the phase remembers across rounds, keyed by node public key (a node's identity across restarts)."""
+
+    reputation: dict[str, float] = field(default_factory=dict)
+    consecutive_rejections: dict[str, int] = field(default_factory=dict)
+    excluded_until: dict[str, int] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-ready form saved in checkpoints."""
+        return {
+            "reputation": dict(sorted(self.reputation.items())),
+            "consecutive_rejections": dict(sorted(self.consecutive_rejections.items())),
+            "excluded_until": dict(sorted(self.excluded_until.items())),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> ValidationState:
+        """The state saved by :meth:`to_meta` (empty when there is none)."""
+        meta = meta or {}
+        return cls(
+            {str(k): float(v) for k, v in meta.get("reputation", {}).items()},
+            {str(k): int(v) for k, v in meta.get("consecutive_rejections", {}).items()},
+            {str(k): int(v) for k, v in meta.get("excluded_until", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """The configure step's product: one validate message per validator, and who judges whom."""
+
+    server_round: int
+    messages: list[Message]
+    assignment: dict[int, list[int]]
+    """Author node id → validator node ids."""
+
+
+NodeConfigFn = Callable[[NodeInfo, int], ConfigRecord]
+"""(node, round) → the node's config (data, model) the validate message carries."""
+
+
+def _identity(node: NodeInfo) -> str:
+    return node.public_key or f"node:{node.node_id}"
+
+
+class ValidationPhase(RoundObserver):
+    """Builds validate messages, reads verdicts, decides by consensus and keeps reputation.
+
+    Parameters
+    ----------
+    validator_roles : Iterable[str]
+        Roles whose nodes validate.
+    parameters_fn : Callable[[], GateParameters]
+        The gate parameters in force (read from governance every round).
+    node_config_fn : NodeConfigFn
+        A node's config for a round (tells the validator where its data is).
+    seed : int
+        Seed of the validator assignment.
+    """
+
+    def __init__(
+        self, validator_roles: Iterable[str], parameters_fn: Callable[[], GateParameters], node_config_fn: NodeConfigFn, seed: int
+    ) -> None:
+        self.validator_roles = frozenset(validator_roles)
+        self.parameters_fn = parameters_fn
+        self.node_config_fn = node_config_fn
+        self.seed = seed
+        self.state = ValidationState()
+        self.nodes: dict[int, NodeInfo] = {}
+        self._last_round: dict[str, Any] = {}
+
+    def restore(self, meta: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint's metadata (``--resume``)."""
+        self.state = ValidationState.from_meta(meta.get("validation"))
+
+    def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
+        """The run's nodes (validators are drawn from them)."""
+        self.nodes = {n.node_id: n for n in nodes}
+
+    def reputation_of(self, node_id: int) -> float:
+        """A node's current reputation as a validator (1.0 until it has voted)."""
+        return self.state.reputation.get(_identity(self.nodes[node_id]), 1.0)
+
+    def excluded(self, server_round: int) -> set[int]:
+        """Nodes sitting out a cool-down in ``server_round`` (their updates were rejected repeatedly)."""
+        return {n for n, info in self.nodes.items() if self.state.excluded_until.get(_identity(info), 0) >= server_round}
+
+    # ------------------------------------------------------------ configure
+
+    def configure(self, server_round: int, state: GlobalState, outcome: RoundOutcome) -> ValidationPlan:
+        """One validate message per validator: the exact global model and the candidates assigned to it."""
+        params = self.parameters_fn()
+        candidates = {r.node.node_id: r for r in outcome.accepted}
+        excluded = self.excluded(server_round)
+        validators = [n for n, info in self.nodes.items() if info.role in self.validator_roles and n not in excluded]
+        reputation = {n: self.reputation_of(n) for n in validators}
+        digest = hashlib.sha256(f"validators:{self.seed}:{server_round}".encode()).digest()
+        assignment = assign_validators(list(candidates), validators, reputation, params.validators_per_update, int.from_bytes(digest[:4], "little"))
+        by_validator: dict[int, list[int]] = {}
+        for author, chosen in assignment.items():
+            for v in chosen:
+                by_validator.setdefault(v, []).append(author)
+        global_record = to_array_record(dense_state_arrays(state.deltas, state.head))
+        messages = []
+        for validator, authors in sorted(by_validator.items()):
+            config = ConfigRecord(dict(self.node_config_fn(self.nodes[validator], server_round)))
+            config[P.C_LOSS_TOLERANCE] = params.loss_tolerance
+            config[P.C_ENTROPY_Z] = params.entropy_z
+            content = RecordDict({P.REC_CONFIG: config, P.REC_GLOBAL: global_record})
+            for author in sorted(authors):
+                content[P.REC_CANDIDATE + str(author)] = to_array_record(candidates[author].arrays)
+            messages.append(Message(content=content, message_type=P.MSG_VALIDATE, dst_node_id=validator))
+        log(INFO, "validate: round %s, %s candidates, %s validators", server_round, len(candidates), len(by_validator))
+        return ValidationPlan(server_round, messages, assignment)
+
+    # ------------------------------------------------------------ decide
+
+    def _read(self, plan: ValidationPlan, reply: Message) -> list[Verdict]:
+        """The verdicts in one validator's reply whose signatures check out (others are dropped, and logged)."""
+        validator = reply.metadata.src_node_id
+        info = self.nodes.get(validator)
+        if info is None or reply.has_error():
+            log(WARNING, "validate reply from %s failed: %s", validator, reply.error.reason if reply.has_error() else "unknown node")
+            return []
+        verdicts: list[Verdict] = []
+        try:
+            signatures = reply.content[P.REC_SIGNATURE]
+            for author, chosen in plan.assignment.items():
+                if validator not in chosen or P.REC_VERDICT + str(author) not in reply.content:
+                    continue
+                metrics = reply.content[P.REC_VERDICT + str(author)]
+                accept = bool(int(metrics[P.V_ACCEPT]))
+                reason = str(signatures.get(P.S_REASON + str(author), ""))
+                signature = str(signatures[P.S_VERDICT + str(author)])
+                payload = validation_verdict_payload(author, plan.server_round, validator, accept, reason)
+                if not info.public_key or not payload_signature_valid(info.public_key, signature, payload):
+                    log(WARNING, "verdict of %s on %s dropped: bad signature", validator, author)
+                    continue
+                shift = float(metrics[P.V_SHIFT_NORM])
+                values = [float(metrics[k]) for k in (P.V_LOSS_CHANGE, P.V_ACCURACY_CHANGE, P.V_KL)]
+                if not all(math.isfinite(x) for x in [shift, *values]):
+                    log(WARNING, "verdict of %s on %s dropped: non-finite measurements", validator, author)
+                    continue
+                verdicts.append(Verdict(validator, author, accept, reason, signature, values[0], values[1], values[2], shift))
+        except (KeyError, TypeError, ValueError) as e:
+            log(WARNING, "validate reply from %s is malformed: %s", validator, e)
+            return []
+        return verdicts
+
+    def decide(self, plan: ValidationPlan, replies: Iterable[Message], outcome: RoundOutcome) -> RoundOutcome:
+        """The outcome with each candidate accepted or rejected by consensus, verdicts attached, reputation updated."""
+        params = self.parameters_fn()
+        verdicts = [v for reply in replies for v in self._read(plan, reply)]
+        flagged = round_entropy_gate({(v.validator, v.author): v.entropy_shift for v in verdicts}, params.entropy_z)
+        effective = [
+            replace(v, effective=False, effective_reason=f"entropy gate (round): shift z-score {flagged[(v.validator, v.author)]:.1f} > {params.entropy_z:g}")
+            if (v.validator, v.author) in flagged
+            else replace(v, effective=v.accept, effective_reason=v.reason)
+            for v in verdicts
+        ]
+        by_author: dict[int, list[Verdict]] = {}
+        for v in effective:
+            by_author.setdefault(v.author, []).append(v)
+        decisions: dict[int, bool] = {}
+        results: list[NodeResult] = []
+        for result in outcome.results:
+            author = result.node.node_id
+            if not result.accepted or author not in plan.assignment:
+                results.append(result)
+                continue
+            votes = by_author.get(author, [])
+            if not votes:  # nobody could judge it: the check phase's verdict stands
+                results.append(replace(result, verdicts=[]))
+                continue
+            accepted, share = consensus({v.validator: bool(v.effective) for v in votes}, {v.validator: self.reputation_of(v.validator) for v in votes}, params.quorum)
+            decisions[author] = accepted
+            reason = "" if accepted else f"rejected by validators: weighted accept share {share:.2f} < quorum {params.quorum:.2f} ({'; '.join(sorted({v.effective_reason for v in votes if not v.effective}))})"
+            results.append(replace(result, accepted=accepted, reason=reason, verdicts=votes))
+        self._update_state(plan.server_round, effective, decisions, params)
+        agreement = [v.accept == decisions[v.author] for v in effective if v.author in decisions]
+        return replace(
+            outcome,
+            results=results,
+            validator_agreement=float(np.mean(agreement)) if agreement else None,
+            reputation={str(n): round(self.reputation_of(n), 4) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles},
+        )
+
+    def _update_state(self, server_round: int, verdicts: Sequence[Verdict], decisions: Mapping[int, bool], params: GateParameters) -> None:
+        agree: dict[int, list[float]] = {}
+        for v in verdicts:
+            if v.author in decisions:
+                agree.setdefault(v.validator, []).append(float(v.accept == decisions[v.author]))
+        ids = {n: _identity(self.nodes[n]) for n in agree}
+        current = {n: self.reputation_of(n) for n in agree}
+        new = updated_reputation(current, {n: float(np.mean(a)) for n, a in agree.items()}, params.reputation_learning_rate)
+        for n, value in new.items():
+            self.state.reputation[ids[n]] = value
+        for author, accepted in decisions.items():
+            key = _identity(self.nodes[author])
+            count = 0 if accepted else self.state.consecutive_rejections.get(key, 0) + 1
+            self.state.consecutive_rejections[key] = count
+            if count >= REJECTIONS_BEFORE_COOLDOWN and params.cooldown_rounds > 0:
+                self.state.excluded_until[key] = server_round + params.cooldown_rounds
+                self.state.consecutive_rejections[key] = 0
+                log(WARNING, "node %s sits out rounds %s-%s: its updates were rejected %s times in a row", author, server_round + 1, server_round + params.cooldown_rounds, count)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Reputation and cool-downs travel with every checkpoint, so a resumed run decides the same."""
+        return {"validation": self.state.to_meta()}
+
+    def report(self) -> dict[str, Any]:
+        """Final reputations for the run report."""
+        return {"validation": {"reputation": {str(n): self.reputation_of(n) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles}}}
