@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
-from sentinel.client.training import GlobalView, evaluate_examples, materialise_global, resolve_device, train_local
+from sentinel.client.training import GlobalView, LocalUpdate, evaluate_examples, materialise_global, resolve_device, train_local
 from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.loading import LoadedModel
@@ -76,7 +76,7 @@ def profile(msg: Message, context: Context) -> Message:
 
 
 @dataclass(frozen=True)
-class _RoundInputs:
+class RoundInputs:
     """What a train or evaluate message resolves to on this node."""
 
     identity: NodeIdentity
@@ -101,23 +101,28 @@ def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInst
     return ident, ins, base, train_set, val_set
 
 
-def _resolve(msg: Message, context: Context) -> _RoundInputs:
+def resolve_round(msg: Message, context: Context) -> RoundInputs:
     """Validate the message and load (cached) the model, this node's data and its view of the global model."""
     ident, ins, base, train_set, val_set = node_inputs(msg, context)
     factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
-    return _RoundInputs(ident, ins, base, train_set, val_set, GlobalView(factors=factors, head=head, head_mask=head_mask))
+    return RoundInputs(ident, ins, base, train_set, val_set, GlobalView(factors=factors, head=head, head_mask=head_mask))
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train a fresh LoRA on the global model within the permitted set and reply with it."""
-    inputs = _resolve(msg, context)
-    ident, ins, base, train_set, val_set = inputs.identity, inputs.instruction, inputs.base, inputs.train_set, inputs.val_set
-    update = train_local(
-        base,
+    inputs = resolve_round(msg, context)
+    return update_reply(msg, context, local_update(inputs, inputs.train_set))
+
+
+def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
+    """This round's local training on ``train_set``, as the train message instructs."""
+    ins = inputs.instruction
+    return train_local(
+        inputs.base,
         inputs.view,
         train_set,
-        val_set,
+        inputs.val_set,
         rank=ins.lora_rank,
         steps=ins.steps_for(len(train_set)),
         batch_size=ins.batch_size,
@@ -125,8 +130,13 @@ def train(msg: Message, context: Context) -> Message:
         max_length=ins.max_length,
         seed=ins.seed,
         permitted=set(ins.permitted) if ins.consent_restricted else None,
-        device=resolve_device(ident.device),
+        device=resolve_device(inputs.identity.device),
     )
+
+
+def update_reply(msg: Message, context: Context, update: LocalUpdate) -> Message:
+    """The signed train reply carrying ``update``."""
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
     metrics = {
         P.M_EXAMPLES: update.num_examples,
         P.M_TRAIN_LOSS: update.train_loss,
@@ -175,7 +185,7 @@ def signed_update_reply(
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this node's validation data."""
-    inputs = _resolve(msg, context)
+    inputs = resolve_round(msg, context)
     model = materialise_global(inputs.base, inputs.view).to(resolve_device(inputs.identity.device))
     ins = inputs.instruction
     acc, loss = evaluate_examples(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
@@ -194,4 +204,4 @@ def validate(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-__all__ = ["app", "TrainInstruction", "node_inputs", "signed_update_reply"]
+__all__ = ["RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "signed_update_reply", "update_reply"]

@@ -1,21 +1,31 @@
-"""What a node process keeps across rounds: its identity, its base model and its data.
+"""What a node process keeps across rounds: its identity, its keys, its base model and its data.
 
 The base model is loaded once per process and reused every round (each round
 trains on a deep copy, so nothing leaks between rounds). A node's role and
 partition come from Flower's node config in deployment (``--node-config``);
 in simulation Flower gives only ``partition-id`` and the coordinator assigns
 roles after the profile handshake.
+
+**Keys are secret.** A node signs with the Ed25519 key in the file its node
+config names (``key-file``; ``sentinel node --key-file``, made with ``sentinel
+keys node``), and refuses to work without one. Only a simulation gives its
+nodes keys itself: random keys made for the run and kept in the run directory
+(:func:`ensure_simulated_keys`), whose location reaches the simulated nodes
+through the run config (``node-keys``). Nothing about a key can be derived from
+public values such as the run's seed or a partition id.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, Message
 from pydantic import BaseModel, ConfigDict, Field
-from sentinel.ledger.crypto import Ed25519PrivateKey, load_private_key, public_key_b64
+from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, load_private_key, private_key_to_pem, public_key_b64
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.protos.vocabulary import ROLES, Role
 
@@ -32,32 +42,110 @@ class NodeIdentity(BaseModel):
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
 
 
+SIMULATED_KEYS = "node-keys"
+"""Run-config key: the directory of a simulated run's node keys (set by the simulation, never in deployment)."""
+
+
+class NodeKeyError(ValueError):
+    """A node has no usable signing key."""
+
+
+def simulated_key_path(directory: str | Path, partition_id: int) -> Path:
+    """Where a simulated run keeps partition ``partition_id``'s key."""
+    return Path(directory) / f"partition-{int(partition_id)}.key"
+
+
+def ensure_simulated_keys(directory: str | Path, num_partitions: int) -> Path:
+    """Random keys for partitions ``0..num_partitions-1`` in ``directory`` (mode 0700), made once.
+
+    Existing keys are kept (``--resume`` signs with the same keys); each missing
+    one is created exclusively, so two processes never end up with two keys.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    for pid in range(num_partitions):
+        path = simulated_key_path(directory, pid)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(private_key_to_pem(generate_private_key()))
+            f.flush()
+            os.fsync(f.fileno())
+    return directory
+
+
+def simulated_node_key(directory: str | Path, partition_id: int) -> Ed25519PrivateKey:
+    """The key a simulated node of partition ``partition_id`` signs with (tests act as that node with it)."""
+    return load_private_key(simulated_key_path(directory, partition_id))
+
+
 def node_identity(context: Context) -> NodeIdentity:
-    """Parse the node config; a clear error names what is missing or wrong."""
+    """Parse the node config; a clear error names what is missing or wrong.
+
+    Without ``key-file`` in the node config, a simulated node takes its
+    partition's key from the run's simulated key directory (``node-keys`` in the
+    run config); any other node is refused (:class:`NodeKeyError`).
+    """
     cfg = dict(context.node_config)
     if "role" in cfg and cfg["role"] not in ROLES:
         raise ValueError(f"node config `role` is {cfg['role']!r}; expected one of {ROLES}")
-    return NodeIdentity.model_validate(cfg)
+    ident = NodeIdentity.model_validate(cfg)
+    if ident.key_file:
+        return ident
+    keys = str(dict(context.run_config).get(SIMULATED_KEYS) or "")
+    if not keys:
+        raise NodeKeyError(
+            "this node has no signing key: set `key-file` in its node config "
+            "(`sentinel node --key-file`, made with `sentinel keys node`)"
+        )
+    return ident.model_copy(update={"key_file": str(simulated_key_path(keys, ident.partition_id))})
 
 
-@lru_cache(maxsize=4)
 def node_key(partition_id: int, key_file: str | None, run_seed: int = 0) -> Ed25519PrivateKey:
-    """The node's Ed25519 signing key.
+    """The node's Ed25519 signing key: the PEM file ``key_file`` (see :func:`node_identity`).
 
-    Deployment: the PEM file named by ``key-file`` in the node config (make one
-    with ``sentinel keys generate``). Simulation: a key derived from the run seed
-    and the partition id, so every process of a simulated node signs with the
-    same key — reproducible, and therefore not secret.
+    ``partition_id`` and ``run_seed`` are not used to make a key (a key derived
+    from public values would not be secret); they stay in the signature for
+    callers. No key file is a :class:`NodeKeyError`.
     """
-    if key_file:
+    if not key_file:
+        raise NodeKeyError(f"node of partition {partition_id} has no signing key file (`key-file`)")
+    try:
         return load_private_key(Path(key_file))
-    seed = hashlib.sha256(f"sentinel-simulated-node:{run_seed}:{partition_id}".encode()).digest()
-    return Ed25519PrivateKey.from_private_bytes(seed)
+    except (OSError, ValueError) as e:
+        raise NodeKeyError(f"cannot load the node's signing key: {e}") from e
 
 
 def node_public_key(identity: NodeIdentity, run_seed: int = 0) -> str:
     """Base64 public key of this node."""
     return public_key_b64(node_key(identity.partition_id, identity.key_file, run_seed))
+
+
+class SimulatedNodeApp:
+    """A simulated node's app: ``app`` with the run's simulation keys in its run config.
+
+    Flower's simulation runtime gives in-process ClientApps an empty run config;
+    ``flwr-simulation`` gives them the app's fused config. This wrapper adds what
+    a Sentinel node needs from it (``node-keys``) without changing the Context
+    Flower keeps (the runtime refuses a changed ``run_config``); the node state is
+    shared. It pickles, so Ray actors receive it like a ClientApp.
+    """
+
+    def __init__(self, app: Callable[..., Message], run_config: dict[str, Any]) -> None:
+        self.app, self.run_config = app, dict(run_config)
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        view = Context(
+            run_id=context.run_id,
+            node_id=context.node_id,
+            node_config=context.node_config,
+            state=context.state,
+            run_config={**dict(context.run_config), **self.run_config},
+        )
+        return self.app(message=message, context=view)
 
 
 @lru_cache(maxsize=2)

@@ -6,7 +6,8 @@ them). For each candidate the node measures, on its own validation data, the
 change of loss and accuracy, the per-head attention-entropy shift and the KL
 divergence of the outputs (``models.validation``), and decides:
 
-- **loss gate**: reject when validation loss rises by more than the tolerance;
+- **loss gate**: reject when validation loss rises significantly (by more than
+  the tolerance plus two standard errors of the paired per-example change);
 - **entropy gate**: reject when the candidate's entropy shift is an outlier
   among this message's candidates (robust z-score of its log above the
   threshold; with too few candidates to calibrate, the coordinator's round-wide
@@ -30,7 +31,14 @@ from sentinel.ledger.signing import sign_payload
 from sentinel.models.global_model import materialise
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import split_adapter_arrays
-from sentinel.models.validation import CandidateMeasurement, compare, entropy_shift_z, read_model
+from sentinel.models.validation import (
+    LOSS_GATE_SIGMAS,
+    CandidateMeasurement,
+    compare,
+    entropy_shift_z,
+    loss_gate_fails,
+    read_model,
+)
 from sentinel.protos import messages as P
 from sentinel.protos.records import from_array_record, parse_dense_state, to_array_record
 
@@ -65,8 +73,11 @@ def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) ->
     reasons: dict[str, str] = {}
     for author in authors:
         m = measurements[author]
-        if m.loss_change > gates.loss_tolerance:
-            reasons[author] = f"loss gate: validation loss +{m.loss_change:.4f} nats > tolerance {gates.loss_tolerance:g}"
+        if loss_gate_fails(m, gates.loss_tolerance):
+            reasons[author] = (
+                f"loss gate: validation loss {m.loss_change:+.4f} nats > tolerance {gates.loss_tolerance:g} "
+                f"+ {LOSS_GATE_SIGMAS:g} SE ({m.loss_change_se:.4f})"
+            )
         elif z[author] > gates.entropy_z:
             reasons[author] = f"entropy gate: shift z-score {z[author]:.1f} > {gates.entropy_z:g}"
         else:

@@ -9,7 +9,6 @@ founding node); every act is recorded on the ledger.
 from __future__ import annotations
 
 import json
-import signal
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,9 +84,10 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="PEM CA: also require client certificates.")] = None,
 ) -> None:
-    """Serve the GovernanceService until interrupted."""
+    """Serve the GovernanceService until SIGINT or SIGTERM (a port in use is refused)."""
     from sentinel.governance.service import TLSConfig
     from sentinel.governance.service import serve as start
+    from sentinel.ledger import serving
 
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("`--tls-cert` and `--tls-key` go together")
@@ -95,14 +95,8 @@ def serve(
     server = start(db, open_ledger(ledger_db, ledger_key), host=host, port=port, tls=tls)
     console.print(f"governance service on [bold]{server.target}[/] ({'TLS' if tls else 'plaintext'}); Ctrl-C to stop")
     console.file.flush()  # supervisors and scripts read the address from a pipe
-    previous = signal.signal(signal.SIGTERM, lambda *_: server.stop())  # containers stop with SIGTERM
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        console.print("stopping")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.stop()
+    serving.serve_until_signalled(server.stop)  # containers stop with SIGTERM
+    console.print("stopped")
 
 
 @app.command()

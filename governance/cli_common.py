@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from sentinel.governance.exceptions import GovernanceError
+from sentinel.ledger.exceptions import LedgerError
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from sentinel.governance.client import GovernanceClient
@@ -41,15 +43,23 @@ Components = Annotated[list[str], typer.Option("--component", "-c", help="Compon
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (database errors carry their SQL and a link on the lines below)."""
+    if isinstance(error, SQLAlchemyError) and getattr(error, "orig", None) is not None:
+        error = error.orig  # type: ignore[assignment]
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def friendly_errors(command: _F) -> _F:
-    """Print governance and input errors as one red line and exit 1 instead of a traceback."""
+    """Print governance, ledger, input, file and database errors as one red line and exit 1 instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (GovernanceError, ValueError, FileNotFoundError, OSError) as e:
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        except (GovernanceError, LedgerError, ValueError, OSError, SQLAlchemyError) as e:
+            err_console.print(f"[bold red]error:[/] {one_line(e)}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from e
 
     return wrapper  # type: ignore[return-value]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ from sentinel.protos import governance_pb2 as pb
 from sentinel.protos import governance_pb2_grpc as pb_grpc
 
 _T = TypeVar("_T")
+_RESTARTS = 3
 
 
 class GovernanceClient:
@@ -75,9 +76,24 @@ class GovernanceClient:
         return self.node_id, self.key
 
     # ------------------------------------------------------------------ reads
-    def list_contracts(self, pattern: str = "") -> ContractSet:
-        """The current contract set (only components matching the glob ``pattern`` when given)."""
-        return wire.contract_set_from_pb(self._call(self.stub.ListContracts, pb.ListContractsRequest(pattern=pattern)))
+    def list_contracts(self, pattern: str = "", *, page_size: int = 0) -> ContractSet:
+        """The current contract set (only components matching the glob ``pattern`` when given), all pages of it.
+
+        If the set changes while its pages are read (its version moves), reading
+        starts over, a few times at most.
+        """
+        for _ in range(_RESTARTS):
+            request = pb.ListContractsRequest(pattern=pattern, page_size=page_size)
+            first = self._call(self.stub.ListContracts, request)
+            more: list[pb.ConsentContract] = []
+            reply = first
+            while reply.next_page_token and reply.set_version == first.set_version:
+                request.page_token = reply.next_page_token
+                reply = self._call(self.stub.ListContracts, request)
+                more.extend(reply.contracts)
+            if reply.set_version == first.set_version:
+                return wire.contract_set_from_pb(first, more)
+        raise RemoteGovernanceError("ABORTED", f"the contract set kept changing while its pages were read ({_RESTARTS} tries)")
 
     def get_contract(self, component: str) -> tuple[ConsentContract, int]:
         """One component's contract and the set version it belongs to."""
@@ -95,14 +111,24 @@ class GovernanceClient:
         reply = self._call(self.stub.CheckPermission, request)
         return Decision(reply.allowed, reply.reason)
 
-    def list_nodes(self, include_removed: bool = False) -> list[NodeRecord]:
-        """Registered nodes (active only unless ``include_removed``)."""
-        reply = self._call(self.stub.ListNodes, pb.ListNodesRequest(include_removed=include_removed))
-        return [wire.node_from_pb(n) for n in reply.nodes]
+    def list_nodes(self, include_removed: bool = False, *, page_size: int = 0) -> list[NodeRecord]:
+        """Registered nodes (active only unless ``include_removed``), all pages."""
+        request = pb.ListNodesRequest(include_removed=include_removed, page_size=page_size)
+        return [wire.node_from_pb(n) for n in self._pages(self.stub.ListNodes, request, "nodes")]
 
-    def list_proposals(self, status: str = "") -> list[pb.Proposal]:
-        """Proposals (optionally one status) as protobuf messages (their ``tally`` included)."""
-        return list(self._call(self.stub.ListProposals, pb.ListProposalsRequest(status=status)).proposals)
+    def list_proposals(self, status: str = "", *, page_size: int = 0) -> list[pb.Proposal]:
+        """Proposals (optionally one status), oldest first, as protobuf messages (their ``tally`` included), all pages."""
+        request = pb.ListProposalsRequest(status=status, page_size=page_size)
+        return list(self._pages(self.stub.ListProposals, request, "proposals"))
+
+    def _pages(self, rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        """The items of every page of a list RPC, following ``next_page_token``."""
+        while True:
+            reply = self._call(rpc, request)
+            yield from getattr(reply, field)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
 
     def get_proposal(self, proposal_id: str) -> pb.GetProposalResponse:
         """A proposal with its signed votes."""

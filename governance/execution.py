@@ -7,7 +7,6 @@ an invalid parameter value) raises :class:`InvalidRequestError` and changes noth
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +14,7 @@ from datetime import datetime
 from sentinel.governance.contracts import AgencyState, ConsentContract, ContractSet
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.patterns import select
 from sentinel.governance.proposals import (
     ContractChangeSpec,
     ProposalSpec,
@@ -37,11 +37,11 @@ class Effects:
 
 
 def resolve_components(patterns: Iterable[str], contracts: ContractSet) -> list[str]:
-    """Component ids named by ``patterns`` (exact ids or ``fnmatch`` globs); each pattern must match one."""
+    """Component ids named by ``patterns`` (exact ids or globs, :mod:`governance.patterns`); each must match one."""
     all_ids = contracts.components()
     found: set[str] = set()
     for pattern in patterns:
-        matched = [c for c in all_ids if fnmatch.fnmatchcase(c, pattern)]
+        matched = select(pattern, all_ids)
         if not matched:
             raise InvalidRequestError(f"`components` pattern {pattern!r} matches no component of model {contracts.model!r}")
         found.update(matched)

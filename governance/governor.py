@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sentinel.governance.agency import AgencyChange, apply_agency_changes, update_agency_from_entropy
 from sentinel.governance.contracts import ContractSet, Operation
@@ -36,6 +36,7 @@ from sentinel.governance.exceptions import (
 )
 from sentinel.governance.execution import Effects, execute_spec
 from sentinel.governance.ledger_sink import LedgerSink, append_entries
+from sentinel.governance.limits import MAX_VOTING_PERIOD
 from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.policy import Decision, PolicyEngine, resolve_time
 from sentinel.governance.policy_file import EntropySaturationRule
@@ -46,6 +47,25 @@ from sentinel.governance.store import GovernanceStore, StoreTransaction
 from sentinel.governance.voting import Tally, decide, tally_votes
 from sentinel.ledger.entries import AppendRequest
 from sentinel.protos.vocabulary import COORDINATOR, EntryKind, Role
+
+
+def proposal_deadline(requested: str, now: datetime, parameters: FederationParameters) -> datetime:
+    """The deadline of a proposal submitted at ``now`` (UTC): the requested one, else the default voting period.
+
+    A requested deadline must be representable in UTC, in the future, and at
+    most :data:`~governance.limits.MAX_VOTING_PERIOD` ahead; checked before the
+    act writes anything, so a refused deadline leaves store and ledger untouched.
+    """
+    if not requested:
+        return now + timedelta(seconds=min(parameters.proposal_ttl_s, MAX_VOTING_PERIOD.total_seconds()))
+    deadline = parse_timestamp(requested, "deadline").astimezone(timezone.utc)
+    if deadline <= now:
+        raise InvalidRequestError(f"`deadline` {requested} is not in the future")
+    if deadline - now > MAX_VOTING_PERIOD:
+        raise InvalidRequestError(
+            f"`deadline` {requested} is more than {MAX_VOTING_PERIOD.days} days ahead; choose an earlier one"
+        )
+    return deadline
 
 
 @dataclass(frozen=True)
@@ -133,9 +153,14 @@ class Governor:
             raise ProposalNotFoundError(f"no proposal with id {proposal_id!r}")
         return record
 
-    def proposals(self, status: str | None = None) -> list[ProposalRecord]:
-        """All proposals, or those with ``status`` (open, executed, rejected, failed)."""
-        return self.store.proposals(status)  # type: ignore[arg-type]
+    def proposals(
+        self, status: str | None = None, *, after: tuple[datetime, str] | None = None, limit: int | None = None
+    ) -> list[ProposalRecord]:
+        """All proposals, or those with ``status`` (open, executed, rejected, failed), oldest first.
+
+        ``after`` and ``limit`` select one page (see :meth:`GovernanceStore.proposals`).
+        """
+        return self.store.proposals(status, after=after, limit=limit)  # type: ignore[arg-type]
 
     def votes(self, proposal_id: str) -> list[SignedVote]:
         """The signed votes on a proposal."""
@@ -232,9 +257,7 @@ class Governor:
             if snap.contracts is None:
                 raise ContractsNotInstalledError("no consent contracts are installed yet; nothing can be proposed")
             execute_spec(doc.spec, snap.contracts, snap.nodes, snap.parameters, at=now)  # dry run: refuse what cannot execute
-            deadline = parse_timestamp(doc.deadline, "deadline") if doc.deadline else now + timedelta(seconds=snap.parameters.proposal_ttl_s)
-            if deadline <= now:
-                raise InvalidRequestError(f"`deadline` {doc.deadline} is not in the future")
+            deadline = proposal_deadline(doc.deadline, now, snap.parameters)
             record = ProposalRecord(
                 proposal_id=doc.proposal_id(), document=doc, signature=signed.signature, created_at=now, deadline=deadline
             )

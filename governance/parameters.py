@@ -1,21 +1,27 @@
 """Federation parameters that only governance may change (``set_parameter`` proposals).
 
 Stored versioned in the governance database; the coordinator reads the current
-version each round.
+version each round. Every field has a lower and an upper bound (and must be
+finite), so no passed proposal can set a value the federation cannot use: a
+voting period of 1e300 seconds would make every later deadline unrepresentable.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sentinel.governance.exceptions import InvalidRequestError
+from sentinel.governance.limits import MAX_VOTING_PERIOD
+
+MAX_TOKEN_BUDGET = 1e12
+"""The most tokens one round may distribute."""
 
 
 class FederationParameters(BaseModel):
     """Validator, gate, token and voting parameters of the federation, with their version."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    version: int = Field(default=1, ge=1, description="Incremented on every change.")
+    version: int = Field(default=1, ge=1, le=2**53, description="Incremented on every change.")
     validator_quorum: float = Field(
         default=2 / 3, gt=0.0, le=1.0, description="Fraction of an update's validators that must accept it."
     )
@@ -30,10 +36,11 @@ class FederationParameters(BaseModel):
         "round's median and MAD of shifts) above this.",
     )
     loss_gate_tolerance: float = Field(
-        default=0.05,
+        default=0.0,
         ge=0.0,
         le=10.0,
-        description="Loss gate: reject an update that raises a validator's validation loss by more than this (nats).",
+        description="Loss gate: reject an update that raises a validator's validation loss by more than this (nats) "
+        "plus two standard errors of the paired per-example change.",
     )
     reputation_learning_rate: float = Field(
         default=0.2, gt=0.0, le=1.0, description="How fast a validator's reputation follows its agreement with consensus."
@@ -41,14 +48,19 @@ class FederationParameters(BaseModel):
     rejection_cooldown_rounds: float = Field(
         default=2.0, ge=0.0, le=1000.0, description="Rounds a node sits out after repeated rejected updates."
     )
-    token_budget: float = Field(default=1000.0, ge=0.0, description="Tokens distributed per round.")
+    token_budget: float = Field(default=1000.0, ge=0.0, le=MAX_TOKEN_BUDGET, description="Tokens distributed per round.")
     governance_quorum: float = Field(
         default=0.5, gt=0.0, le=1.0, description="Fraction of active voting nodes that must vote for a decision."
     )
     governance_majority: float = Field(
         default=0.5, ge=0.0, lt=1.0, description="A proposal passes when yes / (yes + no) is above this."
     )
-    proposal_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0.0, description="Default voting period of a proposal.")
+    proposal_ttl_s: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=1.0,
+        le=MAX_VOTING_PERIOD.total_seconds(),
+        description="Default voting period of a proposal (seconds, at most 366 days).",
+    )
 
     @classmethod
     def settable(cls) -> list[str]:

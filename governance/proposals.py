@@ -6,6 +6,8 @@ derived from the signed bytes. A vote is a :class:`VoteBody` —
 ledger entry of a vote is exactly that body, so anyone can verify it.
 
 Counting is in :mod:`governance.voting`, execution in :mod:`governance.execution`.
+Every field is bounded (:mod:`governance.limits`), so a proposal that passes
+validation can be stored, recorded and listed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.governance.contracts import AgencyStateName, Grant, Operation
+from sentinel.governance.limits import (
+    MAX_COMPONENTS,
+    MAX_NODES,
+    MAX_ORGANISATION,
+    MAX_PARAMETER_NAME,
+    MAX_PROPOSAL_ID,
+    MAX_REASON,
+    MAX_ROLES,
+    MAX_TIMESTAMP,
+    MAX_TITLE,
+)
+from sentinel.governance.patterns import ComponentPattern
 from sentinel.governance.registry import NodeIdText, validate_public_key
 from sentinel.governance.signing import Nonce, Timestamp, format_timestamp, new_nonce, parse_timestamp, sign_document
 from sentinel.governance.voting import Choice, Tally
@@ -33,9 +47,9 @@ class ContractChangeSpec(_Spec):
 
     kind: Literal["grant", "revoke"]
     operation: Operation
-    components: list[str] = Field(min_length=1)
-    roles: list[Role] = Field(default_factory=list)
-    nodes: list[str] = Field(default_factory=list)
+    components: list[ComponentPattern] = Field(min_length=1, max_length=MAX_COMPONENTS)
+    roles: list[Role] = Field(default_factory=list, max_length=MAX_ROLES)
+    nodes: list[NodeIdText] = Field(default_factory=list, max_length=MAX_NODES)
     everyone: bool = False
 
     @model_validator(mode="after")
@@ -53,9 +67,9 @@ class SetAgencySpec(_Spec):
     """Set the agency state of ``components`` (the only way to restore a withdrawn component)."""
 
     kind: Literal["set_agency"] = "set_agency"
-    components: list[str] = Field(min_length=1)
+    components: list[ComponentPattern] = Field(min_length=1, max_length=MAX_COMPONENTS)
     state: AgencyStateName
-    reason: str = ""
+    reason: str = Field(default="", max_length=MAX_REASON)
 
 
 class RegisterNodeSpec(_Spec):
@@ -64,8 +78,8 @@ class RegisterNodeSpec(_Spec):
     kind: Literal["register_node"] = "register_node"
     node_id: NodeIdText
     role: Role
-    organisation: str = ""
-    public_key: str = ""
+    organisation: str = Field(default="", max_length=MAX_ORGANISATION)
+    public_key: str = Field(default="", max_length=100)
 
     @field_validator("public_key")
     @classmethod
@@ -78,16 +92,16 @@ class RemoveNodeSpec(_Spec):
     """Remove a node from the federation."""
 
     kind: Literal["remove_node"] = "remove_node"
-    node_id: str
-    reason: str = ""
+    node_id: NodeIdText
+    reason: str = Field(default="", max_length=MAX_REASON)
 
 
 class SetParameterSpec(_Spec):
     """Set one :class:`~governance.parameters.FederationParameters` field."""
 
     kind: Literal["set_parameter"] = "set_parameter"
-    name: str
-    value: float
+    name: str = Field(min_length=1, max_length=MAX_PARAMETER_NAME)
+    value: float = Field(allow_inf_nan=False)
 
 
 ProposalSpec = Annotated[
@@ -102,11 +116,13 @@ class ProposalDocument(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    proposer: str
+    proposer: NodeIdText
     nonce: Nonce
     timestamp: Timestamp
-    title: str = ""
-    deadline: str = Field(default="", description="ISO 8601; empty: the federation's default voting period.")
+    title: str = Field(default="", max_length=MAX_TITLE)
+    deadline: str = Field(
+        default="", max_length=MAX_TIMESTAMP, description="ISO 8601; empty: the federation's default voting period."
+    )
     spec: ProposalSpec
 
     @field_validator("deadline")
@@ -131,7 +147,7 @@ class SignedProposal(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     document: ProposalDocument
-    signature: str = ""
+    signature: str = Field(default="", max_length=200)
 
 
 class VoteBody(BaseModel):
@@ -139,8 +155,8 @@ class VoteBody(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    proposal_id: str = Field(min_length=1)
-    voter: str
+    proposal_id: str = Field(min_length=1, max_length=MAX_PROPOSAL_ID)
+    voter: NodeIdText
     choice: Choice
     nonce: Nonce
     timestamp: Timestamp
@@ -156,7 +172,7 @@ class SignedVote(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     body: VoteBody
-    signature: str = ""
+    signature: str = Field(default="", max_length=200)
 
 
 def sign_proposal(

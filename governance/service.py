@@ -1,10 +1,14 @@
 """The gRPC GovernanceService: contracts, nodes, proposals and votes over the network.
 
 Read RPCs are open; SubmitProposal and CastVote must carry a valid node
-signature (see ``protos/governance.proto`` for the signed documents and the
-status codes). The servicer only translates messages: every decision is the
-:class:`~governance.governor.Governor`'s, and governance errors become gRPC
-statuses through their ``status`` attribute.
+signature (see ``protos/governance.proto`` for the signed documents, the status
+codes and the limits). The servicer only translates messages: every decision is
+the :class:`~governance.governor.Governor`'s, and governance (and ledger) errors
+become gRPC statuses through their ``status`` attribute.
+
+Every request is bounded (:mod:`governance.limits`: field sizes, patterns,
+message size) and every list is paginated, so no caller can keep a handler
+busy without limit or make an answer too large to send.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,9 +26,22 @@ from sentinel.governance import wire
 from sentinel.governance.exceptions import GovernanceError, InvalidRequestError, UnknownComponentError
 from sentinel.governance.governor import Governor
 from sentinel.governance.ledger_sink import LedgerSink
+from sentinel.governance.limits import (
+    CONTRACT_PAGE,
+    MAX_NODE_ID,
+    MAX_PATTERN,
+    MAX_PROPOSAL_ID,
+    MAX_REQUEST_BYTES,
+    NODE_PAGE,
+    PROPOSAL_PAGE,
+)
+from sentinel.governance.paging import cut_page, decode_token, encode_token, page_size
+from sentinel.governance.patterns import check_pattern, matches
 from sentinel.governance.policy import check_operation
 from sentinel.governance.signing import DEFAULT_WINDOW, parse_timestamp, utcnow
 from sentinel.governance.store import GovernanceStore
+from sentinel.ledger import serving
+from sentinel.ledger.exceptions import LedgerError
 from sentinel.protos import governance_pb2 as pb
 from sentinel.protos import governance_pb2_grpc as pb_grpc
 
@@ -40,7 +56,7 @@ def _rpc(method: Callable[..., _R]) -> Callable[..., _R]:
     def handler(self: GovernanceServicer, request: Any, context: grpc.ServicerContext) -> _R:
         try:
             return method(self, request, context)
-        except GovernanceError as e:
+        except (GovernanceError, LedgerError) as e:  # a ledger refusal (e.g. a node signature) leaves the act unwritten
             context.abort(getattr(grpc.StatusCode, e.status, grpc.StatusCode.UNKNOWN), str(e))
         except Exception as e:  # noqa: BLE001 - the client gets a status, the log the traceback
             log.exception("GovernanceService.%s failed", method.__name__)
@@ -58,20 +74,32 @@ class GovernanceServicer(pb_grpc.GovernanceServiceServicer):
 
     @_rpc
     def ListContracts(self, request: pb.ListContractsRequest, context: grpc.ServicerContext) -> pb.ListContractsResponse:
-        return wire.contract_set_to_pb(self.governor.contracts(), request.pattern)
+        contracts = self.governor.contracts()
+        names = contracts.components()
+        if request.pattern:
+            pattern = check_pattern(request.pattern)
+            names = [n for n in names if matches(pattern, n)]
+        if request.page_token:
+            (after,) = decode_token(request.page_token, 1)
+            names = [n for n in names if n > after]  # sorted: the ids after the previous page's last one
+        size = page_size(request.page_size, CONTRACT_PAGE)
+        page, last = cut_page(names[: size + 1], size, lambda n: wire.contract_to_pb(contracts.contracts[n]))
+        return wire.contract_set_to_pb(contracts, page, encode_token(last) if last is not None else "")
 
     @_rpc
     def GetContract(self, request: pb.GetContractRequest, context: grpc.ServicerContext) -> pb.GetContractResponse:
         contracts = self.governor.contracts()
         contract = contracts.get(request.component)
         if contract is None:
-            raise UnknownComponentError(f"no contract for component {request.component!r}")
+            raise UnknownComponentError(f"no contract for component {request.component[:MAX_PATTERN]!r}")
         return pb.GetContractResponse(contract=wire.contract_to_pb(contract), set_version=contracts.version)
 
     @_rpc
     def CheckPermission(self, request: pb.CheckPermissionRequest, context: grpc.ServicerContext) -> pb.CheckPermissionResponse:
-        if not request.node_id:
-            raise InvalidRequestError("`node_id` is required")
+        if not request.node_id or len(request.node_id) > MAX_NODE_ID:
+            raise InvalidRequestError(f"`node_id` is required and at most {MAX_NODE_ID} characters long")
+        if len(request.component) > MAX_PATTERN:
+            raise InvalidRequestError(f"`component` is at most {MAX_PATTERN} characters long")
         at_time = parse_timestamp(request.at_time, "at_time") if request.at_time else None
         engine = self.governor.policy_engine()
         when = at_time or self.governor.clock()
@@ -82,7 +110,12 @@ class GovernanceServicer(pb_grpc.GovernanceServiceServicer):
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
         registry = self.governor.nodes()
         records = [registry[n] for n in sorted(registry)] if request.include_removed else registry.active()
-        return pb.ListNodesResponse(nodes=[wire.node_to_pb(r) for r in records])
+        if request.page_token:
+            (after,) = decode_token(request.page_token, 1)
+            records = [r for r in records if r.node_id > after]
+        size = page_size(request.page_size, NODE_PAGE)
+        page, last = cut_page(records[: size + 1], size, wire.node_to_pb)
+        return pb.ListNodesResponse(nodes=page, next_page_token=encode_token(last.node_id) if last is not None else "")
 
     @_rpc
     def SubmitProposal(self, request: pb.SubmitProposalRequest, context: grpc.ServicerContext) -> pb.SubmitProposalResponse:
@@ -97,15 +130,22 @@ class GovernanceServicer(pb_grpc.GovernanceServiceServicer):
     @_rpc
     def ListProposals(self, request: pb.ListProposalsRequest, context: grpc.ServicerContext) -> pb.ListProposalsResponse:
         if request.status and request.status not in ("open", "executed", "rejected", "failed"):
-            raise InvalidRequestError(f"`status` {request.status!r} is not one of open, executed, rejected, failed")
+            raise InvalidRequestError(f"`status` {request.status[:40]!r} is not one of open, executed, rejected, failed")
+        after = None
+        if request.page_token:
+            created, proposal_id = decode_token(request.page_token, 2)
+            after = (parse_timestamp(created, "page_token"), proposal_id)
         self.governor.close_expired()
-        records = self.governor.proposals(request.status or None)
-        return pb.ListProposalsResponse(
-            proposals=[wire.proposal_to_pb(r, self.governor.tally(r.proposal_id)) for r in records]
-        )
+        size = page_size(request.page_size, PROPOSAL_PAGE)
+        records = self.governor.proposals(request.status or None, after=after, limit=size + 1)
+        page, last = cut_page(records, size, lambda r: wire.proposal_to_pb(r, self.governor.tally(r.proposal_id)))
+        token = encode_token(last.created_at.isoformat(), last.proposal_id) if last is not None else ""
+        return pb.ListProposalsResponse(proposals=page, next_page_token=token)
 
     @_rpc
     def GetProposal(self, request: pb.GetProposalRequest, context: grpc.ServicerContext) -> pb.GetProposalResponse:
+        if len(request.proposal_id) > MAX_PROPOSAL_ID:
+            raise InvalidRequestError(f"`proposal_id` is at most {MAX_PROPOSAL_ID} characters long")
         self.governor.close_expired()
         record = self.governor.proposal(request.proposal_id)
         votes = self.governor.votes(record.proposal_id)
@@ -178,20 +218,16 @@ def serve(
     """Start a GovernanceService on ``host:port`` (port 0: a free one) over the governance database at ``db_url``.
 
     Every act is recorded on ``ledger``. With ``tls`` the port speaks TLS only.
+    A port already in use (by any process) is refused with :class:`OSError`.
     """
     governor = Governor(GovernanceStore(db_url), ledger, clock=clock, request_window=request_window)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="governance"))
+    server = serving.new_server(workers=max_workers, thread_name="governance", max_receive_bytes=MAX_REQUEST_BYTES)
     pb_grpc.add_GovernanceServiceServicer_to_server(GovernanceServicer(governor), server)
-    address = f"{host}:{port}"
     try:
-        bound = server.add_secure_port(address, tls.credentials()) if tls is not None else server.add_insecure_port(address)
-    except RuntimeError as e:  # grpc raises instead of returning 0 in recent versions
-        bound, cause = 0, e
-    else:
-        cause = None
-    if bound == 0:
+        bound = serving.bind(server, host, port, tls.credentials() if tls is not None else None)
+    except (OSError, ValueError):
         governor.store.close()
-        raise OSError(f"cannot bind the governance service to {address}") from cause
+        raise
     server.start()
     log.info("governance service listening on %s:%d (%s)", host, bound, "TLS" if tls else "plaintext")
     return GovernanceServer(server, governor, host, bound, tls is not None)

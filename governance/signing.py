@@ -24,6 +24,7 @@ from sentinel.governance.exceptions import (
     UnknownSignerError,
     UnsignedRequestError,
 )
+from sentinel.governance.limits import MAX_TIMESTAMP
 from sentinel.governance.registry import NodeRecord, NodeRegistry
 from sentinel.ledger.crypto import Ed25519PrivateKey, canonical_json, sign_b64, verify_b64
 
@@ -49,13 +50,23 @@ def format_timestamp(when: datetime | None = None) -> str:
 
 
 def parse_timestamp(text: str, field: str = "timestamp") -> datetime:
-    """Parse an ISO 8601 timestamp with a timezone; :class:`InvalidRequestError` names ``field`` otherwise."""
+    """Parse an ISO 8601 timestamp with a timezone, as UTC-representable time; :class:`InvalidRequestError` names ``field`` otherwise.
+
+    ``9999-12-31T23:59:59-23:59`` parses but lies beyond year 9999 in UTC, where
+    no date can be stored or compared; it is refused here, before anything uses it.
+    """
+    if not isinstance(text, str) or len(text) > MAX_TIMESTAMP:
+        raise InvalidRequestError(f"`{field}` must be an ISO 8601 timestamp of at most {MAX_TIMESTAMP} characters")
     try:
         when = datetime.fromisoformat(text)
     except (TypeError, ValueError) as e:
         raise InvalidRequestError(f"`{field}` {text!r} is not an ISO 8601 timestamp") from e
     if when.tzinfo is None:
         raise InvalidRequestError(f"`{field}` {text!r} has no timezone")
+    try:
+        when.astimezone(timezone.utc)
+    except OverflowError as e:
+        raise InvalidRequestError(f"`{field}` {text!r} lies outside the years 1 to 9999 in UTC") from e
     return when
 
 

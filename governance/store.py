@@ -26,7 +26,7 @@ from sentinel.governance.proposals import ProposalDocument, ProposalRecord, Prop
 from sentinel.governance.registry import NodeRecord, NodeRegistry
 from sentinel.governance.voting import Tally
 from sentinel.ledger.engine import database_url, make_engine
-from sqlalchemy import Engine, Text, UniqueConstraint, delete, func, text
+from sqlalchemy import Engine, Text, UniqueConstraint, and_, delete, func, or_, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, select
 
@@ -324,12 +324,28 @@ class GovernanceStore:
             row = s.get(ProposalRow, proposal_id)
             return _proposal(row) if row is not None else None
 
-    def proposals(self, status: ProposalStatus | None = None) -> list[ProposalRecord]:
-        """Proposals (optionally only those with ``status``), oldest first."""
+    def proposals(
+        self, status: ProposalStatus | None = None, *, after: tuple[datetime, str] | None = None, limit: int | None = None
+    ) -> list[ProposalRecord]:
+        """Proposals (optionally only those with ``status``), oldest first (by creation time, then id).
+
+        ``after`` (creation time and id of a proposal) starts after that one and
+        ``limit`` caps how many are returned: one page of a listing.
+        """
         with Session(self.engine) as s:
             stmt = select(ProposalRow).order_by(ProposalRow.created_at, ProposalRow.proposal_id)
             if status is not None:
                 stmt = stmt.where(ProposalRow.status == status)
+            if after is not None:
+                created, proposal_id = after
+                stmt = stmt.where(
+                    or_(
+                        ProposalRow.created_at > created,  # type: ignore[arg-type]
+                        and_(ProposalRow.created_at == created, ProposalRow.proposal_id > proposal_id),  # type: ignore[arg-type]
+                    )
+                )
+            if limit is not None:
+                stmt = stmt.limit(limit)
             return [_proposal(r) for r in s.exec(stmt).all()]
 
     def votes(self, proposal_id: str) -> list[SignedVote]:

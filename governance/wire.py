@@ -6,7 +6,7 @@ server from a request is byte-for-byte the one the client signed.
 
 from __future__ import annotations
 
-import fnmatch
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -83,20 +83,22 @@ def contract_from_pb(message: pb.ConsentContract) -> ConsentContract:
     )
 
 
-def contract_set_to_pb(contracts: ContractSet, pattern: str = "") -> pb.ListContractsResponse:
-    """The ListContracts answer: the set's identity and its contracts (matching ``pattern`` if given)."""
-    chosen = [c for c in contracts if not pattern or fnmatch.fnmatchcase(c.component, pattern)]
+def contract_set_to_pb(
+    contracts: ContractSet, page: Iterable[pb.ConsentContract] | None = None, next_page_token: str = ""
+) -> pb.ListContractsResponse:
+    """A ListContracts answer: the set's identity and one page of its contracts (default: all of them)."""
     return pb.ListContractsResponse(
         model=contracts.model,
         set_version=contracts.version,
         content_hash=contracts.content_hash(),
-        contracts=[contract_to_pb(c) for c in chosen],
+        contracts=list(page) if page is not None else [contract_to_pb(c) for c in contracts],
+        next_page_token=next_page_token,
     )
 
 
-def contract_set_from_pb(message: pb.ListContractsResponse) -> ContractSet:
-    """A contract set from a ListContracts answer (only the contracts it carried)."""
-    contracts = {c.component: contract_from_pb(c) for c in message.contracts}
+def contract_set_from_pb(message: pb.ListContractsResponse, more: Iterable[pb.ConsentContract] = ()) -> ContractSet:
+    """A contract set from a ListContracts answer (only the contracts it carried, and ``more`` from later pages)."""
+    contracts = {c.component: contract_from_pb(c) for c in [*message.contracts, *more]}
     return ContractSet(model=message.model, version=message.set_version, contracts=contracts)
 
 

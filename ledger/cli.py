@@ -2,24 +2,35 @@
 
 Every query command reads either a database directly (``--db URL``, or a SQLite
 file path) or a running LedgerService (``--target host:port``, TLS with
-``--root-cert``); ``serve`` runs that service.
+``--root-cert``); ``serve`` runs that service. Nothing here creates a ledger: a
+database that does not exist is an error. Errors are one line on stderr (exit
+code 2); ``verify`` exits 1 when the chain is broken.
+
+``verify`` trusts only a coordinator key it is given (``--public-key``) or the
+one the run published beside its database (``coordinator.pub``, with the
+signed head ``ledger_head.json``; see :mod:`ledger.anchor`), never the key the
+database stores about itself.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
 from sentinel.ledger.exceptions import LedgerError
+from sentinel.ledger.head import SignedHead
+from sqlalchemy.exc import SQLAlchemyError
 
 app = typer.Typer(help="ledger commands.", no_args_is_help=True)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _console() -> Console:
@@ -39,7 +50,9 @@ class _Reader(Protocol):
     def entries(self, start: int = 0, limit: int = 100, kind: str | None = None, node: str | None = None) -> list[LedgerEntry]: ...
     def get(self, seq: int) -> LedgerEntry: ...
     def node_summary(self, node: str) -> NodeSummary: ...
-    def verify(self, public_key: str | None = None, *, node_signatures: bool = False) -> VerifyReport: ...
+    def verify(
+        self, public_key: str | None = None, *, node_signatures: bool = False, head: SignedHead | None = None
+    ) -> VerifyReport: ...
     def balances(self) -> dict[str, int]: ...
     def info(self) -> LedgerInfo: ...
     def close(self) -> None: ...
@@ -50,13 +63,34 @@ def db_url(value: str) -> str:
     return value if "://" in value else f"sqlite:///{Path(value).expanduser()}"
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (database errors carry their SQL and a link below it)."""
+    if isinstance(error, SQLAlchemyError) and getattr(error, "orig", None) is not None:
+        error = error.orig  # type: ignore[assignment]
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def _fail(message: str) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {message}")
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
+def _friendly(command: _F) -> _F:
+    """Print ledger, input, file and database errors as one line (exit code 2) instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (LedgerError, ValueError, OSError, SQLAlchemyError) as e:
+            raise _fail(_one_line(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
 @contextmanager
-def _reader(db: str | None, target: str | None, root_cert: Path | None):  # type: ignore[no-untyped-def]
+def _reader(db: str | None, target: str | None, root_cert: Path | None) -> Iterator[_Reader]:
     if (db is None) == (target is None):
         raise _fail("give exactly one of --db URL or --target host:port")
     if target is not None:
@@ -64,16 +98,11 @@ def _reader(db: str | None, target: str | None, root_cert: Path | None):  # type
 
         source: _Reader = LedgerClient(target, root_cert)
     else:
-        url = db_url(db)  # type: ignore[arg-type]
-        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-            raise _fail(f"no ledger database at {url.removeprefix('sqlite:///')}")
         from sentinel.ledger.store import Ledger
 
-        source = Ledger(url)
+        source = Ledger(db_url(db))  # type: ignore[arg-type]  # read-only: refuses a database that does not exist
     try:
         yield source
-    except LedgerError as e:
-        raise _fail(str(e)) from e
     finally:
         source.close()
 
@@ -105,15 +134,17 @@ def _entries_table(entries: list[LedgerEntry], title: str) -> Table:
 
 
 @app.command()
+@_friendly
 def serve(
-    db: Annotated[str, typer.Option("--db", help="Database URL or SQLite file path.")],
+    db: Annotated[str, typer.Option("--db", help="Database URL or SQLite file path (must exist).")],
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 50061,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM) to enable TLS.", exists=True)] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM).", exists=True)] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="Require client certificates signed by this CA.", exists=True)] = None,
 ) -> None:
-    """Serve the ledger read-only over gRPC (LedgerService) until interrupted."""
+    """Serve the ledger read-only over gRPC (LedgerService) until SIGINT or SIGTERM."""
+    from sentinel.ledger import serving
     from sentinel.ledger.service import TlsConfig
     from sentinel.ledger.service import serve as start
 
@@ -122,15 +153,12 @@ def serve(
     tls = TlsConfig.from_files(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     server = start(db_url(db), host=host, port=port, tls=tls)
     _console().print(f"LedgerService for {db} on {host}:{server.port} ({'TLS' if tls else 'plaintext'}); Ctrl-C stops", soft_wrap=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    _console().file.flush()  # supervisors and tests read the address from a pipe
+    serving.serve_until_signalled(server.stop)
 
 
 @app.command()
+@_friendly
 def entries(
     db: DbOption = None,
     target: TargetOption = None,
@@ -152,6 +180,7 @@ def entries(
 
 
 @app.command("node")
+@_friendly
 def node_command(
     node: Annotated[str, typer.Argument(help="Node id.")],
     db: DbOption = None,
@@ -182,39 +211,70 @@ def node_command(
 
 
 @app.command()
+@_friendly
 def verify(
     db: DbOption = None,
     target: TargetOption = None,
     root_cert: RootCertOption = None,
     public_key: Annotated[
-        str | None, typer.Option(help="Coordinator public key (base64) to trust; default: the one the ledger recorded.")
+        str | None,
+        typer.Option(help="Coordinator public key to trust: a file (base64 or PEM) or base64 text; default: the "
+                     "coordinator.pub published beside the database. Needed for --target and for a database outside "
+                     "a run directory."),
+    ] = None,
+    head: Annotated[
+        Path | None,
+        typer.Option(help="Published signed head (JSON) the chain must reach; default: the ledger_head.json beside the database."),
     ] = None,
     node_signatures: Annotated[
         bool, typer.Option(help="Also re-check every node signature (audits the coordinator; one Ed25519 check per signed entry).")
     ] = False,
 ) -> None:
-    """Verify the whole chain; exits 1 and names the first bad entry and why if it is broken."""
+    """Verify the whole chain against a coordinator key you trust; exits 1 and names the first bad entry and why."""
+    from sentinel.ledger.anchor import HEAD_FILE, anchor_directory, load_trust_anchor, read_public_key, read_signed_head
+
+    if (db is None) == (target is None):
+        raise _fail("give exactly one of --db URL or --target host:port")
+    key = read_public_key(public_key) if public_key is not None else None
+    published = read_signed_head(head) if head is not None else None
+    found = load_trust_anchor(anchor_directory(db_url(db))) if db is not None else None
+    where = "given with --public-key"
+    if key is None and found is not None:
+        key, where = found.public_key, f"pinned in {found.key_file}"
+    if key is None:
+        raise _fail(
+            "verifying through --target needs --public-key (the coordinator key you trust)" if target is not None else
+            f"no trusted coordinator key for {db}: no coordinator.pub is published beside it; pass --public-key FILE or "
+            "BASE64 (the key the database stores is never trusted)"
+        )
+    if published is None and found is not None:
+        published = found.head
     with _reader(db, target, root_cert) as source:
         with _console().status("verifying the chain..."):
-            report = source.verify(public_key, node_signatures=node_signatures)
-        key = public_key or source.info().public_key
+            report = source.verify(key, node_signatures=node_signatures, head=published)
         bad_entry = None
         if not report.ok and report.first_bad_seq is not None:
             try:
                 bad_entry = source.get(report.first_bad_seq)
             except LedgerError:
                 pass  # the first bad entry is a missing one
+    reached = f"; it reaches the published head (seq {published.seq})" if published is not None else ""
     if report.ok:
-        _console().print(f"[green]chain OK[/green]: {report.checked} entries verified against coordinator key {key}")
+        _console().print(f"[green]chain OK[/green]: {report.checked} entries verified against coordinator key {key} ({where}){reached}", soft_wrap=True)
+        if published is None:
+            _console().print(f"[yellow]note:[/yellow] no signed head ({HEAD_FILE}) was given or published: only the "
+                             "database's own signed head record vouches that no tail was removed", soft_wrap=True)
         return
-    _console().print(f"[red]chain BROKEN[/red] at entry {report.first_bad_seq}: {report.reason}")
-    _console().print(f"{report.checked} entries before it verified against coordinator key {key}")
+    at = f" at entry {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+    _console().print(f"[red]chain BROKEN[/red]{at}: {report.reason}", soft_wrap=True)
+    _console().print(f"{report.checked} entries before it verified against coordinator key {key} ({where})", soft_wrap=True)
     if bad_entry is not None:
         _console().print(_entries_table([bad_entry], "first bad entry"))
     raise typer.Exit(1)
 
 
 @app.command()
+@_friendly
 def balances(db: DbOption = None, target: TargetOption = None, root_cert: RootCertOption = None) -> None:
     """Token balance per node, derived from the ledger's token entries."""
     with _reader(db, target, root_cert) as source:

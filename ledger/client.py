@@ -9,6 +9,7 @@ import grpc
 from sentinel.ledger import convert
 from sentinel.ledger.entries import LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
 from sentinel.ledger.exceptions import EntryNotFoundError, LedgerError
+from sentinel.ledger.head import SignedHead
 from sentinel.protos import ledger_pb2 as pb
 from sentinel.protos import ledger_pb2_grpc as pb_grpc
 from sentinel.protos.vocabulary import EntryKind
@@ -73,7 +74,7 @@ class LedgerClient:
         self, start: int = 0, kind: EntryKind | str | None = None, node: str | None = None, *, page: int = 1000
     ) -> Iterator[LedgerEntry]:
         """Every entry from ``start`` on, page by page through ``next_page_token``."""
-        request = pb.GetEntriesRequest(start=start, limit=page, kind=str(kind or ""), node=str(node or ""))
+        request = pb.GetEntriesRequest(start=start, page_size=page, kind=str(kind or ""), node=str(node or ""))
         while True:
             response: pb.GetEntriesResponse = self._call("GetEntries", request)  # type: ignore[assignment]
             yield from (convert.entry_from_pb(m) for m in response.entries)
@@ -90,9 +91,19 @@ class LedgerClient:
         message = self._call("GetNodeSummary", pb.GetNodeSummaryRequest(node=str(node)))
         return convert.summary_from_pb(message)  # type: ignore[arg-type]
 
-    def verify(self, public_key: str | None = None, *, node_signatures: bool = False) -> VerifyReport:
-        """Ask the server to verify its chain against ``public_key`` (default: the key it recorded)."""
+    def verify(
+        self, public_key: str | None = None, *, node_signatures: bool = False, head: SignedHead | None = None
+    ) -> VerifyReport:
+        """Ask the server to verify its chain against ``public_key`` and the published ``head``.
+
+        Without ``public_key`` the server uses the trust anchor published beside
+        its database (and refuses, FAILED_PRECONDITION, if there is none); the key
+        its database records is never used. The answer is the server's word:
+        pass the key you trust.
+        """
         request = pb.VerifyChainRequest(public_key=public_key or "", check_node_signatures=node_signatures)
+        if head is not None:
+            request.head.CopyFrom(convert.head_to_pb(head))
         return convert.report_from_pb(self._call("VerifyChain", request))  # type: ignore[arg-type]
 
     def balances(self) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from sentinel.ledger.entries import ContributionRecord, LedgerEntry, LedgerInfo, NodeSummary, Problem, VerifyReport
+from sentinel.ledger.head import SignedHead
 from sentinel.protos import ledger_pb2 as pb
 from sentinel.protos.vocabulary import EntryKind
 
@@ -88,17 +90,19 @@ def summary_from_pb(message: pb.NodeSummary) -> NodeSummary:
     )
 
 
-def report_to_pb(report: VerifyReport, public_key: str) -> pb.VerifyChainResponse:
+def report_to_pb(report: VerifyReport) -> pb.VerifyChainResponse:
     """The wire form of a verify report."""
     message = pb.VerifyChainResponse(
         ok=report.ok,
         checked=report.checked,
         reason=report.reason or "",
         problem=report.problem.value if report.problem else "",
-        public_key=public_key,
+        public_key=report.public_key or "",
     )
     if report.first_bad_seq is not None:
         message.first_bad_seq = report.first_bad_seq
+    if report.head_seq is not None:
+        message.head_seq = report.head_seq
     return message
 
 
@@ -110,7 +114,22 @@ def report_from_pb(message: pb.VerifyChainResponse) -> VerifyReport:
         first_bad_seq=message.first_bad_seq if message.HasField("first_bad_seq") else None,
         reason=message.reason or None,
         problem=Problem(message.problem) if message.problem else None,
+        public_key=message.public_key or None,
+        head_seq=message.head_seq if message.HasField("head_seq") else None,
     )
+
+
+def head_to_pb(head: SignedHead) -> pb.SignedHead:
+    """The wire form of a signed head."""
+    return pb.SignedHead(seq=head.seq, hash=head.hash, signature=head.signature)
+
+
+def head_from_pb(message: pb.SignedHead) -> SignedHead:
+    """A signed head received over the API; ``ValueError`` (INVALID_ARGUMENT) if malformed."""
+    try:
+        return SignedHead(seq=message.seq, hash=message.hash, signature=message.signature)
+    except ValidationError as e:
+        raise ValueError(f"`head` is not a signed ledger head: {e.errors()[0]['msg']}") from e
 
 
 def info_to_pb(info: LedgerInfo) -> pb.GetInfoResponse:

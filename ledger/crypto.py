@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from sentinel.ledger.files import create_exclusively, read_when_complete, write_atomically
 
 __all__ = [
     "CanonicalJSONError",
@@ -35,7 +35,9 @@ __all__ = [
     "public_key_from_b64",
     "private_key_from_pem",
     "private_key_to_pem",
+    "load_or_create_private_key",
     "load_private_key",
+    "public_key_from_text",
     "save_private_key",
     "sign",
     "sign_b64",
@@ -102,6 +104,21 @@ def public_key_from_b64(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def public_key_from_text(text: str | bytes) -> Ed25519PublicKey:
+    """Parse a public key written as base64 raw bytes or as a PEM ``PUBLIC KEY`` block; ``ValueError`` if neither."""
+    data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+    stripped = data.strip()
+    if stripped.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(stripped)
+        except ValueError as e:
+            raise ValueError(f"public key PEM cannot be parsed: {e}") from e
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"expected an Ed25519 public key, got {type(key).__name__}")
+        return key
+    return public_key_from_b64(stripped.decode("ascii", "replace"))
+
+
 def private_key_to_pem(key: Ed25519PrivateKey) -> bytes:
     """PKCS#8 PEM bytes of a private key (unencrypted; protect the file instead)."""
     return key.private_bytes(
@@ -120,17 +137,28 @@ def private_key_from_pem(data: bytes) -> Ed25519PrivateKey:
 
 
 def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
-    """Write a private key as PEM with mode 0600, atomically (never a half-written key)."""
+    """Write a private key as PEM with mode 0600, atomically (never a half-written key).
+
+    The bytes go to a uniquely named temporary file first (:mod:`ledger.files`),
+    so concurrent writers never share or remove each other's temporary file.
+    """
+    return write_atomically(path, private_key_to_pem(key), mode=0o600)
+
+
+def load_or_create_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """The key in the PEM file at ``path``, which is created (mode 0600) with a fresh key if missing.
+
+    Creation is atomic and exclusive (:func:`ledger.files.create_exclusively`):
+    of several processes racing to create the key exactly one wins, and every
+    other one reads the winner's key, so all of them sign with the same key.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_key_to_pem(key))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    if path.exists():
+        return load_private_key(path)
+    key = generate_private_key()
+    if create_exclusively(path, private_key_to_pem(key), mode=0o600):
+        return key
+    return read_when_complete(lambda: load_private_key(path))  # lost the race: the winner's key
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sentinel.ledger.tables import ENTRY_TABLE, HEAD_TABLE
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
@@ -110,13 +110,32 @@ def _writer_connection(engine: Engine) -> Iterator[Connection]:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create the ledger tables and the head record if missing (safe to race from several processes)."""
+    """Create the ledger tables and the head record if missing (safe to race from several processes).
+
+    A ledger written before heads were signed gains the head's ``signature``
+    column here (empty until the next append signs it).
+    """
     with _writer_connection(engine) as conn, conn.begin():
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sentinel-ledger-init'))"))
         ENTRY_TABLE.metadata.create_all(conn, tables=[ENTRY_TABLE, HEAD_TABLE])
+        if "signature" not in {c["name"] for c in inspect(conn).get_columns(HEAD_TABLE.name)}:
+            conn.execute(text(f"ALTER TABLE {HEAD_TABLE.name} ADD COLUMN signature VARCHAR(100)"))
         if conn.execute(select(HEAD_TABLE.c.id)).first() is None:
             conn.execute(HEAD_TABLE.insert().values(id=1))
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """Why the database cannot be read as a ledger without changing it (None when it can)."""
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        if not {ENTRY_TABLE.name, HEAD_TABLE.name} <= tables:
+            return "it holds no ledger tables"
+        if "signature" not in {c["name"] for c in inspect(conn).get_columns(HEAD_TABLE.name)}:
+            return "it was written before ledger heads were signed; open it once with the coordinator key to upgrade it"
+        if conn.execute(select(HEAD_TABLE.c.id)).first() is None:
+            return "its head record is missing"
+    return None
 
 
 @contextmanager

@@ -88,6 +88,8 @@ class Problem(StrEnum):
     BAD_SIGNATURE = "bad signature"
     GAP = "gap in sequence"
     ORDER = "order"
+    TRUNCATED = "truncated"
+    HEAD = "head mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,9 @@ class VerifyReport:
 
     ``checked`` counts entries found good before the first bad one (all of them
     when ``ok``); ``first_bad_seq`` and ``reason`` say where and why it broke;
-    ``problem`` is the reason's category.
+    ``problem`` is the reason's category; ``public_key`` is the coordinator key
+    the chain was checked against and ``head_seq`` the seq of the published
+    signed head it was checked against (None: none was given).
     """
 
     ok: bool
@@ -104,6 +108,8 @@ class VerifyReport:
     first_bad_seq: int | None = None
     reason: str | None = None
     problem: Problem | None = None
+    public_key: str | None = None
+    head_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,3 +44,27 @@ class EntryNotFoundError(LedgerError, LookupError):
     """No entry has the requested sequence number."""
 
     status = "NOT_FOUND"
+
+
+class LedgerNotFoundError(LedgerError, LookupError):
+    """A ledger opened for reading does not exist (no database, or no ledger tables in it); nothing was created."""
+
+    status = "NOT_FOUND"
+
+
+class UntrustedKeyError(LedgerError):
+    """No coordinator key to trust is available: none was given and no trust anchor is published beside the ledger.
+
+    The key a database stores about itself is never trusted: whoever can rewrite
+    the chain can rewrite that key too.
+    """
+
+
+class TrustAnchorError(LedgerError):
+    """A published trust anchor (``coordinator.pub``, ``ledger_head.json``) is unreadable or contradicts the ledger."""
+
+
+class StreamLimitError(LedgerError):
+    """The service is already serving as many long-lived or expensive calls of this kind as it allows."""
+
+    status = "RESOURCE_EXHAUSTED"

@@ -3,29 +3,42 @@
 Anyone who can reach the port can read and verify; nothing can write (there is no
 write RPC). TLS is optional (server certificate and key; with ``client_ca``,
 clients must present a certificate signed by it).
+
+Because anyone can call it, every call is bounded: sequence numbers are
+checked, pages hold at most ``MAX_PAGE`` entries and about ``MAX_PAGE_BYTES``,
+and the long-lived and expensive calls (``StreamEntries``, ``VerifyChain``) each
+have their own limit of concurrent calls, answered ``RESOURCE_EXHAUSTED``
+beyond it, and threads of their own, so they never starve the unary calls.
+Streams end when the server stops.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from sentinel.ledger import convert
+from sentinel.ledger import convert, serving
 from sentinel.ledger.entries import LedgerEntry
-from sentinel.ledger.exceptions import LedgerError
-from sentinel.ledger.store import Ledger
+from sentinel.ledger.exceptions import LedgerError, StreamLimitError
+from sentinel.ledger.store import Ledger, check_seq
 from sentinel.protos import ledger_pb2 as pb
 from sentinel.protos import ledger_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+MAX_PAGE_BYTES = 1 << 20
+"""A page stops growing past this many bytes (it always holds at least one entry)."""
+MAX_REQUEST_BYTES = 64 * 1024
 STREAM_POLL_S = 0.2
+UNARY_WORKERS = 8
+MAX_STREAMS = 8
+MAX_VERIFIES = 2
 _T = TypeVar("_T")
 
 
@@ -73,47 +86,82 @@ def _grpc_errors(method: Callable[..., _T]) -> Callable[..., _T]:
 
 def _page_start(request: pb.GetEntriesRequest) -> int:
     if not request.page_token:
-        return request.start
-    if not request.page_token.isdecimal():
-        raise ValueError(f"`page_token` {request.page_token!r} is not one this server issued")
-    return int(request.page_token)
+        return check_seq(request.start, "start")
+    if len(request.page_token) > 20 or not request.page_token.isdecimal():
+        raise ValueError(f"`page_token` {request.page_token[:40]!r} is not one this server issued")
+    return check_seq(int(request.page_token), "page_token")
+
+
+class _Limit:
+    """At most ``size`` concurrent calls of one kind; beyond that :class:`StreamLimitError` (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, size: int, what: str) -> None:
+        self._slots = threading.BoundedSemaphore(size)
+        self.size, self.what = size, what
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._slots.acquire(blocking=False):
+            raise StreamLimitError(f"the server already serves {self.size} {self.what}; try again later")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
     """Answers LedgerService calls from a (read-only) :class:`Ledger`."""
 
-    def __init__(self, ledger: Ledger, *, poll_interval: float = STREAM_POLL_S, stopping: threading.Event | None = None):
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        poll_interval: float = STREAM_POLL_S,
+        stopping: threading.Event | None = None,
+        max_streams: int = MAX_STREAMS,
+        max_verifies: int = MAX_VERIFIES,
+    ):
         self.ledger = ledger
         self.poll_interval = poll_interval
         self.stopping = stopping or threading.Event()
+        self._streams = _Limit(max_streams, "entry streams")
+        self._verifies = _Limit(max_verifies, "chain verifications")
 
     @_grpc_errors
     def GetEntries(self, request: pb.GetEntriesRequest, context: grpc.ServicerContext) -> pb.GetEntriesResponse:
-        """A page of entries; ``next_page_token`` is the next start seq while more remain."""
-        limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
+        """A page of entries (bounded in count and bytes); ``next_page_token`` is the next start seq while more remain."""
+        limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         found = self.ledger.entries(_page_start(request), limit + 1, request.kind or None, request.node or None)
-        page = found[:limit]
-        token = str(page[-1].seq + 1) if len(found) > limit else ""
-        return pb.GetEntriesResponse(entries=[convert.entry_to_pb(e) for e in page], next_page_token=token)
+        page, size = [], 0
+        for entry in found[:limit]:
+            message = convert.entry_to_pb(entry)
+            size += message.ByteSize()
+            if page and size > MAX_PAGE_BYTES:
+                break
+            page.append(message)
+        more = len(page) < len(found)
+        token = str(page[-1].seq + 1) if more and page else ""
+        return pb.GetEntriesResponse(entries=page, next_page_token=token)
 
     @_grpc_errors
     def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
         """One entry by seq."""
-        return convert.entry_to_pb(self.ledger.get(request.seq))
+        return convert.entry_to_pb(self.ledger.get(check_seq(request.seq)))
 
     @_grpc_errors
     def GetNodeSummary(self, request: pb.GetNodeSummaryRequest, context: grpc.ServicerContext) -> pb.NodeSummary:
         """One node's derived summary."""
-        if not request.node:
-            raise ValueError("`node` is required")
+        if not request.node or len(request.node) > 128:
+            raise ValueError("`node` is required and at most 128 characters long")
         return convert.summary_to_pb(self.ledger.node_summary(request.node))
 
     @_grpc_errors
     def VerifyChain(self, request: pb.VerifyChainRequest, context: grpc.ServicerContext) -> pb.VerifyChainResponse:
-        """Verify the chain against the given key, else the one the ledger recorded."""
-        key = request.public_key or self.ledger.public_key_b64 or ""
-        report = self.ledger.verify(key or None, node_signatures=request.check_node_signatures)
-        return convert.report_to_pb(report, key)
+        """Verify the chain against the given key (else the anchor beside the database), and the given head."""
+        head = convert.head_from_pb(request.head) if request.HasField("head") else None
+        with self._verifies.slot():
+            report = self.ledger.verify(request.public_key or None, node_signatures=request.check_node_signatures, head=head)
+        return convert.report_to_pb(report)
 
     @_grpc_errors
     def GetBalances(self, request: pb.GetBalancesRequest, context: grpc.ServicerContext) -> pb.GetBalancesResponse:
@@ -126,10 +174,16 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         return convert.info_to_pb(self.ledger.info())
 
     def StreamEntries(self, request: pb.StreamEntriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Entry]:
-        """Entries from ``start`` on, then each new one as it is committed (polling the database head)."""
+        """Entries from ``start`` on, then each new one as it is committed (polling the database head).
+
+        Ends when the client goes away or the server stops; beyond the server's
+        limit of concurrent streams the call is answered RESOURCE_EXHAUSTED.
+        """
         try:
-            for entry in self._follow(request, context):
-                yield convert.entry_to_pb(entry)
+            check_seq(request.start, "start")
+            with self._streams.slot():
+                for entry in self._follow(request, context):
+                    yield convert.entry_to_pb(entry)
         except LedgerError as e:
             context.abort(grpc.StatusCode[e.status], str(e))
         except ValueError as e:
@@ -143,7 +197,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 self.stopping.wait(self.poll_interval)
                 continue
             # Appends are serialised, so every entry up to a visible head is committed.
-            while batch := self.ledger.entries(next_seq, MAX_PAGE, kind, node, stop=head.seq + 1):
+            while not self.stopping.is_set() and (batch := self.ledger.entries(next_seq, MAX_PAGE, kind, node, stop=head.seq + 1)):
                 yield from batch
                 next_seq = batch[-1].seq + 1
             next_seq = head.seq + 1
@@ -178,23 +232,30 @@ def serve(
     port: int = 0,
     tls: TlsConfig | None = None,
     *,
-    max_workers: int = 16,
+    max_workers: int = UNARY_WORKERS,
+    max_streams: int = MAX_STREAMS,
     poll_interval: float = STREAM_POLL_S,
 ) -> LedgerServer:
-    """Serve the ledger at ``url`` read-only on ``host:port`` (0: any free port; see ``.port``)."""
+    """Serve the ledger at ``url`` read-only on ``host:port`` (0: any free port; see ``.port``).
+
+    The ledger must exist (:class:`LedgerNotFoundError` otherwise: nothing is
+    created); a port in use is refused with :class:`OSError`. ``max_workers``
+    threads serve unary calls and ``max_streams`` more serve streams.
+    """
     ledger = Ledger(url)
     stopping = threading.Event()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ledger-api"))
-    pb_grpc.add_LedgerServiceServicer_to_server(
-        LedgerServicer(ledger, poll_interval=poll_interval, stopping=stopping), server
+    server = serving.new_server(
+        workers=max_workers + max_streams, thread_name="ledger-api", max_receive_bytes=MAX_REQUEST_BYTES
     )
-    address = f"{host}:{port}"
+    servicer = LedgerServicer(
+        ledger, poll_interval=poll_interval, stopping=stopping, max_streams=max_streams,
+        max_verifies=max(1, min(MAX_VERIFIES, max_workers // 2)),
+    )
+    pb_grpc.add_LedgerServiceServicer_to_server(servicer, server)
     try:
-        bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
-    except RuntimeError:  # grpcio raises on bind failure in recent versions, returns 0 in older ones
-        bound = 0
-    if bound == 0:
+        bound = serving.bind(server, host, port, tls.credentials() if tls else None)
+    except OSError:
         ledger.close()
-        raise OSError(f"cannot listen on {address}")
+        raise
     server.start()
     return LedgerServer(server, bound, ledger, stopping)

@@ -2,10 +2,14 @@
 
 Appends are serialised and atomic (:mod:`ledger.engine`); entries are never
 updated or deleted; everything else (summaries, balances) is derived from them.
+Every append also signs the new head (:mod:`ledger.head`), and verification
+trusts only a key given to it, the signer's own, or the trust anchor published
+beside the database (:mod:`ledger.anchor`), never the key the database stores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,35 +17,58 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentinel.ledger import summary
+from sentinel.ledger import anchor, summary
 from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, payload_text, sign_hash, signature_valid
 from sentinel.ledger.crypto import (
     CanonicalJSONError,
     Ed25519PrivateKey,
-    generate_private_key,
-    load_private_key,
+    load_or_create_private_key,
     public_key_b64,
     public_key_from_b64,
-    save_private_key,
 )
-from sentinel.ledger.engine import init_schema, make_engine, snapshot_transaction, write_transaction
+from sentinel.ledger.engine import (
+    database_url,
+    init_schema,
+    make_engine,
+    schema_problem,
+    snapshot_transaction,
+    write_transaction,
+)
 from sentinel.ledger.entries import AppendRequest, LedgerEntry, LedgerInfo, NodeSummary, VerifyReport
 from sentinel.ledger.exceptions import (
     EntryNotFoundError,
     InvalidEntryError,
+    LedgerNotFoundError,
     LedgerStateError,
     NodeSignatureError,
     ReadOnlyLedgerError,
     SignerMismatchError,
+    UntrustedKeyError,
 )
+from sentinel.ledger.head import MAX_SEQ, SignedHead, head_message, sign_head
 from sentinel.ledger.kinds import check_actor, check_payload, parse_kind, payload_node
 from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
 from sentinel.ledger.verify import verify_chain
 from sentinel.protos.vocabulary import COORDINATOR, EntryKind
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, make_url, select
 
 DEFAULT_URL = "sqlite:///ledger.db"
 _E = ENTRY_TABLE.c
+
+
+def check_seq(value: int, name: str = "seq") -> int:
+    """``value`` if it is a sequence number a ledger can hold (0 to 2**63 - 1); ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise ValueError(f"`{name}` must be an integer from 0 to {MAX_SEQ}, got {value!r}")
+    return value
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite file ``url`` names that does not exist (None: not SQLite, in memory, or present)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else str(parsed.database)
 
 
 def utc_timestamp() -> str:
@@ -84,15 +111,25 @@ class _Prepared:
 class Ledger:
     """A signed hash-chained ledger stored at ``url``; pass ``signer`` (the coordinator key) to append.
 
-    Opened without a signer it is read-only (the API server, the CLI, auditors).
+    Opened without a signer it is read-only (the API server, the CLI, auditors)
+    and never creates anything: a database that does not exist, or holds no
+    ledger, raises :class:`LedgerNotFoundError`. ``create`` overrides that
+    (default: create the schema only when signing).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, signer: Ed25519PrivateKey | None = None) -> None:
+    def __init__(self, url: str = DEFAULT_URL, signer: Ed25519PrivateKey | None = None, *, create: bool | None = None) -> None:
         self.url = url
         self._signer = signer
+        create = signer is not None if create is None else create
+        if not create and (missing := _missing_sqlite_file(database_url(url))) is not None:
+            raise LedgerNotFoundError(f"no ledger database at {missing}")
         self._engine = make_engine(url, explicit_begin=True)
         self._lock = threading.Lock()  # keeps this process's threads off one SQLite connection's toes
-        init_schema(self._engine)
+        if create:
+            init_schema(self._engine)
+        elif (problem := schema_problem(self._engine)) is not None:
+            self._engine.dispose()
+            raise LedgerNotFoundError(f"{url} is not a readable ledger: {problem}")
         stored = self._stored_public_key()
         if signer is not None and stored is not None and stored != public_key_b64(signer):
             raise SignerMismatchError(
@@ -101,13 +138,19 @@ class Ledger:
 
     @classmethod
     def open(cls, url: str = DEFAULT_URL, key_path: str | Path | None = None) -> Ledger:
-        """Open the ledger at ``url`` signing with the PEM key at ``key_path`` (created there if missing)."""
+        """Open the ledger at ``url`` signing with the PEM key at ``key_path``.
+
+        A missing key file is created with a fresh key, atomically and exclusively:
+        processes racing to open a fresh ledger all end up with the one key that won.
+        """
         if key_path is None:
             return cls(url)
-        path = Path(key_path)
-        if not path.exists():
-            save_private_key(generate_private_key(), path)
-        return cls(url, load_private_key(path))
+        return cls(url, load_or_create_private_key(key_path))
+
+    @property
+    def read_only(self) -> bool:
+        """True when opened without a signer (no appends, no head signing)."""
+        return self._signer is None
 
     @property
     def engine(self) -> Engine:
@@ -116,7 +159,10 @@ class Ledger:
 
     @property
     def public_key_b64(self) -> str | None:
-        """The coordinator key that signs this chain: the signer's, else the one the ledger recorded."""
+        """The coordinator key that signs this chain: the signer's, else the one the ledger recorded.
+
+        The recorded key is information, not trust: :meth:`verify` never uses it.
+        """
         return public_key_b64(self._signer) if self._signer is not None else self._stored_public_key()
 
     def close(self) -> None:
@@ -168,13 +214,18 @@ class Ledger:
                 prev_hash, prev_sig = row["hash"], row["signature"]
                 if item.kind is EntryKind.NODE_REGISTERED and item.node is not None:
                     registered[item.node] = item.payload.get("public_key") or None
+                elif item.kind is EntryKind.NODE_REMOVED and item.node is not None:
+                    registered[item.node] = None
             conn.execute(ENTRY_TABLE.insert(), rows)
-            conn.execute(HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(seq=rows[-1]["seq"], hash=prev_hash))
+            head = sign_head(self._signer, rows[-1]["seq"], prev_hash)
+            conn.execute(
+                HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(seq=head.seq, hash=head.hash, signature=head.signature)
+            )
         return [row_to_entry([row[c] for c in ENTRY_COLUMNS]) for row in rows]
 
     def _locked_tail(self, conn: Connection) -> tuple[int, str, str | None, str]:
-        """Seq, hash, signature and time of the last entry, once the head record agrees and names our key."""
-        head = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.public_key)).one()
+        """Seq, hash, signature and time of the last entry, once the head record agrees, is ours and names our key."""
+        head = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.public_key, HEAD_TABLE.c.signature)).one()
         last = conn.execute(select(_E.seq, _E.hash, _E.signature, _E.timestamp).order_by(_E.seq.desc()).limit(1)).first()
         tail = tuple(last) if last is not None else (-1, GENESIS_HASH, None, "")
         if tail[:2] != (head.seq, head.hash):
@@ -187,6 +238,13 @@ class Ledger:
             conn.execute(HEAD_TABLE.update().where(HEAD_TABLE.c.id == 1).values(public_key=key_b64))
         elif head.public_key != key_b64:
             raise SignerMismatchError(f"the ledger is signed by key {head.public_key}, not {key_b64}")
+        if head.signature is not None and not signature_valid(
+            self._signer.public_key(), head.signature, head_message(head.seq, head.hash)  # type: ignore[union-attr]
+        ):
+            raise LedgerStateError(
+                f"the head record (seq {head.seq}) is not signed by this coordinator: it was rewritten outside the "
+                "ledger; run `sentinel ledger verify`"
+            )
         return tail  # type: ignore[return-value]
 
     def _signed_row(
@@ -207,27 +265,26 @@ class Ledger:
     def _node_key(self, conn: Connection, item: _Prepared, registered: dict[str, str | None]) -> str | None:
         """The key that verifies ``item``'s node signature (None when it has none); raises if none does.
 
-        The node's latest registration wins (``registered`` caches lookups and holds
-        registrations earlier in the same batch), else the request's ``node_public_key``.
+        Only a registered node can sign: the key is the one of the node's latest
+        ``node_registered`` entry (``registered`` caches lookups and holds
+        registrations and removals earlier in the same batch), unless a later
+        ``node_removed`` entry removed the node. A ``node_public_key`` the request
+        supplies must be that key; on its own it proves nothing.
         """
         if item.node_signature is None:
             return None
         node = item.actor
-        if node in registered:
-            key = registered[node]
-        else:
-            row = conn.execute(
-                select(ENTRY_TABLE.c.payload)
-                .where(_E.kind == EntryKind.NODE_REGISTERED.value, _E.node == node)
-                .order_by(_E.seq.desc())
-                .limit(1)
-            ).first()
-            key = (json.loads(row[0]).get("public_key") or None) if row is not None else None
-            registered[node] = key  # the lock is held: it cannot change during this batch
-        key = key or item.node_public_key
+        if node not in registered:
+            registered[node] = self._registered_key(conn, node)  # the lock is held: it cannot change during this batch
+        key = registered[node]
         if not key:
             raise NodeSignatureError(
-                f"node {node!r} signed its {item.kind.value} entry but has no registered key and no `node_public_key` was given"
+                f"node {node!r} signed its {item.kind.value} entry but is not registered with a key "
+                "(no earlier node_registered entry gives one); nothing stored"
+            )
+        if item.node_public_key and item.node_public_key != key:
+            raise NodeSignatureError(
+                f"`node_public_key` {item.node_public_key} is not node {node!r}'s registered key {key}; nothing stored"
             )
         try:
             public_key = public_key_from_b64(key)
@@ -239,9 +296,23 @@ class Ledger:
             )
         return key
 
+    @staticmethod
+    def _registered_key(conn: Connection, node: str) -> str | None:
+        """The key of ``node``'s latest registration, unless it was removed after it (None: cannot sign)."""
+        row = conn.execute(
+            select(_E.kind, _E.payload)
+            .where(_E.kind.in_((EntryKind.NODE_REGISTERED.value, EntryKind.NODE_REMOVED.value)), _E.node == node)
+            .order_by(_E.seq.desc())
+            .limit(1)
+        ).first()
+        if row is None or row[0] != EntryKind.NODE_REGISTERED.value:
+            return None
+        return json.loads(row[1]).get("public_key") or None
+
     # ------------------------------------------------------------------ reads
     def get(self, seq: int) -> LedgerEntry:
         """The entry with sequence number ``seq``; :class:`EntryNotFoundError` if there is none."""
+        check_seq(seq)
         with self._engine.connect() as conn:
             row = conn.execute(select(*ENTRY_TABLE.c[ENTRY_COLUMNS]).where(_E.seq == seq)).first()
         if row is None:
@@ -258,8 +329,11 @@ class Ledger:
         stop: int | None = None,
     ) -> list[LedgerEntry]:
         """Up to ``limit`` entries with ``start <= seq`` (``< stop``), in seq order, optionally of one kind or node."""
-        if start < 0 or limit < 0:
-            raise ValueError(f"`start` ({start}) and `limit` ({limit}) must be >= 0")
+        check_seq(start, "start")
+        if limit < 0:
+            raise ValueError(f"`limit` ({limit}) must be >= 0")
+        if stop is not None:
+            check_seq(stop, "stop")
         query = select(*ENTRY_TABLE.c[ENTRY_COLUMNS]).where(_E.seq >= start)
         if stop is not None:
             query = query.where(_E.seq < stop)
@@ -300,23 +374,73 @@ class Ledger:
             public_key=self.public_key_b64,
         )
 
-    def verify(self, public_key: str | None = None, *, node_signatures: bool = False) -> VerifyReport:
-        """Check the whole chain against the coordinator's ``public_key`` (base64; default: this ledger's).
+    def signed_head(self) -> SignedHead:
+        """The chain's head (seq and hash of the last entry; seq -1 when empty) with the coordinator's signature.
+
+        Read from the head record in one snapshot, after checking that it names
+        the last stored entry. A signing ledger checks the stored signature is its
+        own and signs a head that has none yet (a fresh ledger, or one written
+        before heads were signed); a read-only ledger returns the stored one
+        (check it with :meth:`SignedHead.is_valid`) and raises
+        :class:`LedgerStateError` if there is none.
+        """
+        with snapshot_transaction(self._engine) as conn:
+            head = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.signature)).one()
+            last = conn.execute(select(_E.seq, _E.hash).order_by(_E.seq.desc()).limit(1)).first()
+        tail = tuple(last) if last is not None else (-1, GENESIS_HASH)
+        if tail != (head.seq, head.hash):
+            raise LedgerStateError(
+                f"the last stored entry (seq {tail[0]}) is not the recorded head (seq {head.seq}); run `sentinel ledger verify`"
+            )
+        if head.signature is None:
+            if self._signer is None:
+                raise LedgerStateError(f"the head record of {self.url} (seq {head.seq}) is not signed")
+            return sign_head(self._signer, head.seq, head.hash)
+        signed = SignedHead(seq=head.seq, hash=head.hash, signature=head.signature)
+        if self._signer is not None and not signed.is_valid(self._signer.public_key()):
+            raise LedgerStateError(f"the head record of {self.url} (seq {head.seq}) is not signed by this coordinator")
+        return signed
+
+    def verify(
+        self, public_key: str | None = None, *, node_signatures: bool = False, head: SignedHead | None = None
+    ) -> VerifyReport:
+        """Check the whole chain against a trusted coordinator key.
+
+        The key is ``public_key`` (base64) when given, else the signer's own, else
+        the trust anchor published beside the database (``coordinator.pub`` next
+        to a SQLite file, see :mod:`ledger.anchor`); the key the database records
+        is never used, and with none of these :class:`UntrustedKeyError` is
+        raised. ``head`` is a published :class:`SignedHead` the chain must reach
+        (default: the anchor's ``ledger_head.json`` when there is one).
 
         Reports the first bad entry and why (hash mismatch, broken link, bad
-        signature, gap in sequence, order). Node signatures were checked on append
-        and are covered by the coordinator-signed hashes; ``node_signatures=True``
-        re-checks each one as well (an audit of the coordinator itself, at one
-        Ed25519 verification per signed entry).
+        signature, gap in sequence, order, truncated, head mismatch). Node
+        signatures were checked on append and are covered by the
+        coordinator-signed hashes; ``node_signatures=True`` re-checks each one as
+        well (an audit of the coordinator itself, at one Ed25519 verification per
+        signed entry), against the keys of registered nodes only.
         """
-        key = public_key or self.public_key_b64
+        key, head = self._trusted(public_key, head)
         with snapshot_transaction(self._engine) as conn:
-            if key is None:
-                has_rows = conn.execute(select(_E.seq).limit(1)).first() is not None
-                if not has_rows:
-                    return VerifyReport(ok=True, checked=0)
-                raise ValueError("no coordinator `public_key` given and none recorded in the ledger")
-            return verify_chain(conn, public_key_from_b64(key), node_signatures=node_signatures)
+            report = verify_chain(conn, public_key_from_b64(key), node_signatures=node_signatures, published=head)
+        return dataclasses.replace(report, public_key=key, head_seq=head.seq if head is not None else None)
+
+    def _trusted(self, public_key: str | None, head: SignedHead | None) -> tuple[str, SignedHead | None]:
+        """The coordinator key to verify against and the published head to reach (see :meth:`verify`)."""
+        found = anchor.load_trust_anchor(anchor.anchor_directory(self.url)) if public_key is None or head is None else None
+        if head is None and found is not None:
+            head = found.head
+        if public_key is not None:
+            public_key_from_b64(public_key)  # a malformed key is the caller's error, not a broken chain
+            return public_key, head
+        if self._signer is not None:
+            return public_key_b64(self._signer), head
+        if found is not None:
+            return found.public_key, head
+        raise UntrustedKeyError(
+            f"no trusted coordinator key for {self.url}: give the coordinator's public key, or publish the trust anchor "
+            f"({anchor.PUBLIC_KEY_FILE}) beside the database; the key the database stores is never trusted"
+        )
 
     def node_summary(self, node: str) -> NodeSummary:
         """Registration, submissions, decisions, contributions and token balance of ``node``."""

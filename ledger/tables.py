@@ -2,8 +2,9 @@
 
 ``ledger_head`` is the lock writers take (PostgreSQL: ``SELECT ... FOR UPDATE``
 on its row), the coordinator key the chain is signed with, and a copy of the
-last entry's seq and hash, so a removed tail is noticed by verify and refused by
-append.
+last entry's seq and hash with the coordinator's signature over them
+(:mod:`ledger.head`), so a removed tail is noticed by verify and refused by
+append, and a rewritten head record does not verify.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class LedgerEntryRow(SQLModel, table=True):
 
 
 class LedgerHeadRow(SQLModel, table=True):
-    """The single head record (``id`` 1): lock row, coordinator key and last entry."""
+    """The single head record (``id`` 1): lock row, coordinator key, last entry and its signed head."""
 
     __tablename__ = "ledger_head"
 
@@ -48,6 +49,7 @@ class LedgerHeadRow(SQLModel, table=True):
     seq: int = Field(default=-1, sa_type=BigInteger)
     hash: str = Field(default=GENESIS_HASH, sa_type=String(64))
     public_key: str | None = Field(default=None, sa_type=String(100))
+    signature: str | None = Field(default=None, sa_type=String(100))
 
 
 ENTRY_TABLE: Table = LedgerEntryRow.__table__  # type: ignore[assignment]

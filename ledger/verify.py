@@ -10,6 +10,16 @@ so signature validity can only go from good to bad along a consistent chain.
 Verify therefore checks the last consistent entry's signature and, if it is
 bad, binary-searches the first bad one: O(n) hashing but O(log n) Ed25519
 verifications, which is what keeps 100k entries under a few seconds.
+
+Then the head: the ``ledger_head`` record must name the last entry and carry
+the coordinator's signature over it (:mod:`ledger.head`), and a *published*
+signed head (:mod:`ledger.anchor`), when given, must be signed by the trusted
+key and name an entry of this chain with that very hash, so a removed tail or
+a rewritten head record is found even though every entry signature verifies.
+
+Node signatures (``node_signatures=True``) verify only against the key of a
+node registered by an earlier ``node_registered`` entry (and not removed since):
+a key the entry supplies for itself proves nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from typing import Any
 from sentinel.ledger.chain import GENESIS_HASH, Envelope, entry_hash, signature_valid
 from sentinel.ledger.crypto import Ed25519PublicKey, public_key_from_b64
 from sentinel.ledger.entries import Problem, VerifyReport
+from sentinel.ledger.head import SignedHead, head_message
 from sentinel.ledger.kinds import payload_node
 from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
 from sentinel.protos.vocabulary import EntryKind
@@ -29,6 +40,7 @@ from sqlalchemy import Connection, select
 _E = ENTRY_TABLE.c
 _COLS = ENTRY_TABLE.c[ENTRY_COLUMNS]
 _REGISTERED = EntryKind.NODE_REGISTERED.value
+_REMOVED = EntryKind.NODE_REMOVED.value
 # Row tuple positions, in ENTRY_COLUMNS order.
 SEQ, TS, KIND, ACTOR, NODE, PAYLOAD, PREV_HASH, PREV_SIG, HASH, SIG, NODE_SIG, NODE_KEY = range(12)
 
@@ -49,10 +61,21 @@ class _Bad(Exception):
 
 
 def verify_chain(
-    conn: Connection, coordinator_key: Ed25519PublicKey, *, node_signatures: bool = False, batch: int = 5000
+    conn: Connection,
+    coordinator_key: Ed25519PublicKey,
+    *,
+    node_signatures: bool = False,
+    published: SignedHead | None = None,
+    batch: int = 5000,
 ) -> VerifyReport:
-    """Verify the chain visible to ``conn`` (inside one snapshot transaction) against ``coordinator_key``."""
-    head_seq, head_hash = conn.execute(select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash)).one()
+    """Verify the chain visible to ``conn`` (inside one snapshot transaction) against ``coordinator_key``.
+
+    ``published`` is a signed head published outside the database (the chain must
+    reach it, with the same hash at its seq).
+    """
+    head_seq, head_hash, head_signature = conn.execute(
+        select(HEAD_TABLE.c.seq, HEAD_TABLE.c.hash, HEAD_TABLE.c.signature)
+    ).one()
     result = conn.execute(select(*_COLS).order_by(_E.seq).execution_options(yield_per=batch))
     registered: dict[str, str | None] = {}
     expected, prev_hash, prev_sig = 0, GENESIS_HASH, None
@@ -67,7 +90,53 @@ def verify_chain(
     except _Bad as bad:
         result.close()
         return _report_first_bad(conn, coordinator_key, bad)
+    problem = _published_head_problem(conn, coordinator_key, published, expected)
+    if problem is None:
+        problem = _head_signature_problem(coordinator_key, expected, head_seq, head_hash, head_signature)
+    if problem is not None:
+        first_bad, kind, reason = problem
+        return VerifyReport(ok=False, checked=expected if first_bad is None else min(first_bad, expected),
+                            first_bad_seq=first_bad, reason=f"{kind.value}: {reason}", problem=kind)
     return VerifyReport(ok=True, checked=expected)
+
+
+_HeadProblem = tuple[int | None, Problem, str]
+
+
+def _published_head_problem(
+    conn: Connection, key: Ed25519PublicKey, published: SignedHead | None, count: int
+) -> _HeadProblem | None:
+    """Why the (otherwise good) chain of ``count`` entries does not reach ``published`` (None when it does)."""
+    if published is None:
+        return None
+    if not published.is_valid(key):
+        return None, Problem.HEAD, f"the published head (seq {published.seq}) is not signed by the trusted coordinator key"
+    if published.seq >= count:
+        return count, Problem.TRUNCATED, (
+            f"the chain ends at seq {count - 1} but the published head is seq {published.seq}: "
+            f"entries {count}..{published.seq} were removed"
+        )
+    if published.seq < 0:
+        return None
+    stored = conn.execute(select(_E.hash).where(_E.seq == published.seq)).scalar_one()
+    if stored != published.hash:
+        return published.seq, Problem.HEAD, (
+            f"entry {published.seq}'s hash differs from the published head's: the chain was rewritten after it was published"
+        )
+    return None
+
+
+def _head_signature_problem(
+    key: Ed25519PublicKey, count: int, head_seq: int, head_hash: str, signature: str | None
+) -> _HeadProblem | None:
+    """Why the ``ledger_head`` record's signature does not vouch for it (None when it does)."""
+    if signature is None:
+        if count == 0:
+            return None  # a fresh ledger: nothing appended, nothing signed yet
+        return None, Problem.HEAD, f"the head record (seq {head_seq}) is not signed by the coordinator"
+    if not signature_valid(key, signature, head_message(head_seq, head_hash)):
+        return None, Problem.HEAD, f"the head record's signature (seq {head_seq}) does not verify with the trusted key"
+    return None
 
 
 def _check_entry(
@@ -89,17 +158,23 @@ def _check_entry(
         return
     if row[KIND] == _REGISTERED and row[NODE] is not None:
         registered[row[NODE]] = payload.get("public_key") or None
+    elif row[KIND] == _REMOVED and row[NODE] is not None:
+        registered.pop(row[NODE], None)
     if row[NODE_SIG] is not None:
         _check_node_signature(row, registered)
 
 
 def _check_node_signature(row: Sequence[Any], registered: dict[str, str | None]) -> None:
+    """The node signature must verify against the key an earlier ``node_registered`` entry gave its actor."""
     seq, actor, key = row[SEQ], row[ACTOR], row[NODE_KEY]
     expected_key = registered.get(actor)
-    if expected_key and key != expected_key:
+    if not expected_key:
+        raise _Bad(seq, Problem.BAD_SIGNATURE, f"entry {seq} carries a node signature by {actor!r}, which no earlier "
+                   "node_registered entry registers with a key")
+    if key != expected_key:
         raise _Bad(seq, Problem.BAD_SIGNATURE, f"entry {seq}'s node signature uses a key that is not node {actor!r}'s registered key")
     try:
-        valid = key is not None and signature_valid(public_key_from_b64(key), row[NODE_SIG], row[PAYLOAD].encode("utf-8"))
+        valid = signature_valid(public_key_from_b64(key), row[NODE_SIG], row[PAYLOAD].encode("utf-8"))
     except ValueError:
         valid = False
     if not valid:

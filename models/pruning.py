@@ -203,6 +203,16 @@ def _read_layer(site: AttentionSite, layout: ModelLayout) -> _Layer:
     return _Layer(heads, kv, o_bias)
 
 
+def read_head_weights(model: nn.Module) -> dict[tuple[int, int], HeadWeights]:
+    """Copies of the weights every present head owns, keyed by ``(layer, original head id)``.
+
+    Works on pruned and unpruned plain models (merge a PeftModel first). GQA
+    key/value rows are shared, so they are not part of a head's weights here.
+    """
+    layout, sites = _sites(model)
+    return {(site.layer, head): w for site in sites for head, w in _read_layer(site, layout).heads.items()}
+
+
 # ---------------------------------------------------------------- rebuilding a layer
 
 

@@ -3,7 +3,10 @@
 A validator applies a candidate update to the current global model and compares
 the two on its own labelled data, in one forward pass per model:
 
-- the change of validation loss and accuracy (the *loss gate* reads the loss);
+- the change of validation loss and accuracy, with the standard error of the
+  loss change paired over the same examples (the *loss gate* reads both: a
+  candidate fails when it makes loss worse by more than the tolerance plus
+  :data:`LOSS_GATE_SIGMAS` standard errors, i.e. significantly worse);
 - the per-head shift of normalised attention entropy, ``[layers, heads]`` (the
   *entropy gate* reads it: heads collapsing onto one token or going uniform are
   a sign of poisoning or drift);
@@ -36,6 +39,8 @@ class ModelReading:
     """Mean normalised attention entropy per head, ``[layers, heads]`` (1.0 = uniform)."""
     log_probs: tuple[torch.Tensor, ...]
     """Per batch, the log-probabilities of the outputs (for the KL divergence)."""
+    losses: np.ndarray
+    """Per example, the cross-entropy (for a paired comparison of two models)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class CandidateMeasurement:
     """Per head: entropy(candidate) − entropy(global), ``[layers, heads]``."""
     kl: float
     """Mean over examples of KL(p_global ‖ p_candidate), nats."""
+    loss_change_se: float = 0.0
+    """Standard error of the mean per-example loss change (paired over the same examples)."""
 
     @property
     def loss_change(self) -> float:
@@ -79,14 +86,15 @@ def read_model(model: torch.nn.Module, batches: Sequence[Batch]) -> ModelReading
     model.eval()
     sums = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
     counts = torch.zeros_like(sums)
-    loss_sum, correct, total = 0.0, 0, 0
+    correct, total = 0, 0
     log_probs: list[torch.Tensor] = []
+    losses: list[np.ndarray] = []
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
         labels = batch["labels"].to(device)
         out = model(**inputs, output_attentions=True)
         logp = torch.log_softmax(out.logits.double(), dim=-1)
-        loss_sum += float(torch.nn.functional.nll_loss(logp, labels, reduction="sum"))
+        losses.append(torch.nn.functional.nll_loss(logp, labels, reduction="none").cpu().numpy())
         correct += int((logp.argmax(-1) == labels).sum())
         total += int(labels.numel())
         log_probs.append(logp.cpu())
@@ -100,7 +108,8 @@ def read_model(model: torch.nn.Module, batches: Sequence[Batch]) -> ModelReading
         raise ValueError("`batches` hold no examples: a validator needs labelled validation data")
     with np.errstate(invalid="ignore", divide="ignore"):
         entropy = np.where(counts.numpy() > 0, sums.numpy() / counts.numpy(), np.nan)
-    return ModelReading(loss_sum / total, correct / total, entropy, tuple(log_probs))
+    per_example = np.concatenate(losses)
+    return ModelReading(float(per_example.mean()), correct / total, entropy, tuple(log_probs), per_example)
 
 
 def compare(reference: ModelReading, candidate: ModelReading) -> CandidateMeasurement:
@@ -109,6 +118,8 @@ def compare(reference: ModelReading, candidate: ModelReading) -> CandidateMeasur
     for p_log, q_log in zip(reference.log_probs, candidate.log_probs, strict=True):
         kl_sum += float((p_log.exp() * (p_log - q_log)).sum())
         n += p_log.shape[0]
+    diff = candidate.losses - reference.losses
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
     return CandidateMeasurement(
         loss_before=reference.loss,
         loss_after=candidate.loss,
@@ -116,7 +127,17 @@ def compare(reference: ModelReading, candidate: ModelReading) -> CandidateMeasur
         accuracy_after=candidate.accuracy,
         entropy_shift=(candidate.entropy - reference.entropy).astype(np.float32),
         kl=kl_sum / max(1, n),
+        loss_change_se=se,
     )
+
+
+LOSS_GATE_SIGMAS = 2.0
+"""How many standard errors of the paired loss change count as 'significantly worse' (one-sided, ~2.3%)."""
+
+
+def loss_gate_fails(m: CandidateMeasurement, tolerance: float) -> bool:
+    """True when the candidate makes validation loss worse beyond ``tolerance`` nats and beyond noise."""
+    return m.loss_change > tolerance + LOSS_GATE_SIGMAS * m.loss_change_se
 
 
 MIN_CALIBRATION_SAMPLES = 4

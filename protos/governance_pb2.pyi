@@ -54,22 +54,28 @@ class ConsentContract(_message.Message):
     def __init__(self, component: _Optional[str] = ..., steward: _Optional[str] = ..., operations: _Optional[_Mapping[str, Grant]] = ..., purposes: _Optional[_Iterable[str]] = ..., expires_at: _Optional[str] = ..., agency: _Optional[_Union[AgencyState, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ListContractsRequest(_message.Message):
-    __slots__ = ("pattern",)
+    __slots__ = ("pattern", "page_size", "page_token")
     PATTERN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pattern: str
-    def __init__(self, pattern: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, pattern: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListContractsResponse(_message.Message):
-    __slots__ = ("model", "set_version", "content_hash", "contracts")
+    __slots__ = ("model", "set_version", "content_hash", "contracts", "next_page_token")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SET_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     CONTRACTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     model: str
     set_version: int
     content_hash: str
     contracts: _containers.RepeatedCompositeFieldContainer[ConsentContract]
-    def __init__(self, model: _Optional[str] = ..., set_version: _Optional[int] = ..., content_hash: _Optional[str] = ..., contracts: _Optional[_Iterable[_Union[ConsentContract, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, model: _Optional[str] = ..., set_version: _Optional[int] = ..., content_hash: _Optional[str] = ..., contracts: _Optional[_Iterable[_Union[ConsentContract, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetContractRequest(_message.Message):
     __slots__ = ("component",)
@@ -126,16 +132,22 @@ class Node(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., organisation: _Optional[str] = ..., public_key: _Optional[str] = ..., status: _Optional[str] = ..., registered_at: _Optional[str] = ..., removed_at: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ("include_removed",)
+    __slots__ = ("include_removed", "page_size", "page_token")
     INCLUDE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     include_removed: bool
-    def __init__(self, include_removed: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, include_removed: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "next_page_token")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SignedEnvelope(_message.Message):
     __slots__ = ("node_id", "nonce", "timestamp", "signature")
@@ -318,16 +330,22 @@ class Vote(_message.Message):
     def __init__(self, proposal_id: _Optional[str] = ..., voter: _Optional[str] = ..., choice: _Optional[str] = ..., nonce: _Optional[str] = ..., timestamp: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
 
 class ListProposalsRequest(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "page_size", "page_token")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     status: str
-    def __init__(self, status: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, status: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListProposalsResponse(_message.Message):
-    __slots__ = ("proposals",)
+    __slots__ = ("proposals", "next_page_token")
     PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     proposals: _containers.RepeatedCompositeFieldContainer[Proposal]
-    def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetProposalRequest(_message.Message):
     __slots__ = ("proposal_id",)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentinel/protos/ledger.proto\x12\x12sentinel.ledger.v1\"\xbc\x02\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\x12\x11\n\tprev_hash\x18\x06 \x01(\t\x12\x1b\n\x0eprev_signature\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\t\x12\x1b\n\x0enode_signature\x18\n \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0fnode_public_key\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04node\x18\x0c \x01(\tH\x03\x88\x01\x01\x42\x11\n\x0f_prev_signatureB\x11\n\x0f_node_signatureB\x12\n\x10_node_public_keyB\x07\n\x05_node\"a\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x12\n\npage_token\x18\x05 \x01(\t\"Y\n\x12GetEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.sentinel.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0fGetEntryRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"%\n\x15GetNodeSummaryRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"I\n\x0c\x43ontribution\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05score\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"\x90\x02\n\x0bNodeSummary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\t\x12\x11\n\tsubmitted\x18\x05 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\x04\x12\x10\n\x08rejected\x18\x07 \x01(\x04\x12\x1a\n\x12\x63onsent_violations\x18\x08 \x01(\x04\x12\x37\n\rcontributions\x18\t \x03(\x0b\x32 .sentinel.ledger.v1.Contribution\x12\x1a\n\x12\x63ontribution_total\x18\n \x01(\t\x12\x15\n\rtoken_balance\x18\x0b \x01(\x03\"G\n\x12VerifyChainRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x1d\n\x15\x63heck_node_signatures\x18\x02 \x01(\x08\"\x95\x01\n\x13VerifyChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x04\x12\x1a\n\rfirst_bad_seq\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x12\n\npublic_key\x18\x06 \x01(\tB\x10\n\x0e_first_bad_seq\"A\n\x14StreamEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\"\x14\n\x12GetBalancesRequest\"\x8f\x01\n\x13GetBalancesResponse\x12G\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x35.sentinel.ledger.v1.GetBalancesResponse.BalancesEntry\x1a/\n\rBalancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x10\n\x0eGetInfoRequest\"k\n\x0fGetInfoResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x15\n\x08head_seq\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\thead_hash\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\tB\x0b\n\t_head_seq2\x82\x05\n\rLedgerService\x12[\n\nGetEntries\x12%.sentinel.ledger.v1.GetEntriesRequest\x1a&.sentinel.ledger.v1.GetEntriesResponse\x12J\n\x08GetEntry\x12#.sentinel.ledger.v1.GetEntryRequest\x1a\x19.sentinel.ledger.v1.Entry\x12\\\n\x0eGetNodeSummary\x12).sentinel.ledger.v1.GetNodeSummaryRequest\x1a\x1f.sentinel.ledger.v1.NodeSummary\x12^\n\x0bVerifyChain\x12&.sentinel.ledger.v1.VerifyChainRequest\x1a\'.sentinel.ledger.v1.VerifyChainResponse\x12V\n\rStreamEntries\x12(.sentinel.ledger.v1.StreamEntriesRequest\x1a\x19.sentinel.ledger.v1.Entry0\x01\x12^\n\x0bGetBalances\x12&.sentinel.ledger.v1.GetBalancesRequest\x1a\'.sentinel.ledger.v1.GetBalancesResponse\x12R\n\x07GetInfo\x12\".sentinel.ledger.v1.GetInfoRequest\x1a#.sentinel.ledger.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csentinel/protos/ledger.proto\x12\x12sentinel.ledger.v1\"\xbc\x02\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x14\n\x0cpayload_json\x18\x05 \x01(\t\x12\x11\n\tprev_hash\x18\x06 \x01(\t\x12\x1b\n\x0eprev_signature\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04hash\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\t\x12\x1b\n\x0enode_signature\x18\n \x01(\tH\x01\x88\x01\x01\x12\x1c\n\x0fnode_public_key\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04node\x18\x0c \x01(\tH\x03\x88\x01\x01\x42\x11\n\x0f_prev_signatureB\x11\n\x0f_node_signatureB\x12\n\x10_node_public_keyB\x07\n\x05_node\"e\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x12\n\npage_token\x18\x05 \x01(\t\"Y\n\x12GetEntriesResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.sentinel.ledger.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x0fGetEntryRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"%\n\x15GetNodeSummaryRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"I\n\x0c\x43ontribution\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05score\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"\x90\x02\n\x0bNodeSummary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\t\x12\x11\n\tsubmitted\x18\x05 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\x04\x12\x10\n\x08rejected\x18\x07 \x01(\x04\x12\x1a\n\x12\x63onsent_violations\x18\x08 \x01(\x04\x12\x37\n\rcontributions\x18\t \x03(\x0b\x32 .sentinel.ledger.v1.Contribution\x12\x1a\n\x12\x63ontribution_total\x18\n \x01(\t\x12\x15\n\rtoken_balance\x18\x0b \x01(\x03\":\n\nSignedHead\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t\"u\n\x12VerifyChainRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x1d\n\x15\x63heck_node_signatures\x18\x02 \x01(\x08\x12,\n\x04head\x18\x03 \x01(\x0b\x32\x1e.sentinel.ledger.v1.SignedHead\"\xb9\x01\n\x13VerifyChainResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x04\x12\x1a\n\rfirst_bad_seq\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x12\n\npublic_key\x18\x06 \x01(\t\x12\x15\n\x08head_seq\x18\x07 \x01(\x03H\x01\x88\x01\x01\x42\x10\n\x0e_first_bad_seqB\x0b\n\t_head_seq\"A\n\x14StreamEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\"\x14\n\x12GetBalancesRequest\"\x8f\x01\n\x13GetBalancesResponse\x12G\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x35.sentinel.ledger.v1.GetBalancesResponse.BalancesEntry\x1a/\n\rBalancesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x10\n\x0eGetInfoRequest\"k\n\x0fGetInfoResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x15\n\x08head_seq\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\thead_hash\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\tB\x0b\n\t_head_seq2\x82\x05\n\rLedgerService\x12[\n\nGetEntries\x12%.sentinel.ledger.v1.GetEntriesRequest\x1a&.sentinel.ledger.v1.GetEntriesResponse\x12J\n\x08GetEntry\x12#.sentinel.ledger.v1.GetEntryRequest\x1a\x19.sentinel.ledger.v1.Entry\x12\\\n\x0eGetNodeSummary\x12).sentinel.ledger.v1.GetNodeSummaryRequest\x1a\x1f.sentinel.ledger.v1.NodeSummary\x12^\n\x0bVerifyChain\x12&.sentinel.ledger.v1.VerifyChainRequest\x1a\'.sentinel.ledger.v1.VerifyChainResponse\x12V\n\rStreamEntries\x12(.sentinel.ledger.v1.StreamEntriesRequest\x1a\x19.sentinel.ledger.v1.Entry0\x01\x12^\n\x0bGetBalances\x12&.sentinel.ledger.v1.GetBalancesRequest\x1a\'.sentinel.ledger.v1.GetBalancesResponse\x12R\n\x07GetInfo\x12\".sentinel.ledger.v1.GetInfoRequest\x1a#.sentinel.ledger.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRY']._serialized_start=53
   _globals['_ENTRY']._serialized_end=369
   _globals['_GETENTRIESREQUEST']._serialized_start=371
-  _globals['_GETENTRIESREQUEST']._serialized_end=468
-  _globals['_GETENTRIESRESPONSE']._serialized_start=470
-  _globals['_GETENTRIESRESPONSE']._serialized_end=559
-  _globals['_GETENTRYREQUEST']._serialized_start=561
-  _globals['_GETENTRYREQUEST']._serialized_end=591
-  _globals['_GETNODESUMMARYREQUEST']._serialized_start=593
-  _globals['_GETNODESUMMARYREQUEST']._serialized_end=630
-  _globals['_CONTRIBUTION']._serialized_start=632
-  _globals['_CONTRIBUTION']._serialized_end=705
-  _globals['_NODESUMMARY']._serialized_start=708
-  _globals['_NODESUMMARY']._serialized_end=980
-  _globals['_VERIFYCHAINREQUEST']._serialized_start=982
-  _globals['_VERIFYCHAINREQUEST']._serialized_end=1053
-  _globals['_VERIFYCHAINRESPONSE']._serialized_start=1056
-  _globals['_VERIFYCHAINRESPONSE']._serialized_end=1205
-  _globals['_STREAMENTRIESREQUEST']._serialized_start=1207
-  _globals['_STREAMENTRIESREQUEST']._serialized_end=1272
-  _globals['_GETBALANCESREQUEST']._serialized_start=1274
-  _globals['_GETBALANCESREQUEST']._serialized_end=1294
-  _globals['_GETBALANCESRESPONSE']._serialized_start=1297
-  _globals['_GETBALANCESRESPONSE']._serialized_end=1440
-  _globals['_GETBALANCESRESPONSE_BALANCESENTRY']._serialized_start=1393
-  _globals['_GETBALANCESRESPONSE_BALANCESENTRY']._serialized_end=1440
-  _globals['_GETINFOREQUEST']._serialized_start=1442
-  _globals['_GETINFOREQUEST']._serialized_end=1458
-  _globals['_GETINFORESPONSE']._serialized_start=1460
-  _globals['_GETINFORESPONSE']._serialized_end=1567
-  _globals['_LEDGERSERVICE']._serialized_start=1570
-  _globals['_LEDGERSERVICE']._serialized_end=2212
+  _globals['_GETENTRIESREQUEST']._serialized_end=472
+  _globals['_GETENTRIESRESPONSE']._serialized_start=474
+  _globals['_GETENTRIESRESPONSE']._serialized_end=563
+  _globals['_GETENTRYREQUEST']._serialized_start=565
+  _globals['_GETENTRYREQUEST']._serialized_end=595
+  _globals['_GETNODESUMMARYREQUEST']._serialized_start=597
+  _globals['_GETNODESUMMARYREQUEST']._serialized_end=634
+  _globals['_CONTRIBUTION']._serialized_start=636
+  _globals['_CONTRIBUTION']._serialized_end=709
+  _globals['_NODESUMMARY']._serialized_start=712
+  _globals['_NODESUMMARY']._serialized_end=984
+  _globals['_SIGNEDHEAD']._serialized_start=986
+  _globals['_SIGNEDHEAD']._serialized_end=1044
+  _globals['_VERIFYCHAINREQUEST']._serialized_start=1046
+  _globals['_VERIFYCHAINREQUEST']._serialized_end=1163
+  _globals['_VERIFYCHAINRESPONSE']._serialized_start=1166
+  _globals['_VERIFYCHAINRESPONSE']._serialized_end=1351
+  _globals['_STREAMENTRIESREQUEST']._serialized_start=1353
+  _globals['_STREAMENTRIESREQUEST']._serialized_end=1418
+  _globals['_GETBALANCESREQUEST']._serialized_start=1420
+  _globals['_GETBALANCESREQUEST']._serialized_end=1440
+  _globals['_GETBALANCESRESPONSE']._serialized_start=1443
+  _globals['_GETBALANCESRESPONSE']._serialized_end=1586
+  _globals['_GETBALANCESRESPONSE_BALANCESENTRY']._serialized_start=1539
+  _globals['_GETBALANCESRESPONSE_BALANCESENTRY']._serialized_end=1586
+  _globals['_GETINFOREQUEST']._serialized_start=1588
+  _globals['_GETINFOREQUEST']._serialized_end=1604
+  _globals['_GETINFORESPONSE']._serialized_start=1606
+  _globals['_GETINFORESPONSE']._serialized_end=1713
+  _globals['_LEDGERSERVICE']._serialized_start=1716
+  _globals['_LEDGERSERVICE']._serialized_end=2358
 # @@protoc_insertion_point(module_scope)

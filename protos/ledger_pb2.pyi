@@ -35,18 +35,18 @@ class Entry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., timestamp: _Optional[str] = ..., kind: _Optional[str] = ..., actor: _Optional[str] = ..., payload_json: _Optional[str] = ..., prev_hash: _Optional[str] = ..., prev_signature: _Optional[str] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ..., node_signature: _Optional[str] = ..., node_public_key: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class GetEntriesRequest(_message.Message):
-    __slots__ = ("start", "limit", "kind", "node", "page_token")
+    __slots__ = ("start", "page_size", "kind", "node", "page_token")
     START_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     start: int
-    limit: int
+    page_size: int
     kind: str
     node: str
     page_token: str
-    def __init__(self, start: _Optional[int] = ..., limit: _Optional[int] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, start: _Optional[int] = ..., page_size: _Optional[int] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetEntriesResponse(_message.Message):
     __slots__ = ("entries", "next_page_token")
@@ -106,29 +106,43 @@ class NodeSummary(_message.Message):
     token_balance: int
     def __init__(self, node: _Optional[str] = ..., registered: _Optional[bool] = ..., role: _Optional[str] = ..., public_key: _Optional[str] = ..., submitted: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., consent_violations: _Optional[int] = ..., contributions: _Optional[_Iterable[_Union[Contribution, _Mapping]]] = ..., contribution_total: _Optional[str] = ..., token_balance: _Optional[int] = ...) -> None: ...
 
+class SignedHead(_message.Message):
+    __slots__ = ("seq", "hash", "signature")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hash: str
+    signature: str
+    def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
 class VerifyChainRequest(_message.Message):
-    __slots__ = ("public_key", "check_node_signatures")
+    __slots__ = ("public_key", "check_node_signatures", "head")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     CHECK_NODE_SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     public_key: str
     check_node_signatures: bool
-    def __init__(self, public_key: _Optional[str] = ..., check_node_signatures: _Optional[bool] = ...) -> None: ...
+    head: SignedHead
+    def __init__(self, public_key: _Optional[str] = ..., check_node_signatures: _Optional[bool] = ..., head: _Optional[_Union[SignedHead, _Mapping]] = ...) -> None: ...
 
 class VerifyChainResponse(_message.Message):
-    __slots__ = ("ok", "checked", "first_bad_seq", "reason", "problem", "public_key")
+    __slots__ = ("ok", "checked", "first_bad_seq", "reason", "problem", "public_key", "head_seq")
     OK_FIELD_NUMBER: _ClassVar[int]
     CHECKED_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     checked: int
     first_bad_seq: int
     reason: str
     problem: str
     public_key: str
-    def __init__(self, ok: _Optional[bool] = ..., checked: _Optional[int] = ..., first_bad_seq: _Optional[int] = ..., reason: _Optional[str] = ..., problem: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+    head_seq: int
+    def __init__(self, ok: _Optional[bool] = ..., checked: _Optional[int] = ..., first_bad_seq: _Optional[int] = ..., reason: _Optional[str] = ..., problem: _Optional[str] = ..., public_key: _Optional[str] = ..., head_seq: _Optional[int] = ...) -> None: ...
 
 class StreamEntriesRequest(_message.Message):
     __slots__ = ("start", "kind", "node")

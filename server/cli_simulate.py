@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -29,7 +29,74 @@ def default_model(console: Console) -> str:
         return "tiny-bert"
 
 
+FLAG_KEYS = (
+    "model", "dataset", "partition", "dirichlet_alpha", "nodes", "edge_fraction", "roles", "rounds",
+    "aggregation", "patience", "seed", "policy", "consent", "contribution", "token_budget",
+)
+"""Options of ``simulate`` and ``run`` that are federation keys (dashes in the run config)."""
+
+ConfigFileOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="Run config TOML: the keys of [tool.flwr.app.config] (e.g. rounds = 2, edge-lora-rank = 4). Flags override it.", dir_okay=False),
+]
+RunConfigOption = Annotated[
+    Optional[str],
+    typer.Option("--run-config", help="Extra keys as with `flwr run --run-config`, e.g. 'gpu-local-steps=12 timeout-s=600'. Flags override it."),
+]
+
+
+def fail(console: Console, message: str) -> typer.Exit:
+    """Print one error line and return the exit to raise (status 2: bad usage)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def given_flags(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The federation keys set on the command line (not defaults), as flat run-config values."""
+    from click.core import ParameterSource
+
+    flat: dict[str, Any] = {}
+    for name in FLAG_KEYS:
+        if ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        value = values[name]
+        flat[name.replace("_", "-")] = str(value) if isinstance(value, Path) else value
+    return flat
+
+
+def layered_config(
+    console: Console, config_file: Path | None, run_config: str | None, flags: dict[str, Any], *, base: FederationConfig | None = None
+) -> tuple[FederationConfig, dict[str, Any]]:
+    """Defaults (or ``base``), then the file, then ``--run-config``, then flags: the config and the run keys given.
+
+    A bad key or value exits with one line naming it.
+    """
+    from sentinel.server.run_config import RunConfigError, load_file, parse_pairs, split_keys, to_federation_config
+
+    try:
+        flat: dict[str, Any] = {}
+        if config_file is not None:
+            flat.update(load_file(config_file))
+        if run_config:
+            flat.update(parse_pairs(run_config))
+        flat.update(flags)
+        run_keys, fed = split_keys(flat)
+        if base is None and "model" not in fed:
+            fed["model"] = default_model(console)
+        return to_federation_config(fed, base=base), run_keys
+    except RunConfigError as e:
+        raise fail(console, str(e)) from e
+
+
+def default_out() -> Path:
+    """``runs/<timestamp>``."""
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def simulate_command(
+    ctx: typer.Context,
+    config_file: ConfigFileOption = None,
+    run_config: RunConfigOption = None,
     model: Annotated[Optional[str], typer.Option(help="Base model: preset, local dir or HF id. Default: minilm if installed, else tiny-bert.")] = None,
     dataset: Annotated[str, typer.Option(help="Dataset spec, e.g. builtin:reviews or uci-sentiment:DIR.")] = "builtin:reviews",
     partition: Annotated[str, typer.Option(help="iid | by-domain | dirichlet")] = "by-domain",
@@ -48,36 +115,29 @@ def simulate_command(
     out: Annotated[Optional[Path], typer.Option(help="Output directory. Default: runs/<timestamp>.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
-    """Simulate a whole federation locally (Flower simulation engine) and write a report."""
+    """Simulate a whole federation locally (Flower simulation engine) and write a report.
+
+    Settings come from the defaults, then ``--config run.toml``, then ``--run-config``, then flags.
+    """
     from sentinel.server.coordinator import load_run_config
     from sentinel.server.simulate import simulate
 
     console = Console()
+    flags = given_flags(ctx, locals())
     if resume is not None:
-        config = load_run_config(resume).model_copy(update={"rounds": rounds})
+        try:
+            saved = load_run_config(resume)
+        except (FileNotFoundError, ValueError) as e:
+            raise fail(console, str(e)) from e
+        # Only the number of rounds may change on resume: the rest must match the run to reproduce it.
+        extra = {k: v for k, v in flags.items() if k == "rounds"}
+        config, run_keys = layered_config(console, config_file, run_config, extra, base=saved)
+        if config.model_copy(update={"rounds": saved.rounds}) != saved:
+            raise fail(console, "--resume continues a run as it was configured; only `rounds` may change")
         out_dir = resume
     else:
-        try:
-            config = FederationConfig(
-                model=model or default_model(console),
-                dataset=dataset,
-                partition=partition,  # type: ignore[arg-type]
-                dirichlet_alpha=dirichlet_alpha,
-                nodes=nodes,
-                edge_fraction=edge_fraction,
-                roles=[r.strip() for r in roles.split(",")] if roles else None,  # type: ignore[misc]
-                rounds=rounds,
-                aggregation=aggregation,  # type: ignore[arg-type]
-                patience=patience,
-                seed=seed,
-                policy=str(policy) if policy else None,
-                consent=consent,
-                contribution=contribution,  # type: ignore[arg-type]
-                token_budget=token_budget,
-            )
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
-        out_dir = out or Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        config, run_keys = layered_config(console, config_file, run_config, flags)
+        out_dir = out or (Path(str(run_keys["out"])) if run_keys.get("out") else default_out())
     console.print(f"[bold]Sentinel simulate[/]: {config.model} on {config.dataset}, {config.nodes} nodes, "
                   f"{config.rounds} rounds, {config.aggregation} aggregation → {out_dir}")
     report = simulate(config, out_dir, resume=resume is not None, console=console)
@@ -94,4 +154,4 @@ def simulate_command(
                   f"best adapter: {out_dir / 'checkpoint' / 'best'}")
 
 
-__all__ = ["simulate_command"]
+__all__ = ["ConfigFileOption", "FLAG_KEYS", "RunConfigOption", "default_out", "fail", "given_flags", "layered_config", "simulate_command"]

@@ -113,15 +113,14 @@ class FederationConfig(BaseModel):
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
         """Build from Flower's flat run config (``[tool.flwr.app.config]`` / ``--run-config``).
 
-        Keys use dashes (``edge-fraction``); ``roles`` is a comma-separated list.
+        Keys use dashes (``edge-fraction``), per-role profile fields are
+        ``<role>-<field>`` (``edge-lora-rank``), lists are comma-separated and
+        ``""`` is unset; see :mod:`sentinel.server.run_config`. A bad key or
+        value raises ``RunConfigError`` (a ``ValueError``) with one line naming it.
         """
-        data: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name == "roles" and isinstance(value, str):
-                value = [r.strip() for r in value.split(",") if r.strip()]
-            data[name] = value
-        return cls.model_validate(data)
+        from sentinel.server.run_config import to_federation_config
+
+        return to_federation_config(run_config)
 
 
 __all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "PartitionMethod", "ROLES", "RoleProfile"]

@@ -24,6 +24,17 @@ ClientFn = Callable[[Message, Context], Message]
 CLIENT_APP_RAISED_EXCEPTION = 2  # Flower's error code for an exception in a ClientApp
 
 
+def _simulated_keys_config(node_configs: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
+    """A run config naming a fresh directory of random keys for the partitions in ``node_configs``."""
+    import tempfile
+
+    from sentinel.client.node import SIMULATED_KEYS, ensure_simulated_keys
+
+    partitions = [int(c["partition-id"]) for c in node_configs.values() if isinstance(c.get("partition-id"), int)]
+    directory = ensure_simulated_keys(tempfile.mkdtemp(prefix="sentinel-node-keys-"), max(partitions, default=-1) + 1)
+    return {SIMULATED_KEYS: str(directory)}
+
+
 class LocalGrid(Grid):
     """A Grid whose nodes are ClientApps (or plain callables) called in-process.
 
@@ -33,12 +44,25 @@ class LocalGrid(Grid):
         Node id → the app that answers that node's messages.
     node_configs : Mapping[int, dict], optional
         Node id → its ``context.node_config``.
+    run_config : Mapping[str, Any], optional
+        Every node's ``context.run_config``. By default the grid simulates its
+        nodes' keys: random keys for its partitions in a fresh temporary
+        directory (``node-keys``; see ``client.node.ensure_simulated_keys``).
+        Pass ``{"node-keys": DIR}`` to keep them with a run (a resumed run signs
+        with the same keys).
     """
 
-    def __init__(self, apps: Mapping[int, ClientApp | ClientFn], node_configs: Mapping[int, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        apps: Mapping[int, ClientApp | ClientFn],
+        node_configs: Mapping[int, dict[str, Any]] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
         self._apps = dict(apps)
+        configs = {n: dict((node_configs or {}).get(n, {})) for n in self._apps}
+        self.run_config = dict(run_config) if run_config is not None else _simulated_keys_config(configs)
         self._contexts = {
-            n: Context(run_id=1, node_id=n, node_config=dict((node_configs or {}).get(n, {})), state=RecordDict(), run_config={})
+            n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(), run_config=dict(self.run_config))
             for n in self._apps
         }
         self._replies: dict[str, Message] = {}

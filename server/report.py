@@ -69,4 +69,29 @@ def write_report(out_dir: Path, config: FederationConfig, result: RunResult, ext
     write_json_atomically(out_dir / "report.json", report)
     plot_metric(result.history, "accuracy", result.best_round, out_dir / "accuracy.png", "Central test accuracy")
     plot_metric(result.history, "loss", result.best_round, out_dir / "loss.png", "Central test loss")
+    if any("detection" in r for r in result.history):
+        plot_detection(result.history, out_dir / "detection.png")
     return report
+
+
+def plot_detection(history: list[dict[str, Any]], path: Path) -> None:
+    """True- and false-positive rates of the defences per round (attack simulations)."""
+    rows = [r for r in history if "detection" in r]
+    rounds = [r["round"] for r in rows]
+
+    def rate(r: dict[str, Any], hit: str, miss: str) -> float:
+        total = r["detection"][hit] + r["detection"][miss]
+        return r["detection"][hit] / total if total else float("nan")
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(rounds, [rate(r, "tp", "fn") for r in rows], marker="o", color="#2a6fdb", label="TPR (attackers rejected)")
+    ax.plot(rounds, [rate(r, "fp", "tn") for r in rows], marker="s", color="#d1495b", label="FPR (honest rejected)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("round")
+    ax.set_ylabel("rate")
+    ax.set_title("Detection of malicious updates")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,4 +1,17 @@
-"""``sentinel simulate``: a whole federation on one machine through Flower's simulation engine."""
+"""``sentinel simulate``: a whole federation on one machine through Flower's simulation engine.
+
+Flower 1.41 deprecates the ``run_simulation`` wrapper in favour of ``flwr run``
+on a simulation SuperLink. That path spawns a SuperLink, a ``flwr-simulation``
+process and a FAB install per run, and its ServerApp runs in another process;
+under it, ``flwr-simulation`` calls the simulation runtime
+(``flwr.simulation.run_simulation._run_simulation``) with the run's Context and
+Run. We call that same runtime in-process, with a Context and Run built the way
+``flwr-simulation`` builds them (run config on the server; the run's keys in
+every ClientApp's run config): the same engine and Ray backend, no deprecation
+warning, no SuperLink, and red-team ClientApps and live progress keep working.
+It is a private function, so the flwr pin (``flwr==1.41.0``) and
+``tests/deploy/test_simulation_engine.py`` guard its signature.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +20,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 from sentinel.client.app import app as default_client_app
+from sentinel.client.node import SIMULATED_KEYS, SimulatedNodeApp, ensure_simulated_keys
 from sentinel.server.config import FederationConfig
 from sentinel.server.coordinator import Coordinator
 from sentinel.server.exceptions import SimulationError
 from sentinel.server.progress import RoundProgress
 from sentinel.server.report import write_report
 from sentinel.server.rounds import RunResult
+from sentinel.server.run_config import to_run_config
 
 
 def quiet_flower() -> None:
@@ -55,8 +70,6 @@ def simulate(
     ``client_app`` is the nodes' app (the honest Sentinel node by default; red-team
     tests pass one from ``client.adversarial``).
     """
-    from flwr.simulation import run_simulation
-
     quiet_flower()
     console = console or Console()
     out_dir = Path(out_dir)
@@ -75,15 +88,46 @@ def simulate(
             holder["error"] = e
             raise
 
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=config.nodes,
-        backend_config=backend_config(),  # type: ignore[arg-type]
-    )
+    keys = ensure_simulated_keys(out_dir / SIMULATED_KEYS_DIR, config.nodes)
+    run_config = {**to_run_config(config, out=str(out_dir), resume=resume), SIMULATED_KEYS: str(keys)}
+    run_simulation_engine(server_app, SimulatedNodeApp(client_app, {SIMULATED_KEYS: str(keys)}), config.nodes, run_config)
     if "error" in holder:
         raise SimulationError(f"the federation failed: {holder['error']}") from holder["error"]
     if "result" not in holder:
         raise SimulationError("the simulation ended without a result (see Flower's log above)")
     result: RunResult = holder["result"]
     return write_report(out_dir, config, result, coordinator.report_extra())
+
+
+SIMULATED_KEYS_DIR = "node-keys"
+"""The run directory's folder of simulated node keys (random, made once per run, reused by ``--resume``)."""
+
+
+def run_simulation_engine(server_app: ServerApp, client_app: Any, num_nodes: int, run_config: dict[str, Any]) -> None:
+    """Run ``server_app`` and ``num_nodes`` simulated nodes in Flower's simulation runtime (Ray), in this process."""
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.supercore.telemetry import EventType
+
+    run = Run.create_empty(run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES))
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.override_config = dict(run_config)
+    TaskIdentity.task_id = run.primary_task_id
+    TaskIdentity.run_id = run.run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    _run_simulation(
+        num_supernodes=num_nodes,
+        exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config(),  # type: ignore[arg-type]
+        server_app_context=context,
+        run=run,
+    )

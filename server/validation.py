@@ -54,7 +54,7 @@ def assign_validators(
 ) -> dict[int, list[int]]:
     """Author → its validators: ``k`` (or all eligible, if fewer) distinct nodes, never the author.
 
-    Drawn without replacement with probability ∝ reputation / (1 + load so far),
+    Drawn without replacement with probability ∝ reputation / (1 + load so far)³,
     so low-reputation validators are picked less and the work spreads evenly.
     Deterministic for a given ``seed``.
     """
@@ -65,7 +65,7 @@ def assign_validators(
         chosen: list[int] = []
         pool = [v for v in sorted(validators) if v != author]
         while pool and len(chosen) < k:
-            weights = np.array([max(reputation.get(v, 1.0), MIN_REPUTATION) / (1 + load[v]) for v in pool])
+            weights = np.array([max(reputation.get(v, 1.0), MIN_REPUTATION) / (1 + load[v]) ** 3 for v in pool])
             pick = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
             chosen.append(pick)
             load[pick] += 1
@@ -115,7 +115,7 @@ class GateParameters:
     validators_per_update: int = 3
     quorum: float = 2 / 3
     entropy_z: float = 3.5
-    loss_tolerance: float = 0.05
+    loss_tolerance: float = 0.0
     reputation_learning_rate: float = 0.2
     cooldown_rounds: int = 2
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flwr.app import Context, Message
 from sentinel.client.app import app as honest_app
-from sentinel.client.node import node_key
+from sentinel.client.node import SIMULATED_KEYS, simulated_node_key
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.proposals import ContractChangeSpec, sign_proposal, sign_vote
 from sentinel.protos import messages as P
@@ -38,8 +38,8 @@ class Recorder:
 class PassProposalAfterRound(RoundObserver):
     """An observer that has two nodes pass a signed proposal once ``after`` rounds are done."""
 
-    def __init__(self, coordinator: Coordinator, spec: ContractChangeSpec, after: int, seed: int) -> None:
-        self.coordinator, self.spec, self.after, self.seed = coordinator, spec, after, seed
+    def __init__(self, coordinator: Coordinator, spec: ContractChangeSpec, after: int, keys: str) -> None:
+        self.coordinator, self.spec, self.after, self.keys = coordinator, spec, after, keys
         self.status: str | None = None
 
     def on_round(self, outcome: Any, row: Any, state: Any, previous: Any) -> dict[str, Any]:
@@ -47,9 +47,9 @@ class PassProposalAfterRound(RoundObserver):
             return {}
         governor = self.coordinator.governance.governor
         gpu, central = str(IDS[2]), str(IDS[1])
-        proposal = governor.submit_proposal(sign_proposal(node_key(2, None, self.seed), gpu, self.spec, title="let edge adapt layer 0"))
-        governor.cast_vote(sign_vote(node_key(2, None, self.seed), proposal.proposal_id, gpu, "yes"))
-        record = governor.cast_vote(sign_vote(node_key(1, None, self.seed), proposal.proposal_id, central, "yes"))
+        proposal = governor.submit_proposal(sign_proposal(simulated_node_key(self.keys, 2), gpu, self.spec, title="let edge adapt layer 0"))
+        governor.cast_vote(sign_vote(simulated_node_key(self.keys, 2), proposal.proposal_id, gpu, "yes"))
+        record = governor.cast_vote(sign_vote(simulated_node_key(self.keys, 1), proposal.proposal_id, central, "yes"))
         self.status = record.status
         return {}
 
@@ -59,8 +59,8 @@ def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path
     coordinator = Coordinator.build(config, tmp_path / "gov")
     recorder = Recorder()
     spec = ContractChangeSpec(kind="grant", operation="adapt", components=["layer.0.head.*"], roles=["edge"])
-    passer = PassProposalAfterRound(coordinator, spec, after=1, seed=config.seed)
     grid = LocalGrid({n: recorder for n in IDS}, {n: {"partition-id": i, "num-partitions": 3} for i, n in enumerate(IDS)})
+    passer = PassProposalAfterRound(coordinator, spec, after=1, keys=grid.run_config[SIMULATED_KEYS])
     result = coordinator.run(grid, extra_observers=[passer])
 
     assert passer.status == "executed"

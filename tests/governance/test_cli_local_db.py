@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sentinel.governance.store import GovernanceStore
 from sentinel.server.cli import app
 from typer.testing import CliRunner
 
@@ -24,6 +25,16 @@ def test_reads_work_on_a_database_file_without_a_server(governor, sqlite_url: st
 
 
 def test_a_database_without_contracts_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    GovernanceStore(tmp_path / "empty.db").close()
     result = CliRunner().invoke(app, ["governance", "contracts", "--db", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert result.exit_code != 0
     assert "no consent contracts" in result.output
+
+
+def test_a_database_that_does_not_exist_is_refused_and_not_created(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    typo = tmp_path / "governance.dbb"
+    for command in (["contracts"], ["nodes"], ["check", "1", "adapt", "classifier"]):
+        result = CliRunner().invoke(app, ["governance", *command, "--db", str(typo)])
+        assert result.exit_code == 1, result.output
+        assert f"no governance database at {typo}" in result.output and "Traceback" not in result.output
+    assert not typo.exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, save_private_key
 from sentinel.ledger.entries import AppendRequest
-from sentinel.ledger.exceptions import ReadOnlyLedgerError, SignerMismatchError
+from sentinel.ledger.exceptions import ReadOnlyLedgerError, SignerMismatchError, UntrustedKeyError
 from sentinel.ledger.store import Ledger
 from sqlalchemy import event
 
@@ -108,7 +108,9 @@ def test_read_only_ledger_refuses_appends(filled: Ledger) -> None:
     with pytest.raises(ReadOnlyLedgerError):
         reader.append("round_started", "coordinator", {"round": 1})
     assert reader.public_key_b64 == filled.public_key_b64
-    assert reader.verify().ok
+    with pytest.raises(UntrustedKeyError, match="never trusted"):
+        reader.verify()  # the key the database records about itself is not a trust anchor
+    assert reader.verify(filled.public_key_b64).ok
 
 
 def test_another_coordinator_key_cannot_extend_the_chain(filled: Ledger) -> None:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from sentinel.ledger.anchor import publish_trust_anchor
 from sentinel.ledger.cli import app
 from sentinel.ledger.client import LedgerClient
 from sentinel.ledger.service import LedgerServer, serve
@@ -68,12 +69,15 @@ def test_node_and_balances(filled: Ledger, server: LedgerServer, node_keys) -> N
         assert code == 0 and re.search(rf"{first}\s*│\s*50", out) and re.search(r"total\s*│\s*200", out), out
 
 
-def test_verify_exit_code_and_first_bad_entry(filled: Ledger, server: LedgerServer, sql) -> None:  # type: ignore[no-untyped-def]
-    for source in _sources(filled, server):
+def test_verify_exit_code_and_first_bad_entry(filled: Ledger, server: LedgerServer, sql, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    publish_trust_anchor(filled, tmp_path)  # the run directory: coordinator.pub and ledger_head.json beside ledger.db
+    trusted = ["--public-key", str(tmp_path / "coordinator.pub")]
+    sources = [["--db", filled.url], ["--target", f"127.0.0.1:{server.port}", *trusted]]
+    for source in sources:
         code, out = _run("verify", *source)
         assert code == 0 and "chain OK" in out and "25 entries" in out, out
     sql(filled, "UPDATE ledger_entry SET payload = payload || ' ' WHERE seq = 11")
-    for source in _sources(filled, server):
+    for source in sources:
         code, out = _run("verify", *source)
         assert code == 1, out
         assert "BROKEN at entry 11" in out and "hash mismatch" in out and "first bad entry" in out
@@ -85,7 +89,7 @@ def test_source_options_are_checked(filled: Ledger, tmp_path) -> None:  # type: 
     code, out = _run("balances", "--db", str(tmp_path / "missing.db"))
     assert code == 2 and "no ledger database" in out
     bare_path = filled.url.removeprefix("sqlite:///")
-    assert _run("verify", "--db", bare_path)[0] == 0
+    assert _run("verify", "--db", bare_path, "--public-key", filled.public_key_b64)[0] == 0  # type: ignore[arg-type]
 
 
 def test_serve_command_answers_until_interrupted(filled: Ledger) -> None:

@@ -51,23 +51,36 @@ def test_payload_changed_after_signing_is_rejected(led: Ledger) -> None:
     assert led.count() == 1
 
 
-def test_unregistered_node_needs_an_explicit_key(led: Ledger) -> None:
+def test_unregistered_node_cannot_sign_even_with_its_own_key(led: Ledger) -> None:
     key = generate_private_key()
     payload = _submission()
     signature = sign_payload(key, payload)
-    with pytest.raises(NodeSignatureError, match="no registered key"):
+    with pytest.raises(NodeSignatureError, match="not registered"):
         led.append(EntryKind.UPDATE_SUBMITTED, NODE, payload, node_signature=signature)
+    with pytest.raises(NodeSignatureError, match="not registered"):  # a self-supplied key proves nothing
+        led.append(EntryKind.UPDATE_SUBMITTED, NODE, payload, node_signature=signature, node_public_key=public_key_b64(key))
     assert led.count() == 0
+    LedgerRecorder(led).node_registered(NODE, "gpu", public_key_b64(key))
     entry = led.append(EntryKind.UPDATE_SUBMITTED, NODE, payload, node_signature=signature, node_public_key=public_key_b64(key))
     assert entry.node_public_key == public_key_b64(key)
-    assert led.verify().ok
+    assert led.verify(node_signatures=True).ok
+
+
+def test_a_removed_node_can_no_longer_sign(led: Ledger) -> None:
+    key = generate_private_key()
+    LedgerRecorder(led).node_registered(NODE, "gpu", public_key_b64(key))
+    led.append(EntryKind.NODE_REMOVED, "coordinator", {"node": NODE})
+    payload = _submission()
+    with pytest.raises(NodeSignatureError, match="not registered"):
+        led.append(EntryKind.UPDATE_SUBMITTED, NODE, payload, node_signature=sign_payload(key, payload))
+    assert led.count() == 2
 
 
 def test_registered_key_wins_over_an_explicit_one(led: Ledger) -> None:
     LedgerRecorder(led).node_registered(NODE, "gpu", public_key_b64(generate_private_key()))
     impostor = generate_private_key()
     payload = _submission()
-    with pytest.raises(NodeSignatureError):
+    with pytest.raises(NodeSignatureError, match="not node .* registered key"):
         led.append(
             EntryKind.UPDATE_SUBMITTED, NODE, payload,
             node_signature=sign_payload(impostor, payload), node_public_key=public_key_b64(impostor),

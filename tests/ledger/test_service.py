@@ -62,10 +62,13 @@ def test_get_entry_summary_balances_and_info(client: LedgerClient, filled: Ledge
 
 
 def test_verify_chain_reports_ok_and_the_first_bad_entry(client: LedgerClient, filled: Ledger, sql) -> None:  # type: ignore[no-untyped-def]
-    assert client.verify() == filled.verify()
-    assert client.verify().ok
+    key = filled.public_key_b64
+    assert client.verify(key) == filled.verify()
+    assert client.verify(key).ok and client.verify(key).public_key == key
+    with pytest.raises(LedgerApiError, match="FAILED_PRECONDITION.*no trusted coordinator key"):
+        client.verify()  # the server has no anchor beside its database, and never trusts the key it stores
     sql(filled, "DELETE FROM ledger_entry WHERE seq = 7")
-    report = client.verify()
+    report = client.verify(key)
     assert (report.ok, report.first_bad_seq, report.problem) == (False, 7, Problem.GAP)
 
 
@@ -123,7 +126,7 @@ def test_tls_server_serves_clients_that_trust_its_certificate(filled: Ledger) ->
     srv = serve(filled.url, port=0, tls=TlsConfig(certificate_chain=cert, private_key=key))
     try:
         with LedgerClient(f"127.0.0.1:{srv.port}", root_cert=cert, timeout=10) as tls_client:
-            assert tls_client.verify().ok and tls_client.info().count == 25
+            assert tls_client.verify(filled.public_key_b64).ok and tls_client.info().count == 25
         with LedgerClient(f"127.0.0.1:{srv.port}", timeout=3) as plain:
             with pytest.raises(LedgerApiError, match="UNAVAILABLE"):
                 plain.info()

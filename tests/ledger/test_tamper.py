@@ -9,6 +9,7 @@ from sentinel.ledger.chain import Envelope, entry_hash, sign_hash
 from sentinel.ledger.crypto import generate_private_key, public_key_b64
 from sentinel.ledger.entries import Problem
 from sentinel.ledger.exceptions import LedgerStateError
+from sentinel.ledger.head import sign_head
 from sentinel.ledger.store import Ledger
 
 LAST = 24  # the filled ledger holds seq 0..24; seq 4 is a node-signed submission
@@ -97,7 +98,7 @@ def test_swapping_two_entries_is_an_order_problem(filled: Ledger, sql, a: int, b
 
 
 def _rewrite_from(ledger: Ledger, sql, start: int, key, edit_payload: bool) -> None:  # type: ignore[no-untyped-def]
-    """Rewrite entries ``start``.. as an attacker would: consistent hashes and links, signed with ``key``."""
+    """Rewrite entries ``start``.. as an attacker would: consistent hashes and links, entries and head signed with ``key``."""
     prev = ledger.get(start - 1) if start else None
     prev_hash, prev_sig = (prev.hash, prev.signature) if prev else ("0" * 64, None)
     for entry in ledger.entries(start, 1000):
@@ -111,7 +112,8 @@ def _rewrite_from(ledger: Ledger, sql, start: int, key, edit_payload: bool) -> N
         sql(ledger, "UPDATE ledger_entry SET payload = :p, prev_hash = :ph, prev_signature = :ps, hash = :h, "
             "signature = :s WHERE seq = :seq", p=payload, ph=env.prev_hash, ps=env.prev_signature, h=prev_hash,
             s=prev_sig, seq=entry.seq)
-    sql(ledger, "UPDATE ledger_head SET hash = :h", h=prev_hash)
+    last = ledger.count() - 1
+    sql(ledger, "UPDATE ledger_head SET hash = :h, signature = :s", h=prev_hash, s=sign_head(key, last, prev_hash).signature)
 
 
 def test_rewriting_history_with_another_key_is_found_where_it_starts(filled: Ledger, sql) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,87 @@
+"""What an edge node does with the edge bundle: predict texts and evaluate on labelled examples.
+
+Edge nodes answer inference and evaluation from the distilled student through
+onnxruntime (`sentinel.models.edge_bundle.BundleRunner`); torch stays for
+their local LoRA training only. Neither this module nor the runtime imports
+torch, so a node that only serves the bundle can be installed without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sentinel.client.data.examples import Example
+from sentinel.models.edge_bundle import BundleRunner, Prediction
+
+__all__ = ["EdgeEvaluation", "evaluate_bundle", "predict_texts"]
+
+
+@dataclass(frozen=True)
+class EdgeEvaluation:
+    """How the bundle does on labelled examples.
+
+    `accuracy` and `loss` (mean cross-entropy, nats) over all examples;
+    `per_domain` maps each domain to its accuracy; `ece` is the expected
+    calibration error over `bins` equal-width confidence bins. NaN when there
+    are no examples.
+    """
+
+    num_examples: int
+    accuracy: float
+    loss: float
+    ece: float
+    per_domain: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for a Flower MetricRecord (per-domain accuracy as ``accuracy/<domain>``)."""
+        flat = {"num_examples": float(self.num_examples), "accuracy": self.accuracy, "loss": self.loss, "ece": self.ece}
+        flat.update({f"accuracy/{d}": a for d, a in self.per_domain.items()})
+        return flat
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """``Σ_b (n_b / n) |accuracy_b − confidence_b|`` over equal-width bins of the top probability."""
+    if len(labels) == 0:
+        return math.nan
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        chosen = which == b
+        if chosen.any():
+            total += chosen.mean() * abs(correct[chosen].mean() - confidence[chosen].mean())
+    return float(total)
+
+
+def evaluate_bundle(runner: BundleRunner, examples: Sequence[Example], batch_size: int = 32, bins: int = 10) -> EdgeEvaluation:
+    """Accuracy, cross-entropy, calibration and per-domain accuracy of the bundle on `examples`."""
+    if not examples:
+        return EdgeEvaluation(0, math.nan, math.nan, math.nan, {})
+    labels = np.array([e.label for e in examples], dtype=np.int64)
+    num_labels = len(runner.labels)
+    if int(labels.max()) >= num_labels:
+        raise ValueError(f"`examples` have label {int(labels.max())}, the bundle knows {num_labels} labels")
+    probs = runner.probabilities([e.text for e in examples], batch_size=batch_size)
+    correct = probs.argmax(axis=1) == labels
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    by_domain: dict[str, list[bool]] = defaultdict(list)
+    for example, hit in zip(examples, correct, strict=True):
+        by_domain[example.domain].append(bool(hit))
+    return EdgeEvaluation(
+        num_examples=len(examples),
+        accuracy=float(correct.mean()),
+        loss=loss,
+        ece=expected_calibration_error(probs, labels, bins),
+        per_domain={d: float(np.mean(hits)) for d, hits in sorted(by_domain.items())},
+    )
+
+
+def predict_texts(runner: BundleRunner, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+    """The bundle's label and probability for each text."""
+    return runner.predict(texts, batch_size=batch_size)
