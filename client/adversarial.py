@@ -31,6 +31,14 @@ from sentinel.protos import messages as P
 from sentinel.protos.records import from_array_record
 
 
+def node_key_of(context: Context, msg: Message):  # noqa: ANN201 - the node's Ed25519 private key
+    """The signing key of the node ``context`` describes, for the run ``msg`` belongs to."""
+    from sentinel.client.node import node_key
+
+    ident = node_identity(context)
+    return node_key(ident.partition_id, ident.key_file, int(msg.content[P.REC_CONFIG].get(P.C_RUN_SEED, 0)))
+
+
 def _misbehaves(context: Context, partitions: Collection[int]) -> bool:
     ident = node_identity(context)
     return ident.partition_id in partitions or bool(context.node_config.get("misbehave", False))
@@ -43,6 +51,7 @@ def _app_with_train(
     app = ClientApp()
     app.query("profile")(profile)
     app.evaluate()(honest.evaluate)
+    app.evaluate("validate")(honest.validate)
     app.train()(train)
     return app
 
@@ -71,7 +80,7 @@ def signature_forging_app(partitions: Collection[int]) -> ClientApp:
             signed = reply.content[P.REC_SIGNATURE]
             round_ = int(msg.content[P.REC_CONFIG][P.C_ROUND])
             examples = int(reply.content[P.REC_METRICS][P.M_EXAMPLES])
-            payload = update_submitted_payload(context.node_id, round_, str(signed[P.S_CONTENT_HASH]), examples)
+            payload = update_submitted_payload(honest.key_id(node_key_of(context, msg)), round_, str(signed[P.S_CONTENT_HASH]), examples)
             signed[P.S_SIGNATURE] = sign_payload(generate_private_key(), payload)
         return reply
 

@@ -16,12 +16,13 @@ from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, evaluate_examples, materialise_global, resolve_device, train_local
+from sentinel.ledger.crypto import Ed25519PrivateKey, public_key_b64
 from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.loading import LoadedModel
 from sentinel.protos import messages as P
 from sentinel.protos.records import from_array_record, parse_global_view, to_array_record
-from sentinel.protos.vocabulary import Role
+from sentinel.protos.vocabulary import Role, node_id_of_key
 
 app = ClientApp()
 
@@ -154,6 +155,11 @@ def update_reply(msg: Message, context: Context, update: LocalUpdate) -> Message
     return signed_update_reply(msg, context, update.arrays, metrics, importance)
 
 
+def key_id(key: Ed25519PrivateKey) -> str:
+    """This node's lasting id: derived from its public key, as the coordinator derives it."""
+    return node_id_of_key(public_key_b64(key))
+
+
 def signed_update_reply(
     msg: Message,
     context: Context,
@@ -164,13 +170,15 @@ def signed_update_reply(
     """The train reply: the update's arrays, metrics and importance, signed by this node's key.
 
     The node vouches for its update by signing exactly the ledger's submission
-    payload (node, round, content hash of the arrays, example count).
+    payload (node, round, content hash of the arrays, example count), where the
+    node is its key id (``protos.vocabulary.node_id_of_key``), not Flower's node id.
     """
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
     content_hash = content_hash_of_arrays(arrays)
-    payload = update_submitted_payload(context.node_id, ins.server_round, content_hash, int(metrics[P.M_EXAMPLES]))
-    signature = sign_payload(node_key(ident.partition_id, ident.key_file, ins.run_seed), payload)
+    key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
+    payload = update_submitted_payload(key_id(key), ins.server_round, content_hash, int(metrics[P.M_EXAMPLES]))
+    signature = sign_payload(key, payload)
     content = RecordDict(
         {
             P.REC_ARRAYS: to_array_record(arrays),
@@ -200,8 +208,8 @@ def validate(msg: Message, context: Context) -> Message:
 
     ident, ins, base, _, val_set = node_inputs(msg, context)
     key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
-    content = validate_candidates(msg.content, base, val_set, ins, context.node_id, key, resolve_device(ident.device))
+    content = validate_candidates(msg.content, base, val_set, ins, key_id(key), key, resolve_device(ident.device))
     return Message(content, reply_to=msg)
 
 
-__all__ = ["RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "signed_update_reply", "update_reply"]
+__all__ = ["RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "key_id", "signed_update_reply", "update_reply"]

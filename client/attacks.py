@@ -149,7 +149,7 @@ def _dishonest_validate(kind: str) -> Callable[[Message, Context], Message]:
                 reply.content[name] = metrics
                 reason = "" if accept else "rejected"
                 signatures[P.S_REASON + author] = reason
-                signatures[P.S_VERDICT + author] = sign_payload(key, validation_verdict_payload(author, rnd, context.node_id, accept, reason))
+                signatures[P.S_VERDICT + author] = sign_payload(key, validation_verdict_payload(author, rnd, honest.key_id(key), accept, reason))
         return reply
 
     return validate

@@ -10,9 +10,12 @@ roles after the profile handshake.
 config names (``key-file``; ``sentinel node --key-file``, made with ``sentinel
 keys node``), and refuses to work without one. Only a simulation gives its
 nodes keys itself: random keys made for the run and kept in the run directory
-(:func:`ensure_simulated_keys`), whose location reaches the simulated nodes
-through the run config (``node-keys``). Nothing about a key can be derived from
-public values such as the run's seed or a partition id.
+(:func:`ensure_simulated_keys`), whose location reaches the simulated nodes in
+their node config (``node-keys``, added by :class:`SimulatedNodeApp`). The node
+config is the node operator's, never the coordinator's: in deployment it is
+exactly what ``flower-supernode --node-config`` says, so a run cannot point a
+node at keys. Nothing about a key can be derived from public values such as
+the run's seed or a partition id.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ class NodeIdentity(BaseModel):
     num_partitions: int = Field(alias="num-partitions", ge=1)
     role: Role | None = None
     key_file: str | None = Field(default=None, alias="key-file")
+    node_keys: str | None = Field(default=None, alias="node-keys", description="Simulation only: the run's key directory.")
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
+    dataset: str | None = Field(default=None, description="This node's own data spec (`sentinel node --dataset`); None: the run's.")
+    lora_rank: int | None = Field(default=None, alias="lora-rank", ge=1, description="Rank this node trains at; None: its role's.")
 
 
 SIMULATED_KEYS = "node-keys"
-"""Run-config key: the directory of a simulated run's node keys (set by the simulation, never in deployment)."""
+"""Node-config key: the directory of a simulated run's node keys (set by the simulation, never by a run)."""
 
 
 class NodeKeyError(ValueError):
@@ -86,8 +92,8 @@ def node_identity(context: Context) -> NodeIdentity:
     """Parse the node config; a clear error names what is missing or wrong.
 
     Without ``key-file`` in the node config, a simulated node takes its
-    partition's key from the run's simulated key directory (``node-keys`` in the
-    run config); any other node is refused (:class:`NodeKeyError`).
+    partition's key from the run's simulated key directory (``node-keys`` in its
+    node config); any other node is refused (:class:`NodeKeyError`).
     """
     cfg = dict(context.node_config)
     if "role" in cfg and cfg["role"] not in ROLES:
@@ -95,7 +101,7 @@ def node_identity(context: Context) -> NodeIdentity:
     ident = NodeIdentity.model_validate(cfg)
     if ident.key_file:
         return ident
-    keys = str(dict(context.run_config).get(SIMULATED_KEYS) or "")
+    keys = ident.node_keys
     if not keys:
         raise NodeKeyError(
             "this node has no signing key: set `key-file` in its node config "
@@ -125,25 +131,24 @@ def node_public_key(identity: NodeIdentity, run_seed: int = 0) -> str:
 
 
 class SimulatedNodeApp:
-    """A simulated node's app: ``app`` with the run's simulation keys in its run config.
+    """A simulated node's app: ``app`` with the run's simulated key directory in its node config.
 
-    Flower's simulation runtime gives in-process ClientApps an empty run config;
-    ``flwr-simulation`` gives them the app's fused config. This wrapper adds what
-    a Sentinel node needs from it (``node-keys``) without changing the Context
-    Flower keeps (the runtime refuses a changed ``run_config``); the node state is
-    shared. It pickles, so Ray actors receive it like a ClientApp.
+    Flower's simulation runtime gives simulated nodes only ``partition-id`` and
+    ``num-partitions``; this wrapper adds ``node-keys`` (see :func:`node_identity`)
+    without changing the Context Flower keeps; the node state is shared. It
+    pickles, so Ray actors receive it like a ClientApp.
     """
 
-    def __init__(self, app: Callable[..., Message], run_config: dict[str, Any]) -> None:
-        self.app, self.run_config = app, dict(run_config)
+    def __init__(self, app: Callable[..., Message], node_config: dict[str, Any]) -> None:
+        self.app, self.node_config = app, dict(node_config)
 
     def __call__(self, message: Message, context: Context) -> Message:
         view = Context(
             run_id=context.run_id,
             node_id=context.node_id,
-            node_config=context.node_config,
+            node_config={**dict(context.node_config), **self.node_config},
             state=context.state,
-            run_config={**dict(context.run_config), **self.run_config},
+            run_config=context.run_config,
         )
         return self.app(message=message, context=view)
 

@@ -90,11 +90,14 @@ def validate_candidates(
     base: LoadedModel,
     val_set: list[Example],
     instruction: object,
-    node_id: int,
+    node_id: str,
     key: Ed25519PrivateKey,
     device: torch.device,
 ) -> RecordDict:
-    """The reply to a validate message: per candidate its measurements, the verdict and its signature."""
+    """The reply to a validate message: per candidate its measurements, the verdict and its signature.
+
+    ``node_id`` is this validator's key id; candidates are named by their authors' key ids.
+    """
     gates = GateSettings.model_validate(dict(content[P.REC_CONFIG]))
     if not val_set:
         raise ValueError("this node has no validation data, so it cannot validate")

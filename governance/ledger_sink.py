@@ -21,7 +21,8 @@ class LedgerSink(Protocol):
 
     ``node_signature`` is a node's base64 Ed25519 signature over
     ``canonical_json(payload)``; the ledger verifies it against the node's
-    registered key (or ``node_public_key`` when given) before appending.
+    registered key before appending (``node_public_key``, when given, must be
+    that key: an unregistered node cannot sign).
     """
 
     def append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -57,10 +58,10 @@ def _rpc(method: Callable[..., _R]) -> Callable[..., _R]:
         try:
             return method(self, request, context)
         except (GovernanceError, LedgerError) as e:  # a ledger refusal (e.g. a node signature) leaves the act unwritten
-            context.abort(getattr(grpc.StatusCode, e.status, grpc.StatusCode.UNKNOWN), str(e))
+            context.abort(getattr(grpc.StatusCode, e.status, grpc.StatusCode.UNKNOWN), serving.details(e))
         except Exception as e:  # noqa: BLE001 - the client gets a status, the log the traceback
             log.exception("GovernanceService.%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            context.abort(grpc.StatusCode.INTERNAL, serving.details(f"internal error: {type(e).__name__}: {e}"))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     return handler
@@ -176,8 +177,11 @@ class TLSConfig:
 class GovernanceServer:
     """A running GovernanceService; stop it with :meth:`stop` (or use it as a context manager)."""
 
-    def __init__(self, server: grpc.Server, governor: Governor, host: str, port: int, tls: bool) -> None:
+    def __init__(
+        self, server: grpc.Server, governor: Governor, host: str, port: int, tls: bool, executor: futures.ThreadPoolExecutor
+    ) -> None:
         self._server = server
+        self._executor = executor
         self.governor = governor
         self.host = host
         self.port = port
@@ -190,7 +194,7 @@ class GovernanceServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving (in-flight calls get ``grace`` seconds) and close the store."""
-        self._server.stop(grace).wait()
+        serving.stop_server(self._server, self._executor, grace)
         self.governor.store.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -221,13 +225,14 @@ def serve(
     A port already in use (by any process) is refused with :class:`OSError`.
     """
     governor = Governor(GovernanceStore(db_url), ledger, clock=clock, request_window=request_window)
-    server = serving.new_server(workers=max_workers, thread_name="governance", max_receive_bytes=MAX_REQUEST_BYTES)
+    server, executor = serving.new_server(workers=max_workers, thread_name="governance", max_receive_bytes=MAX_REQUEST_BYTES)
     pb_grpc.add_GovernanceServiceServicer_to_server(GovernanceServicer(governor), server)
     try:
         bound = serving.bind(server, host, port, tls.credentials() if tls is not None else None)
     except (OSError, ValueError):
+        executor.shutdown(wait=False)
         governor.store.close()
         raise
     server.start()
     log.info("governance service listening on %s:%d (%s)", host, bound, "TLS" if tls else "plaintext")
-    return GovernanceServer(server, governor, host, bound, tls is not None)
+    return GovernanceServer(server, governor, host, bound, tls is not None, executor)

@@ -2,7 +2,8 @@
 
 Who registered, what was submitted, accepted or rejected, who contributed what
 and who earned which tokens, verifiable by anyone holding the coordinator's
-public key. Knows nothing of Flower or torch; the coordinator calls
+public key (published with the signed head beside the run's ledger:
+:mod:`ledger.anchor`). Knows nothing of Flower or torch; the coordinator calls
 :class:`ledger.recorder.LedgerRecorder`. Main names are importable from here
 lazily (``from ledger import Ledger``), so ``import ledger.crypto`` stays light.
 """
@@ -19,6 +20,9 @@ _EXPORTS = {
     "VerifyReport": "sentinel.ledger.entries",
     "NodeSummary": "sentinel.ledger.entries",
     "Problem": "sentinel.ledger.entries",
+    "SignedHead": "sentinel.ledger.head",
+    "publish_trust_anchor": "sentinel.ledger.anchor",
+    "load_trust_anchor": "sentinel.ledger.anchor",
     "EntryKind": "sentinel.protos.vocabulary",
     "LedgerRecorder": "sentinel.ledger.recorder",
     "content_hash_of_arrays": "sentinel.ledger.recorder",

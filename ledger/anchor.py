@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from sentinel.ledger.crypto import public_key_b64, public_key_from_text
+from sentinel.ledger.crypto import public_key_b64, public_key_from_b64, public_key_from_text
 from sentinel.ledger.engine import database_url
 from sentinel.ledger.exceptions import (
     EntryNotFoundError,
@@ -34,6 +34,7 @@ from sentinel.ledger.exceptions import (
     ReadOnlyLedgerError,
     SignerMismatchError,
     TrustAnchorError,
+    UntrustedKeyError,
 )
 from sentinel.ledger.files import create_exclusively, write_atomically
 from sentinel.ledger.head import SignedHead
@@ -125,6 +126,30 @@ def load_trust_anchor(directory: str | Path | None) -> TrustAnchor | None:
     head_file = directory / HEAD_FILE
     head = read_signed_head(head_file) if head_file.exists() else None
     return TrustAnchor(public_key=key, head=head, directory=directory)
+
+
+def trusted_key(url: str, given: str | None, signer: str | None, head: SignedHead | None) -> tuple[str, SignedHead | None]:
+    """The coordinator key to verify the ledger at ``url`` against, and the published head it must reach.
+
+    The key is ``given`` (base64) if any, else ``signer`` (a signing ledger's own
+    key), else the ``coordinator.pub`` published beside the database; the head is
+    ``head`` if any, else the ``ledger_head.json`` published there. With no key,
+    :class:`UntrustedKeyError`: the key a database records about itself is never used.
+    """
+    found = load_trust_anchor(anchor_directory(url)) if given is None or head is None else None
+    if head is None and found is not None:
+        head = found.head
+    if given is not None:
+        public_key_from_b64(given)  # a malformed key is the caller's error (ValueError), not a broken chain
+        return given, head
+    if signer is not None:
+        return signer, head
+    if found is not None:
+        return found.public_key, head
+    raise UntrustedKeyError(
+        f"no trusted coordinator key for {url}: give the coordinator's public key, or publish the trust anchor "
+        f"({PUBLIC_KEY_FILE}) beside the database; the key the database stores is never trusted"
+    )
 
 
 def publish_trust_anchor(ledger: Ledger, directory: str | Path) -> SignedHead:

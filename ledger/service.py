@@ -14,8 +14,10 @@ Streams end when the server stops.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -26,6 +28,7 @@ import grpc
 from sentinel.ledger import convert, serving
 from sentinel.ledger.entries import LedgerEntry
 from sentinel.ledger.exceptions import LedgerError, StreamLimitError
+from sentinel.ledger.kinds import parse_kind
 from sentinel.ledger.store import Ledger, check_seq
 from sentinel.protos import ledger_pb2 as pb
 from sentinel.protos import ledger_pb2_grpc as pb_grpc
@@ -39,7 +42,9 @@ STREAM_POLL_S = 0.2
 UNARY_WORKERS = 8
 MAX_STREAMS = 8
 MAX_VERIFIES = 2
+MAX_NODE_ID = 128
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +81,12 @@ def _grpc_errors(method: Callable[..., _T]) -> Callable[..., _T]:
         try:
             return method(self, request, context)
         except LedgerError as e:
-            context.abort(grpc.StatusCode[e.status], str(e))
+            context.abort(grpc.StatusCode[e.status], serving.details(e))
         except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, serving.details(e))
+        except Exception as e:  # noqa: BLE001 - the client gets a status, the log the traceback
+            log.exception("LedgerService.%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, serving.details(f"internal error: {type(e).__name__}: {e}"))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     return wrapper
@@ -90,6 +98,13 @@ def _page_start(request: pb.GetEntriesRequest) -> int:
     if len(request.page_token) > 20 or not request.page_token.isdecimal():
         raise ValueError(f"`page_token` {request.page_token[:40]!r} is not one this server issued")
     return check_seq(int(request.page_token), "page_token")
+
+
+def _filters(request: pb.GetEntriesRequest | pb.StreamEntriesRequest) -> tuple[str | None, str | None]:
+    """The request's ``kind`` and ``node`` filters (None: any); a node id longer than any stored one is refused."""
+    if len(request.node) > MAX_NODE_ID:
+        raise ValueError(f"`node` is {len(request.node)} characters long; node ids are at most {MAX_NODE_ID}")
+    return request.kind or None, request.node or None
 
 
 class _Limit:
@@ -131,7 +146,8 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def GetEntries(self, request: pb.GetEntriesRequest, context: grpc.ServicerContext) -> pb.GetEntriesResponse:
         """A page of entries (bounded in count and bytes); ``next_page_token`` is the next start seq while more remain."""
         limit = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
-        found = self.ledger.entries(_page_start(request), limit + 1, request.kind or None, request.node or None)
+        kind, node = _filters(request)
+        found = self.ledger.entries(_page_start(request), limit + 1, kind, node)
         page, size = [], 0
         for entry in found[:limit]:
             message = convert.entry_to_pb(entry)
@@ -151,8 +167,8 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     @_grpc_errors
     def GetNodeSummary(self, request: pb.GetNodeSummaryRequest, context: grpc.ServicerContext) -> pb.NodeSummary:
         """One node's derived summary."""
-        if not request.node or len(request.node) > 128:
-            raise ValueError("`node` is required and at most 128 characters long")
+        if not request.node or len(request.node) > MAX_NODE_ID:
+            raise ValueError(f"`node` is required and at most {MAX_NODE_ID} characters long")
         return convert.summary_to_pb(self.ledger.node_summary(request.node))
 
     @_grpc_errors
@@ -181,16 +197,19 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         """
         try:
             check_seq(request.start, "start")
+            _filters(request)
+            if request.kind:
+                parse_kind(request.kind)
             with self._streams.slot():
                 for entry in self._follow(request, context):
                     yield convert.entry_to_pb(entry)
         except LedgerError as e:
-            context.abort(grpc.StatusCode[e.status], str(e))
+            context.abort(grpc.StatusCode[e.status], serving.details(e))
         except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, serving.details(e))
 
     def _follow(self, request: pb.StreamEntriesRequest, context: grpc.ServicerContext) -> Iterator[LedgerEntry]:
-        next_seq, kind, node = request.start, request.kind or None, request.node or None
+        next_seq, (kind, node) = request.start, _filters(request)
         while context.is_active() and not self.stopping.is_set():
             head = self.ledger.head()  # writers may be other processes: the database is the only signal
             if head is None or head.seq < next_seq:
@@ -206,13 +225,15 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
 class LedgerServer:
     """A running LedgerService: its bound ``port``; ``stop()`` ends streams and shuts it down."""
 
-    def __init__(self, server: grpc.Server, port: int, ledger: Ledger, stopping: threading.Event) -> None:
-        self._server, self.port, self.ledger, self._stopping = server, port, ledger, stopping
+    def __init__(
+        self, server: grpc.Server, port: int, ledger: Ledger, stopping: threading.Event, executor: futures.ThreadPoolExecutor
+    ) -> None:
+        self._server, self.port, self.ledger, self._stopping, self._executor = server, port, ledger, stopping, executor
 
     def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving (in-flight calls get ``grace`` seconds) and close the database."""
+        """Stop serving (streams end at once, other in-flight calls get ``grace`` seconds) and close the database."""
         self._stopping.set()
-        self._server.stop(grace).wait()
+        serving.stop_server(self._server, self._executor, grace)
         self.ledger.close()
 
     def wait(self) -> None:
@@ -244,7 +265,7 @@ def serve(
     """
     ledger = Ledger(url)
     stopping = threading.Event()
-    server = serving.new_server(
+    server, executor = serving.new_server(
         workers=max_workers + max_streams, thread_name="ledger-api", max_receive_bytes=MAX_REQUEST_BYTES
     )
     servicer = LedgerServicer(
@@ -255,7 +276,8 @@ def serve(
     try:
         bound = serving.bind(server, host, port, tls.credentials() if tls else None)
     except OSError:
+        executor.shutdown(wait=False)
         ledger.close()
         raise
     server.start()
-    return LedgerServer(server, bound, ledger, stopping)
+    return LedgerServer(server, bound, ledger, stopping, executor)

@@ -38,14 +38,37 @@ DEFAULT_LINGER_S = 5.0
 """How long, after the server stopped, a CLI waits for busy handler threads before exiting anyway."""
 
 
-def new_server(*, workers: int, thread_name: str, max_receive_bytes: int) -> grpc.Server:
-    """A gRPC server with ``workers`` handler threads, no port sharing, and requests capped at ``max_receive_bytes``."""
+MAX_DETAILS = 1000
+"""Characters of an error status's details (they travel as metadata, which gRPC caps at 8 KiB)."""
+
+
+def details(error: BaseException | str) -> str:
+    """An error message fit to be a status's details: at most :data:`MAX_DETAILS` characters (requests are echoed in errors)."""
+    text = str(error)
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 15] + "... (truncated)"
+
+
+def new_server(*, workers: int, thread_name: str, max_receive_bytes: int) -> tuple[grpc.Server, futures.ThreadPoolExecutor]:
+    """A gRPC server with ``workers`` handler threads, no port sharing, and requests capped at ``max_receive_bytes``.
+
+    Returns the server and its thread pool: :func:`stop_server` stops both.
+    """
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_receive_bytes),
     ]
     executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
-    return grpc.server(executor, options=options)
+    return grpc.server(executor, options=options), executor
+
+
+def stop_server(server: grpc.Server, executor: futures.ThreadPoolExecutor, grace: float | None) -> None:
+    """Stop serving (in-flight calls get ``grace`` seconds, then are cancelled) and let idle handler threads exit.
+
+    A handler still busy after the grace keeps its thread until it returns
+    (Python cannot interrupt it); :func:`exit_when_idle` bounds that wait.
+    """
+    server.stop(grace).wait()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:

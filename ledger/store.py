@@ -10,7 +10,6 @@ beside the database (:mod:`ledger.anchor`), never the key the database stores.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -43,10 +42,10 @@ from sentinel.ledger.exceptions import (
     NodeSignatureError,
     ReadOnlyLedgerError,
     SignerMismatchError,
-    UntrustedKeyError,
 )
 from sentinel.ledger.head import MAX_SEQ, SignedHead, head_message, sign_head
 from sentinel.ledger.kinds import check_actor, check_payload, parse_kind, payload_node
+from sentinel.ledger.node_keys import NodeKeys
 from sentinel.ledger.tables import ENTRY_COLUMNS, ENTRY_TABLE, HEAD_TABLE
 from sentinel.ledger.verify import verify_chain
 from sentinel.protos.vocabulary import COORDINATOR, EntryKind
@@ -189,9 +188,11 @@ class Ledger:
 
         ``actor`` is ``"coordinator"`` or a node id string. ``node_signature`` is that
         node's base64 Ed25519 signature over ``canonical_json(payload)``, checked
-        against the key of the node's latest ``node_registered`` entry, else
-        ``node_public_key``; a missing key or a bad signature raises
-        :class:`NodeSignatureError` and stores nothing.
+        against the key of the node's latest ``node_registered`` entry (not
+        revoked by a ``node_removed`` one; see :mod:`ledger.node_keys`);
+        ``node_public_key``, if given, must be that key. An unregistered node, a
+        bad signature or another key raises :class:`NodeSignatureError` and
+        stores nothing.
         """
         request = AppendRequest(kind, actor, payload, node_signature, node_public_key)
         return self.append_many([request])[0]
@@ -206,16 +207,17 @@ class Ledger:
         with self._lock, write_transaction(self._engine) as conn:
             prev_seq, prev_hash, prev_sig, prev_ts = self._locked_tail(conn)
             timestamp = max(utc_timestamp(), prev_ts)  # never earlier than the entry before
-            registered: dict[str, str | None] = {}
+            keys = NodeKeys(conn)
             rows: list[dict[str, Any]] = []
             for seq, item in enumerate(prepared, start=prev_seq + 1):
-                row = self._signed_row(seq, timestamp, item, prev_hash, prev_sig, self._node_key(conn, item, registered))
+                node_key = (
+                    keys.check(item.actor, item.kind, item.text, item.node_signature, item.node_public_key)
+                    if item.node_signature is not None else None
+                )
+                row = self._signed_row(seq, timestamp, item, prev_hash, prev_sig, node_key)
                 rows.append(row)
                 prev_hash, prev_sig = row["hash"], row["signature"]
-                if item.kind is EntryKind.NODE_REGISTERED and item.node is not None:
-                    registered[item.node] = item.payload.get("public_key") or None
-                elif item.kind is EntryKind.NODE_REMOVED and item.node is not None:
-                    registered[item.node] = None
+                keys.record(item.kind, item.node, item.payload)
             conn.execute(ENTRY_TABLE.insert(), rows)
             head = sign_head(self._signer, rows[-1]["seq"], prev_hash)
             conn.execute(
@@ -261,53 +263,6 @@ class Ledger:
             signature=sign_hash(self._signer, hash_hex),  # type: ignore[arg-type]
             node_signature=item.node_signature, node_public_key=node_key,
         )
-
-    def _node_key(self, conn: Connection, item: _Prepared, registered: dict[str, str | None]) -> str | None:
-        """The key that verifies ``item``'s node signature (None when it has none); raises if none does.
-
-        Only a registered node can sign: the key is the one of the node's latest
-        ``node_registered`` entry (``registered`` caches lookups and holds
-        registrations and removals earlier in the same batch), unless a later
-        ``node_removed`` entry removed the node. A ``node_public_key`` the request
-        supplies must be that key; on its own it proves nothing.
-        """
-        if item.node_signature is None:
-            return None
-        node = item.actor
-        if node not in registered:
-            registered[node] = self._registered_key(conn, node)  # the lock is held: it cannot change during this batch
-        key = registered[node]
-        if not key:
-            raise NodeSignatureError(
-                f"node {node!r} signed its {item.kind.value} entry but is not registered with a key "
-                "(no earlier node_registered entry gives one); nothing stored"
-            )
-        if item.node_public_key and item.node_public_key != key:
-            raise NodeSignatureError(
-                f"`node_public_key` {item.node_public_key} is not node {node!r}'s registered key {key}; nothing stored"
-            )
-        try:
-            public_key = public_key_from_b64(key)
-        except ValueError as e:
-            raise NodeSignatureError(f"node {node!r}'s public key is unusable: {e}") from e
-        if not signature_valid(public_key, item.node_signature, item.text.encode("utf-8")):
-            raise NodeSignatureError(
-                f"node {node!r}'s signature on its {item.kind.value} entry does not verify against key {key}; nothing stored"
-            )
-        return key
-
-    @staticmethod
-    def _registered_key(conn: Connection, node: str) -> str | None:
-        """The key of ``node``'s latest registration, unless it was removed after it (None: cannot sign)."""
-        row = conn.execute(
-            select(_E.kind, _E.payload)
-            .where(_E.kind.in_((EntryKind.NODE_REGISTERED.value, EntryKind.NODE_REMOVED.value)), _E.node == node)
-            .order_by(_E.seq.desc())
-            .limit(1)
-        ).first()
-        if row is None or row[0] != EntryKind.NODE_REGISTERED.value:
-            return None
-        return json.loads(row[1]).get("public_key") or None
 
     # ------------------------------------------------------------------ reads
     def get(self, seq: int) -> LedgerEntry:
@@ -420,27 +375,11 @@ class Ledger:
         well (an audit of the coordinator itself, at one Ed25519 verification per
         signed entry), against the keys of registered nodes only.
         """
-        key, head = self._trusted(public_key, head)
+        signer_key = public_key_b64(self._signer) if self._signer is not None else None
+        key, head = anchor.trusted_key(self.url, public_key, signer_key, head)
         with snapshot_transaction(self._engine) as conn:
             report = verify_chain(conn, public_key_from_b64(key), node_signatures=node_signatures, published=head)
         return dataclasses.replace(report, public_key=key, head_seq=head.seq if head is not None else None)
-
-    def _trusted(self, public_key: str | None, head: SignedHead | None) -> tuple[str, SignedHead | None]:
-        """The coordinator key to verify against and the published head to reach (see :meth:`verify`)."""
-        found = anchor.load_trust_anchor(anchor.anchor_directory(self.url)) if public_key is None or head is None else None
-        if head is None and found is not None:
-            head = found.head
-        if public_key is not None:
-            public_key_from_b64(public_key)  # a malformed key is the caller's error, not a broken chain
-            return public_key, head
-        if self._signer is not None:
-            return public_key_b64(self._signer), head
-        if found is not None:
-            return found.public_key, head
-        raise UntrustedKeyError(
-            f"no trusted coordinator key for {self.url}: give the coordinator's public key, or publish the trust anchor "
-            f"({anchor.PUBLIC_KEY_FILE}) beside the database; the key the database stores is never trusted"
-        )
 
     def node_summary(self, node: str) -> NodeSummary:
         """Registration, submissions, decisions, contributions and token balance of ``node``."""

@@ -97,7 +97,8 @@ def record_from_arrays(arrays: Mapping[str, np.ndarray]) -> PruneRecord:
         else:
             raise PruningError(f"`arrays`: unknown prune-record key {key!r}")
     try:
-        weights = {k: HeadWeights(**v) for k, v in parts["head"].items()}
+        optional = {"q_bias": None}  # bias-free models (Llama) store no bias arrays
+        weights = {k: HeadWeights(**{**optional, **v}) for k, v in parts["head"].items()}
         kv_weights = {k: KVWeights(**{"k_bias": None, "v_bias": None, **v}) for k, v in parts["kv"].items()}
     except TypeError as e:
         raise PruningError(f"`arrays`: incomplete or unknown head weight fields: {e}") from e

@@ -12,6 +12,7 @@ head indices are zero-based decimal integers without leading zeros.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +34,22 @@ PARTITION_METHODS: Final[tuple[PartitionMethod, ...]] = ("iid", "by-domain", "di
 
 COORDINATOR: Final = "coordinator"
 """The actor name of everything the coordinator does itself (ledger entries, governance acts)."""
+
+# ---------------------------------------------------------------- node identity
+
+NODE_ID_PREFIX: Final = "node-"
+
+
+def node_id_of_key(public_key: str) -> str:
+    """A node's id in the ledger, governance, tokens and reports: derived from its registered public key.
+
+    A node *is* its key: Flower's node id is a transport detail that changes
+    between runs (every simulated node gets a new one on ``--resume``), so
+    nothing that must last is keyed on it. ``public_key`` is the base64 raw
+    Ed25519 key; the id is ``node-`` and the first 16 hex digits of its SHA-256.
+    """
+    return NODE_ID_PREFIX + hashlib.sha256(public_key.encode("ascii")).hexdigest()[:16]
+
 
 # ---------------------------------------------------------------- component ids
 
@@ -160,6 +177,7 @@ __all__ = [
     "ffn_id",
     "head_id",
     "is_component_id",
+    "node_id_of_key",
     "parse_component",
     "standard_components",
 ]

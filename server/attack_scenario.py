@@ -85,8 +85,8 @@ class AttackObserver(RoundObserver):
     def on_round(self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState) -> dict[str, Any]:
         """The round's ``malicious`` node ids and ``detection`` counts."""
         return {
-            "malicious": [str(n.node_id) for n in self.nodes if n.partition_id in self.malicious],
-            "lying_validators": [str(n.node_id) for n in self.nodes if n.partition_id in self.lying],
+            "malicious": [n.key_id for n in self.nodes if n.partition_id in self.malicious],
+            "lying_validators": [n.key_id for n in self.nodes if n.partition_id in self.lying],
             "detection": detection_counts(outcome, self.malicious),
         }
 

@@ -2,17 +2,22 @@
 
 A run directory's ``checkpoint/`` holds ``last/`` (what ``--resume`` continues
 from), ``best_state/`` (the best round's exact state) and ``best/`` (the best
-round's adapter in PEFT format, written by the coordinator's exporter).
+round's adapter in PEFT format, written by the coordinator's exporter). A
+round's checkpoint is first staged as ``pending/``; the round's records are
+committed; then it is put in force (:func:`recover_state` settles a crash in
+between, so a resumed run records every round exactly once).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
-from sentinel.models.fileio import write_dir_atomically
+from sentinel.models.fileio import replace_dir, write_dir_atomically
 from sentinel.server.exceptions import CheckpointError
 from sentinel.server.state import GlobalState, flatten_state, unflatten_state
 
@@ -21,6 +26,7 @@ META_FILE = "state.json"
 HEAD_MASK_KEY = "head_mask"
 
 LAST = "last"
+PENDING = "pending"  # the last round's checkpoint, staged until the round's records are committed
 BEST = "best"  # the best round's adapter, in PEFT format
 BEST_STATE = "best_state"  # the best round's exact (dense) global state
 
@@ -56,9 +62,51 @@ def load_state(directory: str | Path) -> GlobalState:
     )
 
 
+def stage_state(state: GlobalState, checkpoint_dir: Path) -> Path:
+    """Write the round's checkpoint beside the one in force (``pending/``), not yet in force."""
+    return save_state(state, Path(checkpoint_dir) / PENDING)
+
+
+def promote_state(checkpoint_dir: Path) -> None:
+    """Put the staged checkpoint in force: ``pending/`` becomes ``last/``."""
+    checkpoint_dir = Path(checkpoint_dir)
+    replace_dir(checkpoint_dir / PENDING, checkpoint_dir / LAST)
+
+
+def _restore_retired_last(checkpoint_dir: Path) -> None:
+    """Undo a crash inside :func:`replace_dir`: ``last/`` renamed away and its successor not yet in place."""
+    retired = sorted(checkpoint_dir.glob(f".{LAST}.old-*"))
+    if not (checkpoint_dir / LAST).exists() and retired:
+        os.rename(retired[-1], checkpoint_dir / LAST)
+
+
+def recover_state(checkpoint_dir: Path, committed_round: int | None) -> GlobalState:
+    """The checkpoint a resumed run continues from, settling a crash between a round's records and its checkpoint.
+
+    ``committed_round`` is the last round whose records are durable (the
+    ledger's last ``checkpoint`` entry), or None when the run keeps no records.
+    A staged checkpoint of a committed round is put in force (the crash came
+    after the records); one of an uncommitted round is discarded (the round
+    never happened and will run again). So every round is recorded once.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    _restore_retired_last(checkpoint_dir)
+    pending = checkpoint_dir / PENDING
+    if pending.is_dir():
+        try:
+            staged = load_state(pending)
+        except CheckpointError:
+            staged = None
+        if staged is not None and (committed_round is None or staged.round <= committed_round):
+            promote_state(checkpoint_dir)
+            return staged
+        shutil.rmtree(pending, ignore_errors=True)
+    return load_state(checkpoint_dir / LAST)
+
+
 def resume_state(checkpoint_dir: Path) -> GlobalState:
-    """The last checkpoint of a stopped run (what ``--resume`` continues from)."""
-    return load_state(Path(checkpoint_dir) / LAST)
+    """The last checkpoint of a stopped run (what ``--resume`` continues from), with no records to settle against."""
+    return recover_state(checkpoint_dir, None)
 
 
-__all__ = ["BEST", "BEST_STATE", "LAST", "load_state", "resume_state", "save_state"]
+__all__ = ["BEST", "BEST_STATE", "LAST", "PENDING", "load_state", "promote_state", "recover_state", "resume_state", "save_state", "stage_state"]

@@ -29,8 +29,8 @@ def contribution_scores(
     permutations: int = 20,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Score each accepted node's update in this round (keys: node ids as strings)."""
-    by_node = {str(r.node.node_id): r for r in accepted}
+    """Score each accepted node's update in this round (keys: the nodes' key ids)."""
+    by_node = {r.node.key_id: r for r in accepted}
 
     def utility(subset: frozenset[str]) -> float:
         if not subset:

@@ -7,14 +7,18 @@ need, with one :class:`Link` describing where the SuperLink is and how to trust 
 
 from __future__ import annotations
 
+import io
+import logging
 import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Control API request otherwise
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def control_client(link: Link) -> Iterator[Any]:
     connection = SuperLinkConnection(
         "sentinel", address=link.address, root_certificates=str(link.ca) if link.ca else None, insecure=link.insecure
     )
-    client = init_http_client_from_connection(connection)
+    with redirect_stdout(io.StringIO()):  # Flower prints "Using SuperLink: ..." on every connection
+        client = init_http_client_from_connection(connection)
     try:
         yield client
     finally:

@@ -22,10 +22,10 @@ from sentinel.models.fileio import write_text_atomically
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
 from sentinel.server.central import CentralEvaluator, export_peft_adapter, initial_state
-from sentinel.server.checkpoints import resume_state
+from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, PENDING, load_state, recover_state, save_state
 from sentinel.server.config import FederationConfig
 from sentinel.server.contribution import contribution_scores
-from sentinel.server.exceptions import RunNotFoundError
+from sentinel.server.exceptions import CheckpointError, RunNotFoundError
 from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
 from sentinel.server.observer import RoundObserver
@@ -55,6 +55,7 @@ class Coordinator:
     ledger: Ledger | None = None
     governance: GovernanceObserver | None = None
     validation: ValidationPhase | None = None
+    ledger_observer: LedgerObserver | None = None
     train_sizes: tuple[int, ...] = ()
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
 
@@ -103,7 +104,8 @@ class Coordinator:
 
         governor = self.governance.governor
         budget = lambda: int(governor.parameters().token_budget)  # noqa: E731 - governance may change it between rounds
-        self.observers.append(LedgerObserver(self.ledger, scorer, budget, self.config.contribution))
+        self.ledger_observer = LedgerObserver(self.ledger, scorer, budget, self.config.contribution, anchor_dir=self.out_dir)
+        self.observers.append(self.ledger_observer)
 
     def strategy(self) -> SentinelStrategy:
         """A fresh strategy wired to this model's components."""
@@ -126,10 +128,36 @@ class Coordinator:
         return self.train_sizes[node.partition_id]
 
     def starting_state(self, resume: bool) -> GlobalState:
-        """Round 0 (fresh run) or the last checkpoint (``--resume``)."""
-        if resume:
-            return resume_state(self.out_dir / CHECKPOINT_DIR)
-        return initial_state(self.base)
+        """Round 0 (fresh run) or the checkpoint a resumed run continues from.
+
+        On ``--resume`` a crash between a round's ledger records and its
+        checkpoint is settled against the ledger (``checkpoints.recover_state``),
+        so no round is recorded twice. A run stopped before its first round
+        finished starts from round 0 again.
+        """
+        if not resume:
+            return initial_state(self.base)
+        checkpoints = self.out_dir / CHECKPOINT_DIR
+        committed = self.ledger_observer.committed_round() if self.ledger_observer is not None else None
+        if not (checkpoints / LAST).exists() and not (checkpoints / PENDING).exists():
+            return initial_state(self.base)
+        state = recover_state(checkpoints, committed)
+        self._repair_best(state)
+        return state
+
+    def _repair_best(self, state: GlobalState) -> None:
+        """Rewrite the best checkpoint if a crash came after its round committed but before the best was saved."""
+        best_round = state.meta.get("best_round")
+        best_dir = self.out_dir / CHECKPOINT_DIR / BEST_STATE
+        if best_round != state.round:
+            return
+        try:
+            saved = load_state(best_dir).round
+        except CheckpointError:
+            saved = -1
+        if saved != state.round:
+            save_state(state, best_dir)
+            self.export_best(state, self.out_dir / CHECKPOINT_DIR / BEST)
 
     def export_best(self, state: GlobalState, directory: Path) -> None:
         """Write the best round's adapter in PEFT format, with the consent contracts it was trained under."""
@@ -161,7 +189,7 @@ class Coordinator:
         (self.out_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
         strategy = self.strategy()
         self.validation = self.validation_phase(strategy)
-        return run_federation(
+        result = run_federation(
             grid,
             self.config,
             strategy,
@@ -172,6 +200,9 @@ class Coordinator:
             export_best=self.export_best,
             validation=self.validation,
         )
+        if self.ledger_observer is not None:
+            self.ledger_observer.publish()
+        return result
 
     def report_extra(self) -> dict[str, object]:
         """What observers add to the run report (ledger totals, governance figures, ...)."""

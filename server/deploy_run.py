@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.server.control import Link
+from sentinel.server.observer import RoundObserver
 
 REPORT_MARK = "SENTINEL-REPORT "
 """Prefix of the run-log line that carries the report as JSON."""
@@ -61,8 +62,11 @@ def wait_for_nodes(
         time.sleep(poll_s)
 
 
-class LogProgress:
-    """Round observer for a deployed run: one log line per round (what ``sentinel run`` shows)."""
+class LogProgress(RoundObserver):
+    """Round observer for a deployed run: one log line per round (what ``sentinel run`` shows).
+
+    It inherits the protocol's no-op defaults for everything but the three calls it logs.
+    """
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
@@ -79,12 +83,6 @@ class LogProgress:
             f"round {row['round']} done: acc {row['accuracy']:.4f} loss {row['loss']:.4f} "
             f"accepted {row.get('accepted')}/{row.get('nodes')} ({missing} rejected or missing) {row.get('duration_s', 0):.1f}s"
         )
-        return {}
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {}
-
-    def report(self) -> dict[str, Any]:
         return {}
 
 

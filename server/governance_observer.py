@@ -56,7 +56,7 @@ class GovernanceObserver(RoundObserver):
 
     def permitted(self, node: NodeInfo, server_round: int) -> frozenset[str]:
         """The node's permitted set for adapting, under the contracts in force now."""
-        return self.governor.permitted_set(str(node.node_id), "adapt")
+        return self.governor.permitted_set(node.key_id, "adapt")
 
     @property
     def contract_version(self) -> int:
@@ -70,7 +70,7 @@ class GovernanceObserver(RoundObserver):
     def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         """Register the run's nodes (a governance bootstrap act, recorded on the ledger)."""
         for node in nodes:
-            self.governor.ensure_node(str(node.node_id), node.role, public_key=node.public_key)
+            self.governor.ensure_node(node.key_id, node.role, public_key=node.public_key)
 
     def on_round(
         self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
@@ -84,8 +84,12 @@ class GovernanceObserver(RoundObserver):
         return fields
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """The contract set in force goes into every checkpoint's metadata."""
-        return {"consent_contracts": self.contracts_json()}
+        """The contract set in force and the heads' entropy history go into every checkpoint's metadata."""
+        return {"consent_contracts": self.contracts_json(), "entropy_history": {k: list(v) for k, v in sorted(self.entropy_history.items())}}
+
+    def restore(self, meta: Mapping[str, Any]) -> None:
+        """Continue the agency rule from the entropy history a checkpoint saved (``--resume``)."""
+        self.entropy_history = {str(k): [float(x) for x in v] for k, v in meta.get("entropy_history", {}).items()}
 
     def _signal_agency(self, outcome: RoundOutcome) -> list[str] | None:
         """Let heads signal their own state from this round's entropy, as the policy's rule says.

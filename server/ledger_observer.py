@@ -1,10 +1,20 @@
-"""Writing a run to the contribution ledger: nodes, submissions, verdicts, scores, tokens, checkpoints."""
+"""Writing a run to the contribution ledger: nodes, submissions, verdicts, scores, tokens, checkpoints.
+
+A round's entries are gathered while the round runs and appended in one ledger
+transaction when the round commits (after its checkpoint is staged), so a crash
+leaves the round recorded entirely or not at all; after each commit the run's
+trust anchor (coordinator public key and signed ledger head) is published next
+to the ledger.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from sentinel.ledger.anchor import publish_trust_anchor
+from sentinel.ledger.entries import AppendRequest
 from sentinel.ledger.kinds import EntryKind
 from sentinel.ledger.recorder import LedgerRecorder, content_hash_of_arrays
 from sentinel.ledger.store import Ledger
@@ -21,6 +31,23 @@ def state_hash(state: GlobalState) -> str:
     return content_hash_of_arrays(flatten_state(state.deltas, state.head))
 
 
+class EntryBatch:
+    """Gathers ledger appends to be written later, in one transaction (see :meth:`Ledger.append_many`)."""
+
+    def __init__(self) -> None:
+        self.requests: list[AppendRequest] = []
+
+    def append(
+        self, kind: EntryKind | str, actor: str, payload: dict[str, Any], *, node_signature: str | None = None, node_public_key: str | None = None
+    ) -> None:
+        """Queue one entry."""
+        self.requests.append(AppendRequest(kind, actor, payload, node_signature, node_public_key))
+
+    def append_many(self, items: Sequence[AppendRequest]) -> None:
+        """Queue several entries."""
+        self.requests.extend(items)
+
+
 class LedgerObserver(RoundObserver):
     """Round observer that records every act of the run on the ledger.
 
@@ -30,9 +57,19 @@ class LedgerObserver(RoundObserver):
     round's ``tokens``; and a ``checkpoint`` with the new global state's hash.
     """
 
-    def __init__(self, ledger: Ledger, scorer: Scorer | None, token_budget: int | Callable[[], int], method: str) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        scorer: Scorer | None,
+        token_budget: int | Callable[[], int],
+        method: str,
+        anchor_dir: Path | None = None,
+    ) -> None:
         self.ledger = ledger
         self.recorder = LedgerRecorder(ledger)
+        self.batch = EntryBatch()
+        self.round_recorder = LedgerRecorder(self.batch)  # type: ignore[arg-type] - appends are queued, not written
+        self.anchor_dir = anchor_dir
         self.scorer = scorer
         self.token_budget: Callable[[], int] = token_budget if callable(token_budget) else (lambda: int(token_budget))
         self.method = method
@@ -43,15 +80,36 @@ class LedgerObserver(RoundObserver):
 
     def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         """Register nodes not yet on the ledger (a resumed run keeps its registrations)."""
-        self.nodes = [str(n.node_id) for n in nodes]
+        self.nodes = [n.key_id for n in nodes]
         known = self._registered()
         for node in nodes:
-            if str(node.node_id) not in known:
-                self.recorder.node_registered(node.node_id, node.role, node.public_key)
+            if node.key_id not in known:
+                self.recorder.node_registered(node.key_id, node.role, node.public_key)
+        self.publish()
 
     def on_round_start(self, server_round: int) -> None:
-        """Record that the round began."""
-        self.recorder.round_started(server_round)
+        """Start the round's records (nothing is written until the round commits)."""
+        self.batch = EntryBatch()
+        self.round_recorder = LedgerRecorder(self.batch)  # type: ignore[arg-type]
+        self.round_recorder.round_started(server_round)
+
+    def commit_round(self, server_round: int) -> None:
+        """Append the round's entries in one transaction, then publish the new signed head."""
+        self.ledger.append_many(self.batch.requests)
+        self.batch = EntryBatch()
+        self.publish()
+
+    def publish(self) -> None:
+        """Publish the trust anchor (coordinator key, signed head) next to the ledger, when a directory is set."""
+        if self.anchor_dir is not None:
+            publish_trust_anchor(self.ledger, self.anchor_dir)
+
+    def committed_round(self) -> int:
+        """The last round whose records are on the ledger (0 when none is)."""
+        last = None
+        for entry in self.ledger.iter_entries(kind=EntryKind.CHECKPOINT):
+            last = entry
+        return int(last.payload["round"]) if last is not None else 0
 
     def on_round(
         self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
@@ -63,23 +121,23 @@ class LedgerObserver(RoundObserver):
         r = outcome.round
         for res in outcome.results:
             if res.authentic:  # only a submission the node really signed goes on the ledger as its own
-                self.recorder.update_submitted(res.node.node_id, r, res.content_hash, res.num_examples, node_signature=res.signature)
+                self.round_recorder.update_submitted(res.node.key_id, r, res.content_hash, res.num_examples, node_signature=res.signature)
             for v in res.verdicts:  # each verdict as its validator signed it
-                self.recorder.validation_verdict(res.node.node_id, r, v.validator, v.accept, v.reason, node_signature=v.signature)
+                self.round_recorder.validation_verdict(res.node.key_id, r, v.validator, v.accept, v.reason, node_signature=v.signature)
             if res.offending:
-                self.recorder.consent_violation(res.node.node_id, r, res.offending)
+                self.round_recorder.consent_violation(res.node.key_id, r, res.offending)
             if res.accepted:
-                self.recorder.update_accepted(res.node.node_id, r)
+                self.round_recorder.update_accepted(res.node.key_id, r)
             else:
-                self.recorder.update_rejected(res.node.node_id, r, res.reason)
+                self.round_recorder.update_rejected(res.node.key_id, r, res.reason)
         scores = self.scorer(outcome, previous) if self.scorer and outcome.accepted else {}
         allocations: dict[str, int] = {}
         if scores:
-            self.recorder.contribution(r, scores, self.method)  # type: ignore[arg-type]
+            self.round_recorder.contribution(r, scores, self.method)  # type: ignore[arg-type]
             budget = self.token_budget()  # read each round: governance may have changed it
             allocations = distribute_tokens(scores, budget)
-            self.recorder.tokens(r, allocations, budget)
-        self.recorder.checkpoint(r, state_hash(state))
+            self.round_recorder.tokens(r, allocations, budget)
+        self.round_recorder.checkpoint(r, state_hash(state))
         return {"contributions": scores, "tokens": allocations}
 
     def report(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -24,15 +25,14 @@ ClientFn = Callable[[Message, Context], Message]
 CLIENT_APP_RAISED_EXCEPTION = 2  # Flower's error code for an exception in a ClientApp
 
 
-def _simulated_keys_config(node_configs: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
-    """A run config naming a fresh directory of random keys for the partitions in ``node_configs``."""
+def _simulated_keys(node_configs: Mapping[int, dict[str, Any]]) -> Path:
+    """A fresh directory of random keys for the partitions in ``node_configs``."""
     import tempfile
 
-    from sentinel.client.node import SIMULATED_KEYS, ensure_simulated_keys
+    from sentinel.client.node import ensure_simulated_keys
 
     partitions = [int(c["partition-id"]) for c in node_configs.values() if isinstance(c.get("partition-id"), int)]
-    directory = ensure_simulated_keys(tempfile.mkdtemp(prefix="sentinel-node-keys-"), max(partitions, default=-1) + 1)
-    return {SIMULATED_KEYS: str(directory)}
+    return ensure_simulated_keys(tempfile.mkdtemp(prefix="sentinel-node-keys-"), max(partitions, default=-1) + 1)
 
 
 class LocalGrid(Grid):
@@ -44,26 +44,30 @@ class LocalGrid(Grid):
         Node id → the app that answers that node's messages.
     node_configs : Mapping[int, dict], optional
         Node id → its ``context.node_config``.
-    run_config : Mapping[str, Any], optional
-        Every node's ``context.run_config``. By default the grid simulates its
-        nodes' keys: random keys for its partitions in a fresh temporary
-        directory (``node-keys``; see ``client.node.ensure_simulated_keys``).
-        Pass ``{"node-keys": DIR}`` to keep them with a run (a resumed run signs
-        with the same keys).
+    node_keys : str or Path, optional
+        The directory of the nodes' simulated keys, added to each node config
+        that names no ``key-file`` (``node-keys``; see
+        ``client.node.ensure_simulated_keys``). By default a fresh temporary
+        directory of random keys for the grid's partitions; pass a run's
+        directory to keep them with the run (a resumed run signs with the same keys).
     """
 
     def __init__(
         self,
         apps: Mapping[int, ClientApp | ClientFn],
         node_configs: Mapping[int, dict[str, Any]] | None = None,
-        run_config: Mapping[str, Any] | None = None,
+        node_keys: str | Path | None = None,
     ) -> None:
+        from sentinel.client.node import SIMULATED_KEYS
+
         self._apps = dict(apps)
         configs = {n: dict((node_configs or {}).get(n, {})) for n in self._apps}
-        self.run_config = dict(run_config) if run_config is not None else _simulated_keys_config(configs)
+        self.node_keys = Path(node_keys) if node_keys is not None else _simulated_keys(configs)
+        for cfg in configs.values():
+            if "key-file" not in cfg:
+                cfg.setdefault(SIMULATED_KEYS, str(self.node_keys))
         self._contexts = {
-            n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(), run_config=dict(self.run_config))
-            for n in self._apps
+            n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(), run_config={}) for n in self._apps
         }
         self._replies: dict[str, Message] = {}
         self._ids = itertools.count(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sentinel.protos.vocabulary import Role
+from sentinel.protos.vocabulary import Role, node_id_of_key
 
 
 @dataclass(frozen=True)
@@ -17,17 +17,25 @@ class NodeInfo:
     """A node taking part in the run: Flower node id, data partition, role and key."""
 
     node_id: int
+    """Flower's node id: where messages go (a transport detail that changes between runs)."""
     partition_id: int
     role: Role
     public_key: str | None = None
+
+    @property
+    def key_id(self) -> str:
+        """The node's lasting id, derived from its registered key (what the ledger, governance and reports use)."""
+        return node_id_of_key(self.public_key) if self.public_key else f"flower-{self.node_id}"
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One validator's signed verdict on one candidate update, with its measurements."""
 
-    validator: int
-    author: int
+    validator: str
+    """The validator's key id."""
+    author: str
+    """The candidate's author, by key id."""
     accept: bool
     reason: str
     signature: str
@@ -81,8 +89,8 @@ class RoundOutcome:
     svd_residual: dict[int, float] = field(default_factory=dict)
     results: list[NodeResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    excluded: list[int] = field(default_factory=list)
-    """Nodes sitting out this round (a cool-down after repeated rejections)."""
+    excluded: list[str] = field(default_factory=list)
+    """Nodes (key ids) sitting out a cool-down after repeated rejections."""
     validator_agreement: float | None = None
     """Share of validator verdicts that agreed with consensus (None when nothing was validated)."""
     reputation: dict[str, float] = field(default_factory=dict)

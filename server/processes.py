@@ -112,8 +112,10 @@ def flower_env(home: Path) -> dict[str, str]:
 
 def flower_bin(name: str) -> str:
     """The path of a Flower executable next to this Python (the venv's), else its bare name."""
+    import shutil
+
     candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
 __all__ = ["Child", "flower_bin", "flower_env", "wait_until"]

@@ -27,7 +27,7 @@ def build_report(config: FederationConfig, result: RunResult, extra: dict[str, A
         "stopped_early": result.stopped_early,
         "final": {"accuracy": last["accuracy"], "loss": last["loss"], "round": last["round"]},
         "nodes": [
-            {"node_id": str(n.node_id), "partition_id": n.partition_id, "role": n.role, "public_key": n.public_key}
+            {"node_id": n.key_id, "flower_node_id": str(n.node_id), "partition_id": n.partition_id, "role": n.role, "public_key": n.public_key}
             for n in result.nodes
         ],
         "refused_nodes": {str(n): reason for n, reason in result.refused.items()},

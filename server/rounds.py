@@ -12,7 +12,8 @@ function that takes and returns values:
 5. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
 6. evaluate — central evaluation on the coordinator's held-out set;
 7. record — observers (ledger, governance, progress) return their fields; early
-   stopping is decided; the checkpoint is written (atomically).
+   stopping is decided; the round's checkpoint is staged, its records committed
+   (one ledger transaction), and the checkpoint put in force.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 from flwr.supercore import log
-from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, save_state
+from sentinel.server.checkpoints import BEST, BEST_STATE, promote_state, save_state, stage_state
 from sentinel.server.config import FederationConfig
 from sentinel.server.handshake import discover_nodes
 from sentinel.server.observer import RoundObserver
@@ -140,12 +141,12 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
         # The largest relative norm dropped when factorising the global ΔW for any rank sent.
         "svd_residual": max(residuals.values()) if residuals else 0.0,
         "svd_residual_by_rank": {str(k): v for k, v in sorted(residuals.items())},
-        "excluded": [str(n) for n in outcome.excluded],
+        "excluded": list(outcome.excluded),
         "validator_agreement": outcome.validator_agreement,
         "reputation": dict(outcome.reputation),
         "per_node": [
             {
-                "node_id": str(r.node.node_id),
+                "node_id": r.node.key_id,
                 "partition_id": r.node.partition_id,
                 "role": r.node.role,
                 "rank": r.rank,
@@ -159,7 +160,7 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
                 "bytes_up": r.bytes_up,
                 "validators": [
                     {
-                        "validator": str(v.validator),
+                        "validator": v.validator,
                         "accept": v.accept,
                         "counted": v.effective,
                         "reason": v.effective_reason or v.reason,
@@ -200,7 +201,7 @@ def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple
     plan = ctx.strategy.configure_train(server_round, state, taking_part)  # 1 configure
     replies = list(ctx.grid.send_and_receive(plan.messages, timeout=ctx.config.timeout_s))  # 2 train
     outcome = ctx.strategy.check_replies(plan, replies)  # 3 check
-    outcome.excluded = sorted(excluded)
+    outcome.excluded = [n.key_id for n in ctx.nodes if n.node_id in excluded]
     outcome = _validate(ctx, server_round, state, outcome)  # 4 validate
     new_state = ctx.strategy.aggregate_train(state, outcome)  # 5 aggregate
     evaluation = _evaluate(ctx, new_state)  # 6 evaluate
@@ -254,9 +255,9 @@ def run_federation(
     handshake = discover_nodes(grid, config, config.timeout_s)
     nodes = handshake.nodes
     if validation is not None:
-        validation.restore(initial.meta)
         observers = [validation, *observers]
     for obs in observers:
+        obs.restore(initial.meta)
         obs.on_nodes(nodes)
     ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation)
     state, progress = initial, RunProgress.from_meta(initial.meta)
@@ -271,9 +272,13 @@ def run_federation(
         new_state, row = run_round(ctx, rnd, state)
         progress, improved = progress.after(row, config)
         state = _with_meta(new_state, _checkpoint_meta(progress, observers))
+        # A round is recorded once or not at all: stage its checkpoint, commit its records, then put it in force.
+        stage_state(state, checkpoint_dir)
+        for obs in observers:
+            obs.commit_round(rnd)
         if improved:
             _save_best(state, checkpoint_dir, export_best)
-        save_state(state, checkpoint_dir / LAST)
+        promote_state(checkpoint_dir)
         log(INFO, "round %s: accuracy %.4f loss %.4f (%s accepted)", rnd, row["accuracy"], row["loss"], row["accepted"])
     if progress.stopped_early:
         log(INFO, "early stopping: no improvement for %s rounds", config.patience)

@@ -28,7 +28,6 @@ FlatValue = bool | int | float | str
 RUN_KEYS: dict[str, FlatValue] = {
     "out": "",  # output directory of the run (deployment: on the coordinator's host); "": runs/<timestamp>
     "resume": False,  # continue from the last checkpoint in `out`
-    "node-keys": "",  # simulation only: directory of the run's simulated node keys (set by `sentinel simulate`)
     "node-wait-s": 600.0,  # how long the coordinator waits for the run's nodes to connect
 }
 """Keys of the run itself (not ``FederationConfig`` fields), with their defaults."""

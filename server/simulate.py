@@ -6,8 +6,8 @@ process and a FAB install per run, and its ServerApp runs in another process;
 under it, ``flwr-simulation`` calls the simulation runtime
 (``flwr.simulation.run_simulation._run_simulation``) with the run's Context and
 Run. We call that same runtime in-process, with a Context and Run built the way
-``flwr-simulation`` builds them (run config on the server; the run's keys in
-every ClientApp's run config): the same engine and Ray backend, no deprecation
+``flwr-simulation`` builds them (the run config on the server; the run's
+simulated key directory in every node's node config): the same engine and Ray backend, no deprecation
 warning, no SuperLink, and red-team ClientApps and live progress keep working.
 It is a private function, so the flwr pin (``flwr==1.41.0``) and
 ``tests/deploy/test_simulation_engine.py`` guard its signature.
@@ -89,7 +89,7 @@ def simulate(
             raise
 
     keys = ensure_simulated_keys(out_dir / SIMULATED_KEYS_DIR, config.nodes)
-    run_config = {**to_run_config(config, out=str(out_dir), resume=resume), SIMULATED_KEYS: str(keys)}
+    run_config = to_run_config(config, out=str(out_dir), resume=resume)
     run_simulation_engine(server_app, SimulatedNodeApp(client_app, {SIMULATED_KEYS: str(keys)}), config.nodes, run_config)
     if "error" in holder:
         raise SimulationError(f"the federation failed: {holder['error']}") from holder["error"]

@@ -252,7 +252,7 @@ class SentinelStrategy:
             return "unsigned update" if self.require_signatures else ""
         if result.claimed_hash != result.content_hash:
             return "content hash mismatch: the arrays received are not the ones the node signed"
-        payload = update_submitted_payload(result.node.node_id, server_round, result.content_hash, result.num_examples)
+        payload = update_submitted_payload(result.node.key_id, server_round, result.content_hash, result.num_examples)
         if not payload_signature_valid(result.node.public_key, result.signature, payload):
             return "bad signature: the update is not signed by the node's registered key"
         return ""

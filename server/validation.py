@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -41,6 +41,9 @@ from sentinel.protos.records import dense_state_arrays, to_array_record
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome, Verdict
 from sentinel.server.state import GlobalState
+
+K = TypeVar("K", int, str)
+"""A node's handle: Flower node id (assignment) or key id (reputation, verdicts)."""
 
 MIN_REPUTATION = 0.05
 REJECTIONS_BEFORE_COOLDOWN = 2
@@ -74,7 +77,7 @@ def assign_validators(
     return assignment
 
 
-def consensus(votes: Mapping[int, bool], reputation: Mapping[int, float], quorum: float) -> tuple[bool, float]:
+def consensus(votes: Mapping[K, bool], reputation: Mapping[K, float], quorum: float) -> tuple[bool, float]:
     """(accepted, weighted accept share): accepted iff Σ rep(accepting) / Σ rep(all voters) ≥ ``quorum``."""
     if not votes:
         raise ValueError("`votes` is empty: consensus needs at least one validator")
@@ -83,9 +86,7 @@ def consensus(votes: Mapping[int, bool], reputation: Mapping[int, float], quorum
     return share >= quorum - 1e-9, share
 
 
-def updated_reputation(
-    reputation: Mapping[int, float], agreement: Mapping[int, float], learning_rate: float
-) -> dict[int, float]:
+def updated_reputation(reputation: Mapping[K, float], agreement: Mapping[K, float], learning_rate: float) -> dict[K, float]:
     """Each validator's reputation moved toward its agreement with consensus this round (in [0.05, 1])."""
     new = dict(reputation)
     for v, agree in agreement.items():
@@ -122,7 +123,7 @@ class GateParameters:
 
 @dataclass
 class ValidationState:
-    """What the phase remembers across rounds, keyed by node public key (a node's identity across restarts)."""
+    """What the phase remembers across rounds, keyed by node key id (a node's identity across restarts)."""
 
     reputation: dict[str, float] = field(default_factory=dict)
     consecutive_rejections: dict[str, int] = field(default_factory=dict)
@@ -161,10 +162,6 @@ NodeConfigFn = Callable[[NodeInfo, int], ConfigRecord]
 """(node, round) → the node's config (data, model) the validate message carries."""
 
 
-def _identity(node: NodeInfo) -> str:
-    return node.public_key or f"node:{node.node_id}"
-
-
 class ValidationPhase(RoundObserver):
     """Builds validate messages, reads verdicts, decides by consensus and keeps reputation.
 
@@ -201,11 +198,11 @@ class ValidationPhase(RoundObserver):
 
     def reputation_of(self, node_id: int) -> float:
         """A node's current reputation as a validator (1.0 until it has voted)."""
-        return self.state.reputation.get(_identity(self.nodes[node_id]), 1.0)
+        return self.state.reputation.get(self.nodes[node_id].key_id, 1.0)
 
     def excluded(self, server_round: int) -> set[int]:
         """Nodes sitting out a cool-down in ``server_round`` (their updates were rejected repeatedly)."""
-        return {n for n, info in self.nodes.items() if self.state.excluded_until.get(_identity(info), 0) >= server_round}
+        return {n for n, info in self.nodes.items() if self.state.excluded_until.get(info.key_id, 0) >= server_round}
 
     # ------------------------------------------------------------ configure
 
@@ -230,7 +227,7 @@ class ValidationPhase(RoundObserver):
             config[P.C_ENTROPY_Z] = params.entropy_z
             content = RecordDict({P.REC_CONFIG: config, P.REC_GLOBAL: global_record})
             for author in sorted(authors):
-                content[P.REC_CANDIDATE + str(author)] = to_array_record(candidates[author].arrays)
+                content[P.REC_CANDIDATE + self.nodes[author].key_id] = to_array_record(candidates[author].arrays)
             messages.append(Message(content=content, message_type=P.MSG_VALIDATE, dst_node_id=validator))
         log(INFO, "validate: round %s, %s candidates, %s validators", server_round, len(candidates), len(by_validator))
         return ValidationPlan(server_round, messages, assignment)
@@ -248,13 +245,14 @@ class ValidationPhase(RoundObserver):
         try:
             signatures = reply.content[P.REC_SIGNATURE]
             for author, chosen in plan.assignment.items():
-                if validator not in chosen or P.REC_VERDICT + str(author) not in reply.content:
+                author_id = self.nodes[author].key_id
+                if validator not in chosen or P.REC_VERDICT + author_id not in reply.content:
                     continue
-                metrics = reply.content[P.REC_VERDICT + str(author)]
+                metrics = reply.content[P.REC_VERDICT + author_id]
                 accept = bool(int(metrics[P.V_ACCEPT]))
-                reason = str(signatures.get(P.S_REASON + str(author), ""))
-                signature = str(signatures[P.S_VERDICT + str(author)])
-                payload = validation_verdict_payload(author, plan.server_round, validator, accept, reason)
+                reason = str(signatures.get(P.S_REASON + author_id, ""))
+                signature = str(signatures[P.S_VERDICT + author_id])
+                payload = validation_verdict_payload(author_id, plan.server_round, info.key_id, accept, reason)
                 if not info.public_key or not payload_signature_valid(info.public_key, signature, payload):
                     log(WARNING, "verdict of %s on %s dropped: bad signature", validator, author)
                     continue
@@ -263,7 +261,7 @@ class ValidationPhase(RoundObserver):
                 if not all(math.isfinite(x) for x in [shift, *values]):
                     log(WARNING, "verdict of %s on %s dropped: non-finite measurements", validator, author)
                     continue
-                verdicts.append(Verdict(validator, author, accept, reason, signature, values[0], values[1], values[2], shift))
+                verdicts.append(Verdict(info.key_id, author_id, accept, reason, signature, values[0], values[1], values[2], shift))
         except (KeyError, TypeError, ValueError) as e:
             log(WARNING, "validate reply from %s is malformed: %s", validator, e)
             return []
@@ -283,18 +281,20 @@ class ValidationPhase(RoundObserver):
         by_author: dict[int, list[Verdict]] = {}
         for v in effective:
             by_author.setdefault(v.author, []).append(v)
-        decisions: dict[int, bool] = {}
+        decisions: dict[str, bool] = {}
         results: list[NodeResult] = []
+        by_key = {info.key_id: n for n, info in self.nodes.items()}
         for result in outcome.results:
-            author = result.node.node_id
-            if not result.accepted or author not in plan.assignment:
+            author = result.node.key_id
+            if not result.accepted or result.node.node_id not in plan.assignment:
                 results.append(result)
                 continue
             votes = by_author.get(author, [])
             if not votes:  # nobody could judge it: the check phase's verdict stands
                 results.append(replace(result, verdicts=[]))
                 continue
-            accepted, share = consensus({v.validator: bool(v.effective) for v in votes}, {v.validator: self.reputation_of(v.validator) for v in votes}, params.quorum)
+            weights = {v.validator: self.reputation_of(by_key[v.validator]) for v in votes}
+            accepted, share = consensus({v.validator: bool(v.effective) for v in votes}, weights, params.quorum)
             decisions[author] = accepted
             reason = "" if accepted else f"rejected by validators: weighted accept share {share:.2f} < quorum {params.quorum:.2f} ({'; '.join(sorted({v.effective_reason for v in votes if not v.effective}))})"
             results.append(replace(result, accepted=accepted, reason=reason, verdicts=votes))
@@ -304,26 +304,25 @@ class ValidationPhase(RoundObserver):
             outcome,
             results=results,
             validator_agreement=float(np.mean(agreement)) if agreement else None,
-            reputation={str(n): round(self.reputation_of(n), 4) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles},
+            reputation={self.nodes[n].key_id: round(self.reputation_of(n), 4) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles},
+            excluded=[self.nodes[n].key_id for n in sorted(self.excluded(plan.server_round))],
         )
 
-    def _update_state(self, server_round: int, verdicts: Sequence[Verdict], decisions: Mapping[int, bool], params: GateParameters) -> None:
-        agree: dict[int, list[float]] = {}
+    def _update_state(self, server_round: int, verdicts: Sequence[Verdict], decisions: Mapping[str, bool], params: GateParameters) -> None:
+        """Reputation toward agreement with consensus; a cool-down for authors rejected twice in a row (all by key id)."""
+        agree: dict[str, list[float]] = {}
         for v in verdicts:
             if v.author in decisions:
                 agree.setdefault(v.validator, []).append(float(v.accept == decisions[v.author]))
-        ids = {n: _identity(self.nodes[n]) for n in agree}
-        current = {n: self.reputation_of(n) for n in agree}
-        new = updated_reputation(current, {n: float(np.mean(a)) for n, a in agree.items()}, params.reputation_learning_rate)
-        for n, value in new.items():
-            self.state.reputation[ids[n]] = value
+        current = {k: self.state.reputation.get(k, 1.0) for k in agree}
+        new = updated_reputation(current, {k: float(np.mean(a)) for k, a in agree.items()}, params.reputation_learning_rate)
+        self.state.reputation.update(new)
         for author, accepted in decisions.items():
-            key = _identity(self.nodes[author])
-            count = 0 if accepted else self.state.consecutive_rejections.get(key, 0) + 1
-            self.state.consecutive_rejections[key] = count
+            count = 0 if accepted else self.state.consecutive_rejections.get(author, 0) + 1
+            self.state.consecutive_rejections[author] = count
             if count >= REJECTIONS_BEFORE_COOLDOWN and params.cooldown_rounds > 0:
-                self.state.excluded_until[key] = server_round + params.cooldown_rounds
-                self.state.consecutive_rejections[key] = 0
+                self.state.excluded_until[author] = server_round + params.cooldown_rounds
+                self.state.consecutive_rejections[author] = 0
                 log(WARNING, "node %s sits out rounds %s-%s: its updates were rejected %s times in a row", author, server_round + 1, server_round + params.cooldown_rounds, count)
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -332,4 +331,4 @@ class ValidationPhase(RoundObserver):
 
     def report(self) -> dict[str, Any]:
         """Final reputations for the run report."""
-        return {"validation": {"reputation": {str(n): self.reputation_of(n) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles}}}
+        return {"validation": {"reputation": {self.nodes[n].key_id: self.reputation_of(n) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles}}}

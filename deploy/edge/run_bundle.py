@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--bench", type=int, default=0, help="also time this many single-text runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     started = time.perf_counter()
     bundle = EdgeBundle(args.model, args.threads, args.max_length)

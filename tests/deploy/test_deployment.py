@@ -5,11 +5,12 @@ two cores (each Flower message starts a ClientApp process that imports torch):
 
 1. refusals that need no training: a client without the CA, a node whose key
    is not admitted, a node without a key file, a server without TLS or --insecure;
-2. a 2-round run from a config file: complete report, ledger verifies against
-   the coordinator's key;
-3. a node killed mid-round: the round completes with the others at the
-   configured deadline and the next round proceeds;
-4. the coordinator host SIGKILLed after round 1 and restarted: ``--resume``
+2. a 3-round run from a config file with a node killed in round 2: complete
+   report, that round completes with the others (Flower answers for the node
+   once it is offline, before the round's deadline) and records the missing
+   update, the next round proceeds, the ledger verifies against the
+   coordinator's key;
+3. the coordinator host SIGKILLed after round 1 and restarted: ``--resume``
    continues from the last checkpoint.
 
 Every process binds 127.0.0.1, runs in its own process group and is stopped
@@ -53,7 +54,7 @@ gpu-batch-size = 8
 central-lora-rank = 4
 central-local-steps = 2
 central-batch-size = 8
-timeout-s = 45.0
+timeout-s = 300.0
 node-wait-s = 120.0
 """
 
@@ -237,16 +238,31 @@ def test_refusals_without_keys_certificates_or_admission(federation: Federation)
     assert no_ca.returncode == 2 and "--ca" in no_ca.stdout
 
 
-def test_a_two_round_run_from_a_config_file_reports_and_its_ledger_verifies(federation: Federation) -> None:
+def test_a_run_from_a_config_file_reports_verifies_and_survives_a_node_killed_mid_round(federation: Federation) -> None:
     from sentinel.ledger.crypto import load_private_key, public_key_b64
 
     out = federation.root / "out-a"
-    run = federation.run("--server-out", "run-a", "--out", str(out)).start()
-    assert run.wait(600) == 0, run.text()
+    run = federation.run("--server-out", "run-a", "--out", str(out), "--rounds", "3").start()
+    try:
+        assert run.wait_for("round 2 started", 400), run.text()
+        time.sleep(2)
+        federation.nodes["edge"].kill(signal.SIGKILL)  # mid-round: its ClientApp is still starting
+        assert run.wait(600) == 0, run.text()
+    finally:
+        run.kill()
+        federation.nodes["edge"] = federation.node("edge", 0).start()  # back for the next test
     assert "3 of 3 nodes connected" in run.text()
     report = _report(out)
-    assert [r["round"] for r in report["rounds"]] == [1, 2]
-    assert all(r["nodes"] == 3 and r["accepted"] == 3 for r in report["rounds"])
+    rows = [(r["round"], r["nodes"], r["accepted"], r["failures"], r["duration_s"]) for r in report["rounds"]]
+    assert [r[0] for r in rows] == [1, 2, 3], rows
+    one, two, three = report["rounds"]
+    assert one["nodes"] == 3 and one["accepted"] == 3, (rows, run.text())
+    # The node killed in round 2: that round completes with the others, the missing update is
+    # recorded in the round, and the next round proceeds without it.
+    assert two["accepted"] == 2 and two["failures"] == 1, (rows, run.text())
+    assert three["accepted"] == 2 and three["failures"] == 1, rows
+    # Flower answers for a node that went offline (heartbeat), so the round ends before its deadline (timeout-s = 300).
+    assert two["duration_s"] < 300, rows
     assert sorted(n["role"] for n in report["nodes"]) == sorted(ROLES)
     assert (out / "accuracy.png").stat().st_size > 1000
     run_dir = federation.data / "run-a"
@@ -255,24 +271,6 @@ def test_a_two_round_run_from_a_config_file_reports_and_its_ledger_verifies(fede
     verify = subprocess.run(_sentinel("ledger", "verify", "--db", str(run_dir / "ledger.db"), "--public-key", pinned),
                             capture_output=True, text=True, env=federation.env, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def test_a_node_killed_mid_round_leaves_the_round_to_the_others(federation: Federation) -> None:
-    out = federation.root / "out-b"
-    run = federation.run("--server-out", "run-b", "--out", str(out)).start()
-    try:
-        assert run.wait_for("round 1 started", 300), run.text()
-        time.sleep(2)
-        federation.nodes["edge"].kill(signal.SIGKILL)
-        assert run.wait(600) == 0, run.text()
-    finally:
-        run.kill()
-        federation.nodes["edge"] = federation.node("edge", 0).start()  # back for the next test
-    report = _report(out)
-    assert [r["round"] for r in report["rounds"]] == [1, 2]
-    first, second = report["rounds"]
-    assert first["accepted"] == 2 and second["accepted"] == 2  # the others' updates, round after round
-    assert first["duration_s"] < 45 + 60  # the round ended at its deadline (timeout-s), not later
 
 
 def test_the_coordinator_killed_and_restarted_resumes_from_its_checkpoint(federation: Federation) -> None:

@@ -109,7 +109,7 @@ def test_ledger_records_the_round_and_report_has_contributions_and_tokens(tmp_pa
     per_node = report["ledger"]["per_node"]
     assert report["ledger"]["verified"]
     scores = result.history[-1]["contributions"]
-    assert set(scores) == {str(n) for n in IDS}
+    assert set(scores) == {n.key_id for n in result.nodes}  # nodes are their keys, not Flower ids
     balances = ledger.balances()
     assert sum(balances.values()) in (0, 100)  # nothing is paid when no update helped
     for node, totals in per_node.items():
@@ -143,14 +143,15 @@ def test_a_malformed_reply_is_rejected_with_its_reason_not_a_crash(tmp_path: Pat
     assert row["rejected"] == 1 and row["accepted"] == 2
     assert result.state.round == 1
     rejected = [e for e in coordinator.ledger.iter_entries(kind=EntryKind.UPDATE_REJECTED)]
-    assert [(e.payload["node"], e.payload["reason"]) for e in rejected] == [(str(IDS[1]), "malformed reply: reply has no `metrics` record")]
+    second = next(n.key_id for n in result.nodes if n.node_id == IDS[1])
+    assert [(e.payload["node"], e.payload["reason"]) for e in rejected] == [(second, "malformed reply: reply has no `metrics` record")]
 
 
 def test_shapley_contributions_are_recorded_with_their_method(tmp_path: Path, tiny_config) -> None:
     coordinator, result = _run(tiny_config, tmp_path / "shapley", _grid(honest_app), contribution="shapley", shapley_permutations=4)
     entries = list(coordinator.ledger.iter_entries(kind=EntryKind.CONTRIBUTION))
     assert {e.payload["method"] for e in entries} == {"shapley"}
-    assert {e.payload["node"] for e in entries} == {str(n) for n in IDS}
+    assert {e.payload["node"] for e in entries} == {n.key_id for n in result.nodes}
     scores = result.history[-1]["contributions"]
     # Efficiency: every sampled permutation's marginal gains telescope, so the values add up
     # exactly to U(all) − U(none): the round's loss improvement on the scoring set.

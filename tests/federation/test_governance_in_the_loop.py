@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from flwr.app import Context, Message
 from sentinel.client.app import app as honest_app
-from sentinel.client.node import SIMULATED_KEYS, simulated_node_key
+from sentinel.client.node import simulated_node_key
 from sentinel.governance.contracts import ContractSet
 from sentinel.governance.proposals import ContractChangeSpec, sign_proposal, sign_vote
+from sentinel.ledger.crypto import public_key_b64
 from sentinel.protos import messages as P
+from sentinel.protos.vocabulary import node_id_of_key
 from sentinel.server.checkpoints import load_state
 from sentinel.server.coordinator import Coordinator
 from sentinel.server.local_grid import LocalGrid
@@ -35,10 +37,15 @@ class Recorder:
         return honest_app(msg, context)
 
 
+def _key_id(keys: Path, partition: int) -> str:
+    """The lasting id of a simulated node: derived from its key, as the coordinator derives it."""
+    return node_id_of_key(public_key_b64(simulated_node_key(keys, partition)))
+
+
 class PassProposalAfterRound(RoundObserver):
     """An observer that has two nodes pass a signed proposal once ``after`` rounds are done."""
 
-    def __init__(self, coordinator: Coordinator, spec: ContractChangeSpec, after: int, keys: str) -> None:
+    def __init__(self, coordinator: Coordinator, spec: ContractChangeSpec, after: int, keys: Path) -> None:
         self.coordinator, self.spec, self.after, self.keys = coordinator, spec, after, keys
         self.status: str | None = None
 
@@ -46,7 +53,7 @@ class PassProposalAfterRound(RoundObserver):
         if outcome.round != self.after:
             return {}
         governor = self.coordinator.governance.governor
-        gpu, central = str(IDS[2]), str(IDS[1])
+        gpu, central = _key_id(self.keys, 2), _key_id(self.keys, 1)
         proposal = governor.submit_proposal(sign_proposal(simulated_node_key(self.keys, 2), gpu, self.spec, title="let edge adapt layer 0"))
         governor.cast_vote(sign_vote(simulated_node_key(self.keys, 2), proposal.proposal_id, gpu, "yes"))
         record = governor.cast_vote(sign_vote(simulated_node_key(self.keys, 1), proposal.proposal_id, central, "yes"))
@@ -60,7 +67,7 @@ def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path
     recorder = Recorder()
     spec = ContractChangeSpec(kind="grant", operation="adapt", components=["layer.0.head.*"], roles=["edge"])
     grid = LocalGrid({n: recorder for n in IDS}, {n: {"partition-id": i, "num-partitions": 3} for i, n in enumerate(IDS)})
-    passer = PassProposalAfterRound(coordinator, spec, after=1, keys=grid.run_config[SIMULATED_KEYS])
+    passer = PassProposalAfterRound(coordinator, spec, after=1, keys=grid.node_keys)
     result = coordinator.run(grid, extra_observers=[passer])
 
     assert passer.status == "executed"
@@ -72,7 +79,7 @@ def test_a_passed_proposal_changes_the_next_rounds_permitted_sets(tmp_path: Path
     assert version_r2 == version_r1 + 1
     # Nodes whose rights did not change see the same set.
     assert recorder.seen[(1, 2)][0] == recorder.seen[(2, 2)][0]
-    assert coordinator.governance.governor.may(str(IDS[0]), "adapt", "layer.0.head.0").allowed
+    assert coordinator.governance.governor.may(_key_id(grid.node_keys, 0), "adapt", "layer.0.head.0").allowed
     # The edge node now trains layer-0 heads and is still accepted.
     assert result.history[-1]["consent_violations"] == 0
     assert [n["contract_version"] for n in result.history[-1]["per_node"]] == [version_r2] * 3

@@ -72,7 +72,7 @@ CASES = {
 def test_a_malformed_update_is_rejected_with_its_reason_and_changes_nothing(kind: str, tmp_path: Path, tiny_config) -> None:
     coordinator, result, captured = _run(tiny_config, tmp_path / kind, malformed_update_app(kind, {ROGUE}))
     row = result.history[-1]
-    rogue_id = str(IDS[ROGUE])
+    rogue_id = next(n.key_id for n in result.nodes if n.node_id == IDS[ROGUE])
     verdict = next(n for n in row["per_node"] if n["node_id"] == rogue_id)
     assert not verdict["accepted"] and CASES[kind] in verdict["reason"], verdict["reason"]
     assert row["accepted"] == 2 and row["round"] == 1
@@ -109,7 +109,7 @@ def test_a_lying_profile_is_refused_and_the_run_goes_on(kind: str, tmp_path: Pat
     assert result.history[-1]["accepted"] == 2
     # A refused node is never registered: it gets no permissions and no vote.
     registered = {e.payload.get("node_id") or e.payload.get("node") for e in coordinator.ledger.iter_entries(kind=EntryKind.NODE_REGISTERED)}
-    assert str(IDS[ROGUE]) not in registered
+    assert len(registered) == 2 and registered == {n.key_id for n in result.nodes}
 
 
 RESTRICTING_POLICY = """
@@ -144,5 +144,6 @@ def test_honest_nodes_pass_a_policy_that_revokes_the_classifier_and_a_rogue_one_
         np.testing.assert_array_equal(value, previous.head[key.removeprefix("base_model.model.")])
 
     _, rogue, _ = _run(tiny_config, tmp_path / "rogue", consent_ignoring_app({ROGUE}), policy=str(policy))
-    verdict = next(n for n in rogue.history[-1]["per_node"] if n["node_id"] == str(IDS[ROGUE]))
+    rogue_id = next(n.key_id for n in rogue.nodes if n.node_id == IDS[ROGUE])
+    verdict = next(n for n in rogue.history[-1]["per_node"] if n["node_id"] == rogue_id)
     assert not verdict["accepted"] and "classifier" in verdict["offending"]

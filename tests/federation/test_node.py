@@ -69,8 +69,10 @@ def test_simulated_keys_are_random_per_run_kept_for_resume_and_not_derivable(tmp
     ensure_simulated_keys(a, 4)  # resume (and a larger federation) keeps existing keys
     assert [public_key_b64(simulated_node_key(a, i)) for i in range(3)] == keys_a
     assert (a / "partition-0.key").stat().st_mode & 0o077 == 0
-    ident = node_identity(ctx({"partition-id": 1, "num-partitions": 3}, {SIMULATED_KEYS: str(a)}))
+    ident = node_identity(ctx({"partition-id": 1, "num-partitions": 3, SIMULATED_KEYS: str(a)}))
     assert node_public_key(ident, run_seed=0) == keys_a[1]
+    with pytest.raises(NodeKeyError):  # a run cannot point a node at keys: only its node config can
+        node_identity(ctx({"partition-id": 1, "num-partitions": 3}, {SIMULATED_KEYS: str(a)}))
 
 
 def test_the_old_derivable_key_is_gone(tmp_path: Path) -> None:

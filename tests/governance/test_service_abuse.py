@@ -266,3 +266,20 @@ def test_cli_errors_are_one_line(tmp_path: Path, governor, sqlite_url: str) -> N
         assert result.exit_code == 1, (args, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
         assert expected in result.output, (args, result.output)
+
+
+def test_huge_strings_in_any_field_get_a_short_clear_refusal(server: GovernanceServer, stub: pb_grpc.GovernanceServiceStub) -> None:
+    huge = "x" * 200_000  # under the request limit: the handler itself must refuse it, and must not echo it back whole
+    calls = [
+        lambda: stub.CheckPermission(pb.CheckPermissionRequest(node_id="101", operation=huge, component="classifier"), timeout=10),
+        lambda: stub.CheckPermission(pb.CheckPermissionRequest(node_id=huge, operation="adapt", component="classifier"), timeout=10),
+        lambda: stub.ListProposals(pb.ListProposalsRequest(status=huge), timeout=10),
+        lambda: stub.GetProposal(pb.GetProposalRequest(proposal_id=huge), timeout=10),
+        lambda: stub.ListNodes(pb.ListNodesRequest(page_token=huge), timeout=10),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+        assert len(info.value.details()) <= 1000
+    assert _code(lambda: stub.GetContract(pb.GetContractRequest(component=huge), timeout=10))[0] == grpc.StatusCode.NOT_FOUND

@@ -201,3 +201,15 @@ def test_cli_errors_are_one_line(filled: Ledger, tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, (args, result.output)
         assert expected in result.output, (args, result.output)
+
+
+def test_huge_filters_get_a_short_clear_refusal(stub: pb_grpc.LedgerServiceStub) -> None:
+    huge = "x" * 60_000  # under the request limit: the handler itself must refuse it, and must not echo it back whole
+    for request in (pb.GetEntriesRequest(kind=huge), pb.GetEntriesRequest(node=huge)):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetEntries(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(info.value.details()) <= 1000
+    stream = stub.StreamEntries(pb.StreamEntriesRequest(kind=huge), timeout=10)
+    assert _status(lambda: next(stream)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: stub.GetNodeSummary(pb.GetNodeSummaryRequest(node=huge), timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _status(lambda: stub.GetEntries(pb.GetEntriesRequest(kind="y" * 70_000), timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED

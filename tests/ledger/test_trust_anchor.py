@@ -223,7 +223,7 @@ def test_a_node_signed_entry_from_an_unregistered_actor_fails_node_signature_ver
 
 # ---------------------------------------------------------------------------- the key file race
 def test_processes_opening_a_fresh_ledger_at_once_all_sign_with_one_key(tmp_path: Path) -> None:
-    for attempt in range(3):
+    for attempt in range(2):  # every attempt failed before key creation was exclusive
         folder = tmp_path / f"run{attempt}"
         folder.mkdir()
         url, key_path, go = f"sqlite:///{folder / 'ledger.db'}", folder / "coordinator.key", folder / "go"
