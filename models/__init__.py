@@ -3,7 +3,10 @@
 Loading base models (`loading`, `presets`), addressable components and the
 weights each head owns (`components`), LoRA through PEFT (`lora`), consent
 masks on LoRA (`consent`), dense LoRA updates (`deltas`), plus head masks,
-importance, pruning, gating, distillation and ONNX export.
+importance, pruning, gating, distillation and ONNX export; the pruned student
+(`student`, `ffn`, `head_selection`), its distillation (`distill_train`),
+regrowth helpers (`regrowth`) and the edge bundle (`edge_export` builds it with
+torch, `edge_bundle` runs it without).
 
 The most used names are importable from here; they load lazily so that
 `import models` (and the CLI) stays fast. Component ids themselves (`head_id`,
@@ -44,6 +47,16 @@ _EXPORTS: dict[str, str] = {
     "touched_heads": "sentinel.models.consent",
     "add_weight_deltas": "sentinel.models.deltas",
     "lora_weight_deltas": "sentinel.models.deltas",
+    "Student": "sentinel.models.student",
+    "StudentSpec": "sentinel.models.student",
+    "build_student": "sentinel.models.student",
+    "load_student": "sentinel.models.student",
+    "DistillResult": "sentinel.models.distill_train",
+    "distill": "sentinel.models.distill_train",
+    "HeadLRBoost": "sentinel.models.regrowth",
+    "BundleRunner": "sentinel.models.edge_bundle",
+    "load_bundle": "sentinel.models.edge_bundle",
+    "export_bundle": "sentinel.models.edge_export",
 }
 
 __all__ = sorted(_EXPORTS)

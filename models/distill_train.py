@@ -172,7 +172,10 @@ def distill(
     kl_before = kl_divergence(teacher, student, held) if held else math.nan
     trainable = [p for p in student.parameters() if p.requires_grad]
     if steps and not trainable:
-        raise ValueError("`student` has no parameter with requires_grad; nothing to train")
+        raise ValueError(
+            "`student` has no parameter with requires_grad; nothing to train (a student built from a merged "
+            "PeftModel inherits its frozen weights: set `requires_grad` on what should learn, or attach LoRA)"
+        )
     optimizer = (
         make_optimizer(student)
         if make_optimizer is not None

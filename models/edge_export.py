@@ -11,10 +11,12 @@ contracts, and last the manifest with every file's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,17 @@ META_PRECISION = "sentinel.precision"
 META_ARCHITECTURE = "sentinel.architecture"
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(source: str | os.PathLike[str], target: str | os.PathLike[str], per_channel: bool = False) -> Path:
     """Dynamic int8 quantization of an ONNX file with onnxruntime's tool; metadata is carried over.
 
@@ -59,7 +72,8 @@ def quantize_int8(source: str | os.PathLike[str], target: str | os.PathLike[str]
     accurate, a little slower on some CPUs).
     """
     metadata = read_metadata(source)
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    with _quiet_root_logger():  # the tool logs a pre-processing suggestion on the root logger at every call
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
     proto = onnx.load(str(target))
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, metadata)

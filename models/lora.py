@@ -67,15 +67,21 @@ def attach_lora(
     targets: list[str] | None = None,
     train_head: bool = True,
     seed: int = 0,
+    rank_pattern: Mapping[str, int] | None = None,
+    alpha_pattern: Mapping[str, float] | None = None,
 ) -> PeftModel:
     """Wrap a base model with a fresh LoRA adapter (PEFT); the base module is modified in place.
 
     `alpha` defaults to ``2 * rank`` (scaling 2). `targets` defaults to the
     family's attention projections (`DEFAULT_TARGETS`). For classification
-    with `train_head`, the head goes into ``modules_to_save`` so it trains and
-    is part of the adapter; otherwise it stays frozen. A is initialised under
-    `seed` (B starts at zero, so the wrapped model computes what the base did).
-    GPT-2's Conv1D layers get ``fan_in_fan_out=True``.
+    with `train_head`, the head goes into ``modules_to_save`` (listed once) so
+    it trains and is part of the adapter; otherwise it stays frozen. A is
+    initialised under `seed` (B starts at zero, so the wrapped model computes
+    what the base did). GPT-2's Conv1D layers get ``fan_in_fan_out=True``.
+
+    `rank_pattern` / `alpha_pattern` give single modules their own rank and
+    alpha, keyed by base-model module path (``bert.encoder.layer.0.attention.self.query``);
+    the paths are matched exactly (escaped for PEFT's regular-expression keys).
     """
     if rank < 1:
         raise ValueError(f"`rank` must be at least 1, got {rank}")
@@ -89,6 +95,9 @@ def attach_lora(
     family = family_of(model)
     with_head = task == "classification" and train_head
     task_type = "SEQ_CLS" if with_head else "CAUSAL_LM" if task == "causal-lm" else None
+    for path, r in (rank_pattern or {}).items():
+        if r < 1:
+            raise ValueError(f"`rank_pattern[{path!r}]` must be at least 1, got {r}")
     config = LoraConfig(
         r=rank,
         lora_alpha=float(2 * rank if alpha is None else alpha),
@@ -97,13 +106,20 @@ def attach_lora(
         fan_in_fan_out=family == "gpt2",
         modules_to_save=[HEAD_MODULES[family]] if with_head else None,
         task_type=task_type,
+        rank_pattern={re.escape(k): int(v) for k, v in (rank_pattern or {}).items()},
+        alpha_pattern={re.escape(k): float(v) for k, v in (alpha_pattern or {}).items()},
     )
     with seeded(seed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         try:
-            return get_peft_model(model, config)
+            peft_model = get_peft_model(model, config)
         except ValueError as e:
             raise AdapterError(f"cannot attach LoRA with targets {config.target_modules}: {e}") from e
+    if with_head:
+        # PEFT's sequence-classification wrapper appends its own guesses ("classifier", "score") to
+        # `modules_to_save`, so the saved config would list the head twice and name a module the model lacks.
+        peft_model.peft_config[peft_model.active_adapter].modules_to_save = [HEAD_MODULES[family]]
+    return peft_model
 
 
 def lora_scaling(peft_model: PeftModel) -> float:
@@ -149,13 +165,21 @@ def load_adapter_arrays(peft_model: PeftModel, arrays: Mapping[str, np.ndarray])
         raise AdapterError(f"PEFT did not place adapter key {unexpected[0]!r}")
 
 
-def save_adapter(peft_model: PeftModel, directory: str | os.PathLike[str]) -> Path:
+def save_adapter(peft_model: PeftModel, directory: str | os.PathLike[str], base_model_name: str | None = None) -> Path:
     """Save the adapter in PEFT format (adapter_config.json + adapter_model.safetensors).
 
-    Written to a temporary sibling directory, then renamed into place, so a
-    reader never sees a half-written adapter. An existing directory is replaced.
+    `base_model_name` is recorded as the config's ``base_model_name_or_path``
+    (the preset name or Hugging Face id the model was loaded by); without it
+    PEFT writes whatever path the base model was read from, or null. Written
+    to a temporary sibling directory, then renamed into place, so a reader
+    never sees a half-written adapter. An existing directory is replaced.
     """
-    return write_dir_atomically(directory, lambda staging: peft_model.save_pretrained(str(staging)))
+    if base_model_name is not None:
+        peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path = base_model_name
+    # Never the full embedding matrix (we do not resize vocabularies); "auto" would look the base name up on the Hub.
+    return write_dir_atomically(
+        directory, lambda staging: peft_model.save_pretrained(str(staging), save_embedding_layers=False)
+    )
 
 
 def load_adapter(

@@ -36,7 +36,15 @@ from sentinel.models.ffn import (
 from sentinel.models.head_mask import check_mask, pruned_of_mask
 from sentinel.models.pruning import PruneRecord, count_parameters, prune_heads, pruned_heads
 
-__all__ = ["Student", "StudentSpec", "apply_student_spec", "build_student", "student_spec"]
+__all__ = [
+    "Student",
+    "StudentSpec",
+    "apply_student_spec",
+    "build_student",
+    "load_student",
+    "student_arrays",
+    "student_spec",
+]
 
 
 class StudentSpec(pydantic.BaseModel):
@@ -174,3 +182,36 @@ def build_student(
         ffn_record = FfnRecord(kept={}, params_before=count_parameters(student), params_after=count_parameters(student))
     student.eval()
     return Student(model=student, spec=student_spec(student), head_record=head_record, ffn_record=ffn_record)
+
+
+def student_arrays(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, np.ndarray]:
+    """The student's weights as float32 numpy copies keyed by ``state_dict`` names (what a central node returns).
+
+    With `trainable_only`, only parameters with ``requires_grad`` are included
+    (frozen ones, such as embeddings kept from the teacher, are the teacher's
+    and `load_student` takes them from it).
+    """
+    if trainable_only:
+        return {n: p.detach().to("cpu", torch.float32).numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: t.detach().to("cpu", torch.float32).numpy().copy() for n, t in model.state_dict().items()}
+
+
+def load_student(teacher: torch.nn.Module, spec: StudentSpec, arrays: Mapping[str, np.ndarray]) -> torch.nn.Module:
+    """Rebuild a student from its spec and weights on a copy of `teacher` (which is not changed).
+
+    Entries missing from `arrays` keep the teacher's values (see
+    `student_arrays(trainable_only=True)`); an unknown name or a shape that
+    does not fit the spec's architecture raises ``ValueError``.
+    """
+    student = apply_student_spec(_plain_copy(teacher), spec)
+    state = student.state_dict()
+    unknown = sorted(set(arrays) - set(state))
+    if unknown:
+        raise ValueError(f"`arrays`: {len(unknown)} names the student does not have, first {unknown[0]!r}")
+    for name, value in arrays.items():
+        if tuple(np.shape(value)) != tuple(state[name].shape):
+            raise ValueError(f"`arrays`: {name!r} has shape {tuple(np.shape(value))}, the spec gives {tuple(state[name].shape)}")
+    with torch.no_grad():
+        for name, value in arrays.items():
+            state[name].copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)).to(state[name].dtype))
+    return student.eval()

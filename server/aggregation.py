@@ -26,6 +26,9 @@ __all__ = [
     "weighted_mean",
     "svd_factorise",
     "factorise_all",
+    "numerical_rank",
+    "exact_factorise",
+    "exact_factorise_all",
 ]
 
 
@@ -138,8 +141,11 @@ def svd_factorise(delta: np.ndarray, rank: int) -> Factorised:
     """
     if rank < 1:
         raise ValueError(f"`rank` must be >= 1, got {rank}")
-    d = np.asarray(delta, dtype=np.float64)
-    u, s, vt = np.linalg.svd(d, full_matrices=False)
+    return _truncate(*np.linalg.svd(np.asarray(delta, dtype=np.float64), full_matrices=False), rank)
+
+
+def _truncate(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int) -> Factorised:
+    """Rank-``rank`` factors from a thin SVD (zero-padded past its length)."""
     k = min(rank, s.size)
     root = np.sqrt(s[:k])
     b = u[:, :k] * root
@@ -162,6 +168,49 @@ def factorise_all(deltas: Mapping[str, np.ndarray], rank: int) -> tuple[dict[str
     (0.0 when the global update is still zero).
     """
     parts = {m: svd_factorise(d, rank) for m, d in deltas.items()}
+    dropped = sum(p.dropped_sq for p in parts.values())
+    total = sum(p.total_sq for p in parts.values())
+    return parts, (float(np.sqrt(dropped / total)) if total > 0 else 0.0)
+
+
+def numerical_rank(singular_values: np.ndarray, tolerance: float) -> int:
+    """The smallest k with ‖σ[k:]‖₂ ≤ ``tolerance`` · ‖σ‖₂ (0 for a zero matrix).
+
+    Eckart–Young: truncating a matrix at this rank leaves a relative Frobenius
+    residual of at most ``tolerance``.
+    """
+    if tolerance < 0:
+        raise ValueError(f"`tolerance` must be >= 0, got {tolerance}")
+    s = np.asarray(singular_values, dtype=np.float64)
+    total = float(np.sum(s**2))
+    if total == 0.0:
+        return 0
+    # tail[k] = Σ_{j ≥ k} σⱼ²; the first k whose tail is within the tolerance.
+    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])
+    return int(np.argmax(tail <= (tolerance**2) * total))
+
+
+def exact_factorise(delta: np.ndarray, tolerance: float = 1e-6, min_rank: int = 0, max_rank: int | None = None) -> Factorised:
+    """Factors B (out×k), A (k×in) of ``delta`` at the smallest rank k whose residual is ≤ ``tolerance`` relative.
+
+    k is at least ``min_rank`` (padded with zero components past the matrix's
+    rank) and at most ``max_rank`` (which may then leave more than the
+    tolerance: ``dropped_sq`` says how much). Singular values are split
+    evenly between the factors, as in :func:`svd_factorise`.
+    """
+    d = np.asarray(delta, dtype=np.float64)
+    u, s, vt = np.linalg.svd(d, full_matrices=False)
+    k = max(numerical_rank(s, tolerance), min_rank)
+    if max_rank is not None:
+        k = min(k, max_rank)
+    return _truncate(u, s, vt, k)
+
+
+def exact_factorise_all(
+    deltas: Mapping[str, np.ndarray], tolerance: float = 1e-6, min_rank: int = 0
+) -> tuple[dict[str, Factorised], float]:
+    """:func:`exact_factorise` for every module; also the relative residual over all modules together."""
+    parts = {m: exact_factorise(d, tolerance, min_rank) for m, d in deltas.items()}
     dropped = sum(p.dropped_sq for p in parts.values())
     total = sum(p.total_sq for p in parts.values())
     return parts, (float(np.sqrt(dropped / total)) if total > 0 else 0.0)

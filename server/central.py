@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from sentinel.models.lora import (
     save_adapter,
     split_adapter_arrays,
 )
-from sentinel.server.aggregation import factorise_all
+from sentinel.server.aggregation import exact_factorise
 from sentinel.server.state import GlobalState
 
 
@@ -55,20 +56,65 @@ class CentralEvaluator:
         return evaluate_classifier(model, iter_batches(self.base.tokenizer, self.test, self.batch_size, self.max_length))
 
 
-def export_peft_adapter(base: LoadedModel, state: GlobalState, directory: str | Path, rank: int) -> tuple[Path, float]:
-    """Write the global state as a PEFT LoRA adapter of ``rank`` (loads with ``PeftModel.from_pretrained``).
+EXPORT_TOLERANCE = 1e-5
+"""Relative residual each module's ΔW may lose in the exported adapter (well inside the 1e-4 contract)."""
 
-    The dense ΔW is factorised by truncated SVD at ``rank`` with alpha = rank
-    (scaling 1); returns the path and the relative norm the truncation dropped.
-    The head travels in the adapter as PEFT ``modules_to_save``.
+
+@dataclass(frozen=True)
+class ExportedAdapter:
+    """What :func:`export_peft_adapter` wrote: where, the rank of each module, and how exact it is."""
+
+    path: Path
+    ranks: dict[str, int]
+    """Module path → LoRA rank in the adapter (``rank_pattern``)."""
+    residual: float
+    """‖ΔW − adapter‖_F / ‖ΔW‖_F over all modules (from the discarded singular values)."""
+    num_parameters: int
+    """LoRA factor entries plus head parameters: the adapter's size in numbers."""
+
+
+def export_peft_adapter(
+    base: LoadedModel,
+    state: GlobalState,
+    directory: str | Path,
+    rank: int | None = None,
+    *,
+    tolerance: float = EXPORT_TOLERANCE,
+    base_model_name: str | None = None,
+) -> ExportedAdapter:
+    """Write the global state as a PEFT LoRA adapter that reproduces it (loads with ``PeftModel.from_pretrained``).
+
+    Each module gets the smallest rank at which the truncated SVD of its ΔW
+    leaves at most ``tolerance`` of its norm (Eckart–Young), through PEFT's
+    ``rank_pattern``; alpha equals the rank (scaling 1). So the adapter a user
+    loads, and every ONNX export built from it, is the model the coordinator
+    evaluated, at the size the global update actually needs (full rank only
+    where ΔW is full rank). ``rank``, when given, is a floor: no module gets
+    fewer components (capped at min(out, in); extra components are zero).
+    The head travels as PEFT ``modules_to_save``; the adapter records its base
+    model as ``base_model_name`` (default: the name the base was loaded by, a
+    preset name or Hugging Face id, never a local cache path).
     """
-    peft_model = attach_lora(copy.deepcopy(base.model), rank=rank, alpha=float(rank))
+    floor = rank or 0
+    parts = {
+        m: exact_factorise(d, tolerance, min_rank=min(max(floor, 1), *d.shape)) for m, d in state.deltas.items()
+    }
+    ranks = {m: int(p.a.shape[0]) for m, p in parts.items()}
+    top = max(ranks.values(), default=1)
+    peft_model = attach_lora(copy.deepcopy(base.model), rank=top, alpha=float(top), rank_pattern=ranks, alpha_pattern=ranks)
     arrays = adapter_arrays(peft_model)
-    parts, residual = factorise_all(state.deltas, rank)
     for module, pair in lora_pairs(arrays).items():
         arrays[pair.a_key] = parts[module].a
         arrays[pair.b_key] = parts[module].b
     for key in head_module_keys(arrays):
         arrays[key] = state.head[module_path(key)]
     load_adapter_arrays(peft_model, arrays)
-    return save_adapter(peft_model, directory), residual
+    path = save_adapter(peft_model, directory, base_model_name=base_model_name or base.name)
+    dropped = sum(p.dropped_sq for p in parts.values())
+    total = sum(p.total_sq for p in parts.values())
+    return ExportedAdapter(
+        path=path,
+        ranks=ranks,
+        residual=float(np.sqrt(dropped / total)) if total > 0 else 0.0,
+        num_parameters=int(sum(v.size for v in arrays.values())),
+    )

@@ -615,9 +615,9 @@ def plot(results: Mapping[tuple, Mapping[str, Any]], setting: Setting, best: str
     import matplotlib.pyplot as plt
 
     F, A = setting.fraction, setting.attacks
-    methods = [m for m in ["sentinel", *FLOWER] if "accuracy" in results.get(("clean", F, m), {})]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     scen = ["clean", *A]
+    methods = [m for m in ["sentinel", *FLOWER] if any("accuracy" in results.get((a, F, m), {}) for a in scen)]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     w = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         axes[0].bar(
@@ -629,6 +629,7 @@ def plot(results: Mapping[tuple, Mapping[str, Any]], setting: Setting, best: str
         axes[1].bar(i, 100 * results.get(("backdoor", F, m), {}).get("backdoor_success", np.nan), label=LABELS[m])
     axes[0].set_xticks(np.arange(len(scen)) + 0.4 - w / 2, scen)
     axes[0].set_ylabel("final test accuracy (%)")
+    axes[0].set_ylim(bottom=40)
     axes[0].set_title(f"{round(100 * F)} % malicious")
     axes[0].legend(fontsize=7)
     axes[1].set_xticks(range(len(methods)), [LABELS[m] for m in methods], rotation=30, ha="right", fontsize=8)

@@ -11,7 +11,7 @@ from sentinel.models.head_mask import apply_head_mask, mask_of_pruned
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.lora import attach_lora
 from sentinel.models.pruning import count_parameters, pruned_heads
-from sentinel.models.student import StudentSpec, apply_student_spec, build_student, student_spec
+from sentinel.models.student import StudentSpec, apply_student_spec, build_student, load_student, student_arrays, student_spec
 
 PRESETS = ["tiny-bert", "tiny-gpt2", "tiny-llama"]
 TEXTS = ["the quick brown fox jumps", "consent matters", "a somewhat longer third sentence", "hi"]
@@ -93,3 +93,22 @@ def test_spec_validation() -> None:
     with pytest.raises(ValueError):
         StudentSpec.model_validate({"unknown": {}})
     assert StudentSpec().num_pruned_heads == 0
+
+
+def test_student_weights_travel_as_arrays_and_load_on_a_teacher_copy() -> None:
+    base = load_base_model("tiny-bert")
+    student = build_student(base.model, mask_of_pruned({0: [1]}, model_layout(base.model)), ffn_layers=[0], ffn_keep=0.5)
+    with torch.no_grad():
+        student.model.classifier.weight.add_(1.0)  # the "distilled" change
+        student.model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    batch = _batch(base)
+    full = load_student(base.model, student.spec, student_arrays(student.model))
+    torch.testing.assert_close(_logits(full, batch), _logits(student.model, batch))
+    partial = student_arrays(student.model, trainable_only=True)
+    assert "bert.embeddings.word_embeddings.weight" not in partial
+    torch.testing.assert_close(_logits(load_student(base.model, student.spec, partial), batch), _logits(student.model, batch))
+    assert pruned_heads(base.model) == {}  # the teacher is not changed
+    with pytest.raises(ValueError, match="does not have"):
+        load_student(base.model, student.spec, {"nope": np.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        load_student(base.model, StudentSpec(), {"classifier.weight": partial["classifier.weight"][:, :3]})
