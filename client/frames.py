@@ -44,29 +44,29 @@ def _frame_seed(run_seed: int, server_round: int, module: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def orthonormal_rows(rows: np.ndarray, count: int, seed: int, dim: int) -> np.ndarray:
-    """``count`` orthonormal vectors of length ``dim``: the directions of ``rows`` in order, then seeded random ones.
+def orthonormal_rows(rows: np.ndarray, count: int, dim: int, seed: int | None = None) -> np.ndarray:
+    """Up to ``count`` orthonormal vectors of length ``dim``: the directions of ``rows`` in order, then seeded random ones.
 
     Rows that are (numerically) zero or dependent on earlier ones are skipped,
-    so the result spans the rows' space first; the random completion is the
-    same on every node for the same ``seed``.
+    so the result spans the rows' space first. With a ``seed`` the basis is
+    completed to ``count`` vectors by random directions (the same on every
+    node for the same seed); without one it may be shorter.
     """
     if count > dim:
         raise ValueError(f"`count` ({count}) exceeds the dimension ({dim})")
     basis: list[np.ndarray] = []
     candidates = [np.asarray(r, dtype=np.float64) for r in np.asarray(rows).reshape(-1, dim)]
-    rng = np.random.default_rng(seed)
     scale = max((float(np.linalg.norm(r)) for r in candidates), default=0.0)
-    while len(basis) < count:
-        v = candidates.pop(0) if candidates else rng.standard_normal(dim)
+    rng = np.random.default_rng(seed) if seed is not None else None
+    while len(basis) < count and (candidates or rng is not None):
+        v = candidates.pop(0) if candidates else rng.standard_normal(dim)  # type: ignore[union-attr]
         norm0 = float(np.linalg.norm(v))
-        for _ in range(2):  # twice: classical Gram–Schmidt loses orthogonality once
+        for _ in range(2):  # twice: one pass of classical Gram–Schmidt loses orthogonality
             for q in basis:
                 v = v - (q @ v) * q
-        norm = float(np.linalg.norm(v))
-        if norm0 == 0.0 or norm <= 1e-8 * max(norm0, scale):
+        if norm0 == 0.0 or float(np.linalg.norm(v)) <= 1e-8 * max(norm0, scale):
             continue
-        basis.append(v / norm)
+        basis.append(v / np.linalg.norm(v))
     return np.stack(basis) if basis else np.zeros((0, dim))
 
 
@@ -76,7 +76,8 @@ def frame_rows(view_a: np.ndarray, rank: int, run_seed: int, server_round: int, 
     ``view_a`` is the view's A factor (k × in, rows ordered by singular value).
     """
     dim = int(view_a.shape[1])
-    return (FRAME_SCALE * orthonormal_rows(view_a, rank, _frame_seed(run_seed, server_round, module), dim)).astype(np.float32)
+    rows = orthonormal_rows(view_a, rank, dim, _frame_seed(run_seed, server_round, module))
+    return (FRAME_SCALE * rows).astype(np.float32)
 
 
 def frame_columns(view_b: np.ndarray, rank: int) -> np.ndarray:
@@ -86,12 +87,9 @@ def frame_columns(view_b: np.ndarray, rank: int) -> np.ndarray:
     so an A round never adds directions the global update does not have.
     """
     out = int(view_b.shape[0])
-    cols = np.asarray(view_b, dtype=np.float64).T
-    norms = np.linalg.norm(cols, axis=1) if cols.size else np.zeros(0)
-    keep = cols[norms > 1e-12 * max(float(norms.max(initial=0.0)), 1e-300)]
-    basis = orthonormal_rows(keep, min(rank, len(keep)), 0, out) if len(keep) else np.zeros((0, out))
+    basis = orthonormal_rows(np.asarray(view_b).T, min(rank, out), out)
     frame = np.zeros((out, rank))
-    frame[:, : basis.shape[0]] = basis.T[:, :rank]
+    frame[:, : basis.shape[0]] = basis.T
     return (FRAME_SCALE * frame).astype(np.float32)
 
 

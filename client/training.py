@@ -1,11 +1,18 @@
-"""A node's local round: apply the global state, train a fresh LoRA within consent, report.
+"""A node's local round: apply the global state, train a LoRA within consent, report.
 
 No Flower here: the ClientApp translates messages into these calls. Each round
-starts from the pristine base model plus the global ΔW the coordinator sent (as
-rank-r factors, merged into the base weights) and the global classification
-head; the node then trains a *fresh* LoRA adapter (B = 0). Its update is
-therefore exactly s·B·A, which the coordinator can aggregate exactly at any
-rank, and consent masking keeps forbidden head slices of that update exactly zero.
+starts from the pristine base model plus the global ΔW the coordinator sent
+(factors of the exact global update, merged into the base weights) and the
+global classification head. The node then trains a LoRA adapter whose product
+is its update, ``s · B · A`` at its own rank, which the coordinator aggregates
+exactly at any mix of ranks; consent masking keeps forbidden head slices of
+that update exactly zero. How the adapter starts (``frame``):
+
+- ``None`` — a *fresh* adapter: B = 0, A random, both factors train;
+- ``"b"`` / ``"a"`` — the shared frame (``client.frames``): A (or B) is frozen
+  to the global update's own singular directions and only the other factor
+  trains, from zero. The update stays in the frame all nodes share, so the
+  global ΔW keeps the rank of the largest adapter and its exact view stays small.
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, sample_batches
+from sentinel.client.frames import Factor, frame_columns, frame_rows
 from sentinel.models.consent import restrict_lora_to_heads
 from sentinel.models.global_model import evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
 from sentinel.models.loading import LoadedModel
-from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling
+from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling, module_path
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 
 
@@ -31,7 +41,7 @@ class GlobalView:
     """What a node receives of the global state: ΔW factors per module and the head."""
 
     factors: Mapping[str, tuple[np.ndarray, np.ndarray]]
-    """Module path → (A, B) with ΔW ≈ B @ A (scaling 1)."""
+    """Module path → (A, B) with ΔW = B @ A (scaling 1), rows of A / columns of B ordered by singular value."""
     head: Mapping[str, np.ndarray]
     """Base-model parameter name → value (the classification head)."""
     head_mask: np.ndarray | None = None
@@ -96,17 +106,27 @@ def train_local(
     permitted: Iterable[str] | None = None,
     importance_batches: int = 2,
     device: torch.device | str = "cpu",
+    frame: Factor | None = None,
+    frame_seed: int = 0,
+    server_round: int = 0,
 ) -> LocalUpdate:
-    """Train a fresh LoRA on top of the global model for ``steps`` steps and report the update.
+    """Train a LoRA on top of the global model for ``steps`` steps and report the update.
 
     ``permitted`` is the node's permitted set (component ids) for this round; None
-    means everything. Training runs on ``device``; the arrays returned are on the CPU. The returned arrays are PEFT adapter arrays (lora_A/lora_B
-    and the head). Deterministic for a given ``seed``.
+    means everything. ``frame`` is how the adapter starts (see the module
+    docstring; ``frame_seed`` and ``server_round`` seed the random directions
+    that complete a frame, the same on every node). Training runs on
+    ``device``; the arrays returned are on the CPU. The returned arrays are
+    PEFT adapter arrays (lora_A/lora_B and the head), and ``s · B · A`` is the
+    update. Deterministic for a given ``seed``.
     """
     torch.manual_seed(seed)
     model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
+    frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round) if frame is not None else []
     mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
+    for param in frozen:  # after the consent mask: it zeroes the frame's forbidden slices too
+        param.requires_grad_(False)
     gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -128,6 +148,8 @@ def train_local(
         mask.remove()
     if gates is not None:
         gates.remove()
+    for param in frozen:
+        param.requires_grad_(True)
     return LocalUpdate(
         arrays=adapter_arrays(peft_model),
         num_examples=len(train),
@@ -140,3 +162,32 @@ def train_local(
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(normalised, dtype=np.float32),
     )
+
+
+def _start_in_frame(
+    peft_model: PeftModel, view: GlobalView, factor: Factor, run_seed: int, server_round: int
+) -> list[torch.nn.Parameter]:
+    """Set every LoRA module to start in the shared frame; return the factors to freeze.
+
+    ``b``: A = the frame of the view's row directions, B = 0 (B trains).
+    ``a``: B = the frame of the view's column directions, A = 0 (A trains).
+    Either way the adapter's product starts at zero, so the model computes the global model.
+    """
+    frozen: list[torch.nn.Parameter] = []
+    adapter = peft_model.active_adapter
+    for path, module in peft_model.named_modules():
+        if not (isinstance(module, LoraLayer) and adapter in module.lora_A):
+            continue
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        rank, (out, inp) = a.shape[0], (b.shape[0], a.shape[1])
+        view_a, view_b = view.factors.get(module_path(path), (np.zeros((0, inp)), np.zeros((out, 0))))
+        with torch.no_grad():
+            if factor == "b":
+                a.copy_(torch.from_numpy(frame_rows(view_a, rank, run_seed, server_round, module_path(path))))
+                b.zero_()
+                frozen.append(a)
+            else:
+                b.copy_(torch.from_numpy(frame_columns(view_b, rank)))
+                a.zero_()
+                frozen.append(b)
+    return frozen

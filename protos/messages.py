@@ -3,8 +3,9 @@
 A wire format like ``ledger.proto`` and ``governance.proto``, so it lives beside
 them: both the ServerApp and the ClientApp import it, and it imports neither.
 Keys are API: a rename happens in one place. Array keys for the global state the coordinator
-sends are ``lora_A/<module>``, ``lora_B/<module>`` (rank-r factors of the global
-ΔW, scaling 1) and ``head/<param>`` (the classification head); a node replies
+sends are ``lora_A/<module>``, ``lora_B/<module>`` (factors of the global ΔW,
+scaling 1: exact, at the rank ΔW has, or truncated at the node's rank in the
+legacy design; components ordered by singular value) and ``head/<param>`` (the classification head); a node replies
 with its adapter in PEFT's saved-key format (no adapter name).
 """
 
@@ -92,6 +93,8 @@ C_MAX_LENGTH: Final = "max-length"
 C_PERMITTED: Final = "permitted"
 C_RESTRICTED: Final = "consent-restricted"
 C_CONTRACT_VERSION: Final = "contract-version"
+C_TRAIN_FACTOR: Final = "train-factor"
+"""Which LoRA factor a node trains in the shared frame: ``b`` (A frozen), ``a`` (B frozen); absent or ``""``: a fresh adapter."""
 
 # Profile keys a node reports in reply to MSG_PROFILE.
 P_PARTITION_ID: Final = "partition-id"

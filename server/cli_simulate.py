@@ -93,6 +93,21 @@ def default_out() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _scenario(console: Console, attack: str | None, fraction: float, validator_attack: str | None, validator_fraction: float, seed: int):  # noqa: ANN202
+    """The attack scenario the flags describe (None without attacks); a bad value is one clear line."""
+    if attack is None and validator_attack is None:
+        return None
+    from pydantic import ValidationError
+    from sentinel.server.attack_scenario import AttackScenario
+
+    try:
+        return AttackScenario(kind=attack, fraction=fraction if attack else 0.0, validator_kind=validator_attack,
+                              validator_fraction=validator_fraction if validator_attack else 0.0, seed=seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise fail(console, f"--{str(err['loc'][0]).replace('kind', 'attack').replace('_', '-')}: {err['msg']}") from e
+
+
 def simulate_command(
     ctx: typer.Context,
     config_file: ConfigFileOption = None,
@@ -114,6 +129,10 @@ def simulate_command(
     token_budget: Annotated[int, typer.Option(help="Tokens distributed per round in proportion to contribution.")] = 1000,
     out: Annotated[Optional[Path], typer.Option(help="Output directory. Default: runs/<timestamp>.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    attack: Annotated[Optional[str], typer.Option(help="Simulate attackers: sign-flip | scale | noise | label-flip | backdoor | free-rider | malformed.")] = None,
+    attack_fraction: Annotated[float, typer.Option(help="Share of nodes that attack (with --attack).")] = 0.3,
+    validator_attack: Annotated[Optional[str], typer.Option(help="Simulate lying validators: always-accept | always-reject.")] = None,
+    validator_attack_fraction: Annotated[float, typer.Option(help="Share of validators that lie (with --validator-attack).")] = 0.25,
 ) -> None:
     """Simulate a whole federation locally (Flower simulation engine) and write a report.
 
@@ -123,7 +142,8 @@ def simulate_command(
     from sentinel.server.simulate import simulate
 
     console = Console()
-    flags = given_flags(ctx, locals())
+    attack_options = ("attack", "attack_fraction", "validator_attack", "validator_attack_fraction")
+    flags = {k: v for k, v in given_flags(ctx, locals()).items() if k not in attack_options}
     if resume is not None:
         try:
             saved = load_run_config(resume)
@@ -140,7 +160,21 @@ def simulate_command(
         out_dir = out or (Path(str(run_keys["out"])) if run_keys.get("out") else default_out())
     console.print(f"[bold]Sentinel simulate[/]: {config.model} on {config.dataset}, {config.nodes} nodes, "
                   f"{config.rounds} rounds, {config.aggregation} aggregation → {out_dir}")
-    report = simulate(config, out_dir, resume=resume is not None, console=console)
+    scenario = _scenario(console, attack, attack_fraction, validator_attack, validator_attack_fraction, config.seed)
+    if scenario is None:
+        report = simulate(config, out_dir, resume=resume is not None, console=console)
+    else:
+        from sentinel.server.attack_scenario import AttackObserver
+        from sentinel.server.coordinator import Coordinator
+
+        coordinator = Coordinator.build(config, out_dir)
+        coordinator.observers.append(AttackObserver(scenario, config))
+        console.print(f"[bold red]attack simulation[/]: {scenario.kind or 'none'} on partitions {scenario.malicious_partitions(config)}, "
+                      f"lying validators {scenario.lying_validator_partitions(config)}")
+        report = simulate(config, out_dir, resume=resume is not None, console=console, coordinator=coordinator,
+                          client_app=scenario.client_app(config))
+        totals = {k: sum(r["detection"][k] for r in report["rounds"]) for k in ("tp", "fp", "tn", "fn")}
+        console.print(f"detection over all rounds: {totals}  plot: {out_dir / 'detection.png'}")
     table = Table(title="Federation result")
     for col in ("initial acc", "best round", "best acc", "final acc", "final loss", "rounds run"):
         table.add_column(col)

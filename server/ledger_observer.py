@@ -130,6 +130,8 @@ class LedgerObserver(RoundObserver):
                 self.round_recorder.update_accepted(res.node.key_id, r)
             else:
                 self.round_recorder.update_rejected(res.node.key_id, r, res.reason)
+        for key_id, reason in sorted(outcome.missing.items()):  # the update that never arrived is on the record too
+            self.round_recorder.update_rejected(key_id, r, f"missing update: {reason}")
         scores = self.scorer(outcome, previous) if self.scorer and outcome.accepted else {}
         allocations: dict[str, int] = {}
         if scores:

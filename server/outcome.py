@@ -89,6 +89,8 @@ class RoundOutcome:
     svd_residual: dict[int, float] = field(default_factory=dict)
     results: list[NodeResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+    """Nodes of the run (key id) whose update never arrived this round, and why (an error reply, silence)."""
     excluded: list[str] = field(default_factory=list)
     """Nodes (key ids) sitting out a cool-down after repeated rejections."""
     validator_agreement: float | None = None

@@ -134,6 +134,7 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
         "rejected": len(rejected),
         "consent_violations": sum(1 for r in rejected if r.offending),
         "failures": len(outcome.failures),
+        "failure_reasons": list(outcome.failures),
         "train_loss": sum(r.train_loss * r.num_examples for r in accepted) / max(1, sum(r.num_examples for r in accepted)),
         "bytes_up": outcome.bytes_up,
         "bytes_down": outcome.bytes_down,

@@ -29,12 +29,12 @@ from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
-from sentinel.protos.records import global_view_record
-from sentinel.server.aggregation import LoraUpdate, exact_aggregate, factorise_all, naive_aggregate, weighted_mean
+from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
+from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
 from sentinel.server.update_checks import (
     ExpectedUpdate,
     claims_problem,
@@ -157,30 +157,35 @@ class SentinelStrategy:
         )
 
     def configure_train(self, server_round: int, state: GlobalState, nodes: Sequence[NodeInfo]) -> TrainPlan:
-        """One message per node: the global ΔW factorised at the node's rank, its permitted set and its config."""
-        by_rank: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        residuals: dict[int, float] = {}
+        """One message per node: its view of the global model (``self.design``), its permitted set and its config.
+
+        Under the default design every node gets the same exact view (ΔW at its
+        own rank) and the factor to train in the shared frame (``server.views``).
+        """
         messages: list[Message] = []
         sent: dict[int, SentView] = {}
-        bytes_down = 0
         version = self.contract_version_fn() if self.contract_version_fn else 0
         modules = {m: (int(d.shape[0]), int(d.shape[1])) for m, d in state.deltas.items()}
         head_shapes = {k: tuple(int(x) for x in v.shape) for k, v in state.head.items()}
+        ranks = {n.node_id: self.config.profiles[n.role].lora_rank for n in nodes}
+        views = round_views(state, self.design, ranks.values())
+        factor = self.design.train_factor(server_round)
+        bytes_down = 0
         for node in sorted(nodes, key=lambda n: n.partition_id):
-            rank = self.config.profiles[node.role].lora_rank
-            if rank not in by_rank:
-                parts, residuals[rank] = factorise_all(state.deltas, rank)
-                by_rank[rank] = {m: (f.a, f.b) for m, f in parts.items()}
+            rank = ranks[node.node_id]
             permitted = self.permitted_fn(node, server_round) if self.permitted_fn else None
             max_examples = self.max_examples_fn(node) if self.max_examples_fn else UNBOUNDED_EXAMPLES
             expected = ExpectedUpdate(rank, modules, head_shapes, self.importance_shape, max_examples, version)
             sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected)
-            record = global_view_record(by_rank[rank], state.head, state.head_mask)
-            bytes_down += record.count_bytes()
+            key = self.design.view_key(rank)
+            bytes_down += views.bytes_of(key)
             config = self.node_config(node, server_round, permitted, version)
-            content = RecordDict({P.REC_ARRAYS: record, P.REC_CONFIG: config})
+            if factor is not None:
+                config[P.C_TRAIN_FACTOR] = factor
+            content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
-        log(INFO, "configure_train: round %s, %s nodes, ranks %s", server_round, len(messages), sorted(by_rank))
+        residuals = {rank: views.errors[self.design.view_key(rank)] for rank in sorted(set(ranks.values()))}
+        log(INFO, "configure_train: round %s, %s nodes, view %s, ranks %s", server_round, len(messages), self.design.view, sorted(set(ranks.values())))
         return TrainPlan(server_round, messages, sent, bytes_down, residuals)
 
     # ------------------------------------------------------------ check
@@ -188,10 +193,17 @@ class SentinelStrategy:
     def check_replies(self, plan: TrainPlan, replies: Iterable[Message]) -> RoundOutcome:
         """A verdict for every reply: authentic, well-formed, within consent. Failed replies are listed, not raised."""
         outcome = RoundOutcome(round=plan.server_round, bytes_down=plan.bytes_down, svd_residual=dict(plan.svd_residual))
+        answered: set[int] = set()
         for msg in replies:
-            result = self._check_reply(plan, msg, outcome.failures)
+            answered.add(msg.metadata.src_node_id)
+            result = self._check_reply(plan, msg, outcome)
             if result is not None:
                 outcome.results.append(result)
+        for node_id in sorted(set(plan.sent) - answered):  # a node that went silent is recorded, not forgotten
+            key_id = plan.sent[node_id].node.key_id
+            outcome.failures.append(f"{key_id}: no reply within the round's timeout")
+            outcome.missing[key_id] = "no reply within the round's timeout"
+            log(WARNING, "node %s sent no train reply within the timeout", node_id)
         outcome.results.sort(key=lambda r: r.node.partition_id)  # fixed order: sums are reproducible
         outcome.bytes_up = sum(r.bytes_up for r in outcome.results)
         norms = {r.node.node_id: update_norm(split_adapter_arrays(r.arrays)[0], P.LORA_ALPHA_PER_RANK) for r in outcome.accepted}
@@ -201,7 +213,7 @@ class SentinelStrategy:
                 result.accepted, result.reason = False, reason
         return outcome
 
-    def _check_reply(self, plan: TrainPlan, msg: Message, failures: list[str]) -> NodeResult | None:
+    def _check_reply(self, plan: TrainPlan, msg: Message, outcome: RoundOutcome) -> NodeResult | None:
         """One reply's verdict; None for error replies and replies from outside the run (listed as failures).
 
         The checks run in order and the first problem is the reason: schema,
@@ -212,7 +224,9 @@ class SentinelStrategy:
         view = plan.sent.get(src)
         if view is None or msg.has_error():
             reason = msg.error.reason if msg.has_error() else "reply from a node outside the run"
-            failures.append(f"{src}: {reason}")
+            outcome.failures.append(f"{view.node.key_id if view else src}: {reason}")
+            if view is not None:
+                outcome.missing[view.node.key_id] = reason
             log(WARNING, "train reply from node %s failed: %s", src, reason)
             return None
         try:

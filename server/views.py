@@ -1,0 +1,156 @@
+"""What each node is sent of the global model, and how it trains from it: the training design.
+
+The coordinator's global state is the exact dense ΔW. A node receives it as
+factors (A, B) with ΔW = B @ A (``protos.records.global_view_record``):
+
+- ``view="exact"`` — the factorisation at the rank ΔW actually has (the
+  smallest rank whose residual is within ``tolerance``, per module), the same
+  for every node whatever its own rank: every node and validator trains and
+  judges against the exact global model, and a node that missed rounds, joined
+  late or restarted needs nothing it does not get in this one message;
+- ``view="truncated"`` — the legacy view: ΔW truncated by SVD at the node's rank
+  (lossy once the global update outgrows it).
+
+An exact view is cheap only while ΔW keeps a small rank, which is what the
+*frame* adapter does (``client.frames``): nodes train one LoRA factor in a
+frame derived from ΔW itself, so every update — at any mix of ranks — stays in
+the same rank-R space (R the largest rank), the exact aggregate keeps ΔW at
+rank ≤ R and the exact view costs what a rank-R view costs. A *fresh* adapter
+(B = 0, random A, both factors trained: the legacy design) adds Σ rᵢ new
+directions per round, so its exact view grows toward the dense ΔW.
+
+Nothing here is per node: the coordinator builds one view per round (one per
+rank for truncated views), so its memory is the global state plus one view,
+whatever the number of nodes. Pure functions plus a one-entry memo, so the
+configure step and the per-role report share one factorisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from flwr.app import ArrayRecord
+from sentinel.client.frames import Factor, factor_of_round
+from sentinel.protos.records import global_view_record
+from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
+from sentinel.server.state import GlobalState
+
+VIEW_TOLERANCE = 1e-6
+"""Relative residual per module an exact view may drop (float32 factors carry ~1e-7 anyway)."""
+
+AdapterStart = Literal["fresh", "frame"]
+ViewKind = Literal["exact", "truncated"]
+Schedule = Literal["b", "alternate"]
+
+
+@dataclass(frozen=True)
+class TrainingDesign:
+    """How nodes start their adapter each round and which view of the global model they receive.
+
+    The default is the design measured best (``tests/benchmarks/heterogeneous.py``):
+    exact views and the shared frame, alternating the trained factor.
+    """
+
+    adapter: AdapterStart = "frame"
+    """``frame``: train one factor in the shared frame (``client.frames``); ``fresh``: a fresh LoRA (B = 0)."""
+    schedule: Schedule = "alternate"
+    """For ``frame``: ``alternate`` trains B in odd rounds and A in even ones; ``b`` always trains B (A fixed)."""
+    view: ViewKind = "exact"
+    """``exact``: ΔW at its own rank for every node; ``truncated``: ΔW truncated at each node's rank."""
+    tolerance: float = VIEW_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.adapter not in ("frame", "fresh"):
+            raise ValueError(f"`adapter` must be 'frame' or 'fresh', got {self.adapter!r}")
+        if self.view not in ("exact", "truncated"):
+            raise ValueError(f"`view` must be 'exact' or 'truncated', got {self.view!r}")
+        factor_of_round(1, self.schedule)  # validates the schedule
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
+
+    def train_factor(self, server_round: int) -> Factor | None:
+        """The factor nodes train in ``server_round`` (None: a fresh adapter, both factors)."""
+        return factor_of_round(server_round, self.schedule) if self.adapter == "frame" else None
+
+    def view_key(self, rank: int) -> int | None:
+        """Which view a node of ``rank`` receives: None is the one exact view every node shares."""
+        return None if self.view == "exact" else rank
+
+
+DEFAULT_DESIGN = TrainingDesign()
+LEGACY_DESIGN = TrainingDesign(adapter="fresh", view="truncated")
+"""The design before issue 10: a fresh adapter every round on a view truncated at the node's rank."""
+
+
+def factorise_view(deltas: Mapping[str, np.ndarray], key: int | None, tolerance: float = VIEW_TOLERANCE) -> dict[str, Factorised]:
+    """The view's factors per module: exact (``key`` None) or truncated at rank ``key``."""
+    if key is None:
+        return {m: exact_factorise(d, tolerance) for m, d in deltas.items()}
+    return {m: svd_factorise(d, key) for m, d in deltas.items()}
+
+
+def view_error(deltas: Mapping[str, np.ndarray], factors: Mapping[str, Factorised]) -> float:
+    """‖ΔW − B A‖_F / ‖ΔW‖_F over all modules, of the float32 factors actually sent (0 for a zero ΔW)."""
+    err = total = 0.0
+    for m, d in deltas.items():
+        d64 = np.asarray(d, dtype=np.float64)
+        f = factors[m]
+        approx = f.b.astype(np.float64) @ f.a.astype(np.float64) if f.a.shape[0] else 0.0
+        err += float(np.sum((d64 - approx) ** 2))
+        total += float(np.sum(d64**2))
+    return float(np.sqrt(err / total)) if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class RoundViews:
+    """The views of one global state: one record per view key, its error and its size."""
+
+    records: dict[int | None, ArrayRecord]
+    errors: dict[int | None, float]
+    ranks: dict[int | None, dict[str, int]] = field(default_factory=dict)
+    """View key → module → rank of the factors sent."""
+
+    def bytes_of(self, key: int | None) -> int:
+        """Bytes of the view with ``key`` on the wire (Flower's count: array data plus keys)."""
+        return self.records[key].count_bytes()
+
+
+_memo: dict[str, object] = {}
+
+
+def round_views(state: GlobalState, design: TrainingDesign, ranks: Iterable[int]) -> RoundViews:
+    """The views of ``state`` for nodes of ``ranks`` under ``design`` (memoised for the last state asked about).
+
+    The configure step builds them; the per-role report asks again for the
+    same state and gets the same object instead of a second factorisation.
+    """
+    keys = sorted({design.view_key(r) for r in ranks}, key=lambda k: -1 if k is None else k)
+    cached = _memo.get("views")
+    # The memo holds the state itself, so identity (not a reusable id()) says it is the same one.
+    if _memo.get("state") is state and _memo.get("design") == design and isinstance(cached, RoundViews):
+        if all(k in cached.records for k in keys):
+            return cached
+    records, errors, sent_ranks = {}, {}, {}
+    for key in keys:
+        parts = factorise_view(state.deltas, key, design.tolerance)
+        records[key] = global_view_record({m: (f.a, f.b) for m, f in parts.items()}, state.head, state.head_mask)
+        errors[key] = view_error(state.deltas, parts)
+        sent_ranks[key] = {m: int(f.a.shape[0]) for m, f in parts.items()}
+    views = RoundViews(records, errors, sent_ranks)
+    _memo.update(state=state, design=design, views=views)
+    return views
+
+
+__all__ = [
+    "DEFAULT_DESIGN",
+    "LEGACY_DESIGN",
+    "RoundViews",
+    "TrainingDesign",
+    "VIEW_TOLERANCE",
+    "factorise_view",
+    "round_views",
+    "view_error",
+]
