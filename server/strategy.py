@@ -34,7 +34,6 @@ from sentinel.server.config import FederationConfig
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
-from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
 from sentinel.server.update_checks import (
     ExpectedUpdate,
     claims_problem,
@@ -43,6 +42,8 @@ from sentinel.server.update_checks import (
     structure_problem,
     update_norm,
 )
+from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
+from sentinel.server.views import round_views
 
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
@@ -103,6 +104,9 @@ class SentinelStrategy:
     norm_factor : float
         An update whose ‖ΔW‖ exceeds this multiple of the round's median norm is rejected.
     """
+
+    design: TrainingDesign = DEFAULT_DESIGN
+    """How nodes train and what view they get (``server.views``); set on an instance to compare designs."""
 
     def __init__(
         self,
