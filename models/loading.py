@@ -97,6 +97,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or "\\" in name
 
 
+def _preset_names() -> list[str]:
+    from sentinel.models.presets import preset_names
+
+    return list(preset_names())
+
+
 def _from_pretrained(
     source: str, task: Task, num_labels: int, local_files_only: bool
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -120,7 +126,11 @@ def _from_pretrained(
     except (OSError, ValueError, KeyError) as e:
         offline = local_files_only or huggingface_hub.constants.is_offline_mode()
         hint = " (offline: only local files and the Hugging Face cache are used)" if offline else ""
-        raise ModelLoadError(f"cannot load {task} model from {source!r}{hint}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelLoadError(
+            f"cannot load {task} model {source!r}{hint}: it is not a preset ({', '.join(_preset_names())}), "
+            f"a local model directory, or a loadable Hugging Face id ({first})"
+        ) from e
     return model, tokenizer
 
 

@@ -93,6 +93,18 @@ def default_out() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sentinel.client.data.exceptions import DataError
+    from sentinel.governance.exceptions import GovernanceError
+    from sentinel.models.exceptions import ModelError
+    from sentinel.server.exceptions import CheckpointError, RunNotFoundError
+
+    return (DataError, GovernanceError, ModelError, CheckpointError, RunNotFoundError)
+
+
+USER_ERRORS = _user_errors()
+
+
 def _scenario(console: Console, attack: str | None, fraction: float, validator_attack: str | None, validator_fraction: float, seed: int):  # noqa: ANN202
     """The attack scenario the flags describe (None without attacks); a bad value is one clear line."""
     if attack is None and validator_attack is None:
@@ -139,7 +151,6 @@ def simulate_command(
     Settings come from the defaults, then ``--config run.toml``, then ``--run-config``, then flags.
     """
     from sentinel.server.coordinator import load_run_config
-    from sentinel.server.simulate import simulate
 
     console = Console()
     attack_options = ("attack", "attack_fraction", "validator_attack", "validator_attack_fraction")
@@ -161,8 +172,19 @@ def simulate_command(
     console.print(f"[bold]Sentinel simulate[/]: {config.model} on {config.dataset}, {config.nodes} nodes, "
                   f"{config.rounds} rounds, {config.aggregation} aggregation → {out_dir}")
     scenario = _scenario(console, attack, attack_fraction, validator_attack, validator_attack_fraction, config.seed)
+    try:
+        report = _simulate(console, config, out_dir, resume is not None, scenario)
+    except USER_ERRORS as e:  # a bad model, dataset or policy is the user's to fix: one line, no traceback
+        raise fail(console, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
+    _print_summary(console, report, out_dir)
+
+
+def _simulate(console: Console, config: FederationConfig, out_dir: Path, resume: bool, scenario: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Run the simulation (with the attack scenario, if any) and return its report."""
+    from sentinel.server.simulate import simulate
+
     if scenario is None:
-        report = simulate(config, out_dir, resume=resume is not None, console=console)
+        return simulate(config, out_dir, resume=resume, console=console)
     else:
         from sentinel.server.attack_scenario import AttackObserver
         from sentinel.server.coordinator import Coordinator
@@ -171,10 +193,15 @@ def simulate_command(
         coordinator.observers.append(AttackObserver(scenario, config))
         console.print(f"[bold red]attack simulation[/]: {scenario.kind or 'none'} on partitions {scenario.malicious_partitions(config)}, "
                       f"lying validators {scenario.lying_validator_partitions(config)}")
-        report = simulate(config, out_dir, resume=resume is not None, console=console, coordinator=coordinator,
+        report = simulate(config, out_dir, resume=resume, console=console, coordinator=coordinator,
                           client_app=scenario.client_app(config))
         totals = {k: sum(r["detection"][k] for r in report["rounds"]) for k in ("tp", "fp", "tn", "fn")}
         console.print(f"detection over all rounds: {totals}  plot: {out_dir / 'detection.png'}")
+        return report
+
+
+def _print_summary(console: Console, report: dict[str, Any], out_dir: Path) -> None:
+    """The result table and where the report, plots and best adapter are."""
     table = Table(title="Federation result")
     for col in ("initial acc", "best round", "best acc", "final acc", "final loss", "rounds run"):
         table.add_column(col)

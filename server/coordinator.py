@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.serverapp import Grid
-from sentinel.client.data import Example
+from sentinel.client.data import DataSpecError, Example
 from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.governance.parameters import FederationParameters
 from sentinel.ledger.store import Ledger
@@ -70,6 +70,11 @@ class Coordinator:
         data = federated_split(
             config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed
         )
+        labels = {e.label for e in data.test} | {e.label for part in data.partitions for e in part}
+        if len(labels) < 2:
+            raise DataSpecError(
+                f"dataset {config.dataset!r} has a single label ({sorted(labels)}): a classifier cannot be trained or evaluated on it"
+            )
         base = load_base_model(config.model, task="classification", num_labels=data.num_labels, seed=config.seed)
         train_sizes = tuple(len(node_train_val(data, i, config.val_fraction, config.seed)[0]) for i in range(config.nodes))
         coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length), train_sizes=train_sizes)
