@@ -43,7 +43,6 @@ from sentinel.server.update_checks import (
     update_norm,
 )
 from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
-from sentinel.server.views import round_views
 
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
@@ -198,9 +197,14 @@ class SentinelStrategy:
         """A verdict for every reply: authentic, well-formed, within consent. Failed replies are listed, not raised."""
         outcome = RoundOutcome(round=plan.server_round, bytes_down=plan.bytes_down, svd_residual=dict(plan.svd_residual))
         answered: set[int] = set()
+        # The grid gives each message an id when it sends it; a reply names the message it answers.
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in plan.messages if m.metadata.message_id}
         for msg in replies:
-            answered.add(msg.metadata.src_node_id)
-            result = self._check_reply(plan, msg, outcome)
+            # An error reply the SuperLink writes for an offline node may not carry the node as its source.
+            reply_to = msg.metadata.reply_to_message_id
+            node_id = sent_to.get(reply_to, msg.metadata.src_node_id) if reply_to else msg.metadata.src_node_id
+            answered.add(node_id)
+            result = self._check_reply(plan, msg, outcome, node_id)
             if result is not None:
                 outcome.results.append(result)
         for node_id in sorted(set(plan.sent) - answered):  # a node that went silent is recorded, not forgotten
@@ -217,15 +221,16 @@ class SentinelStrategy:
                 result.accepted, result.reason = False, reason
         return outcome
 
-    def _check_reply(self, plan: TrainPlan, msg: Message, outcome: RoundOutcome) -> NodeResult | None:
+    def _check_reply(self, plan: TrainPlan, msg: Message, outcome: RoundOutcome, src: int) -> NodeResult | None:
         """One reply's verdict; None for error replies and replies from outside the run (listed as failures).
 
         The checks run in order and the first problem is the reason: schema,
         signature, rank and scaling, structure against what was sent, the node's
         claims, importance reports, then consent.
         """
-        src = msg.metadata.src_node_id
         view = plan.sent.get(src)
+        if view is not None and not msg.has_error() and msg.metadata.src_node_id != src:
+            view = None  # a reply to one node's message from another node: not that node's update
         if view is None or msg.has_error():
             reason = msg.error.reason if msg.has_error() else "reply from a node outside the run"
             outcome.failures.append(f"{view.node.key_id if view else src}: {reason}")
