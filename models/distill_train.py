@@ -39,7 +39,9 @@ class DistillResult:
     """The trained student (the same object that was passed in) and what the run measured.
 
     `kl_before`/`kl_after`: mean ``KL(teacher ‖ student)`` per distribution on
-    the held-out batches (NaN without them). `losses`: the training loss per step.
+    the held-out batches (NaN without them); `kl_after` is the returned
+    student's. `losses`: the training loss per step. `reverted`: the run made
+    held-out KL worse and `revert_if_worse` put the student's weights back.
     """
 
     student: torch.nn.Module
@@ -47,6 +49,7 @@ class DistillResult:
     kl_before: float
     kl_after: float
     losses: list[float] = field(default_factory=list)
+    reverted: bool = False
 
 
 def _inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
@@ -135,6 +138,7 @@ def distill(
     make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
+    revert_if_worse: bool = False,
 ) -> DistillResult:
     """Train `student` for `steps` optimiser steps to match `teacher`; returns it with KL before and after.
 
@@ -163,6 +167,10 @@ def distill(
         Seeds dropout; the caller's random state is left untouched.
     on_step
         Called with ``(step, loss)`` after every step (progress, logging).
+    revert_if_worse
+        With `held_out`: when training raised held-out KL (a student that starts
+        very close to its teacher can drift on a small data set), restore the
+        weights it had before, so distillation never leaves it further away.
     """
     if steps < 0:
         raise ValueError(f"`steps` must be >= 0, got {steps}")
@@ -170,6 +178,7 @@ def distill(
         raise ValueError(f"`lr` must be a finite number > 0, got {lr!r}")
     held = list(held_out) if held_out is not None else []
     kl_before = kl_divergence(teacher, student, held) if held else math.nan
+    initial = {k: v.detach().clone() for k, v in student.state_dict().items()} if revert_if_worse and held else None
     trainable = [p for p in student.parameters() if p.requires_grad]
     if steps and not trainable:
         raise ValueError(
@@ -207,4 +216,8 @@ def distill(
     if len(losses) < steps:
         raise ValueError("`batches` is empty: distillation needs at least one batch")
     kl_after = kl_divergence(teacher, student, held) if held else math.nan
-    return DistillResult(student=student, steps=len(losses), kl_before=kl_before, kl_after=kl_after, losses=losses)
+    reverted = initial is not None and kl_after > kl_before
+    if reverted:
+        student.load_state_dict(initial)
+        kl_after = kl_before
+    return DistillResult(student, len(losses), kl_before, kl_after, losses, reverted)

@@ -120,3 +120,15 @@ def test_bad_arguments_are_rejected(bert_teacher: LoadedModel) -> None:
     with pytest.raises(ValueError, match="empty"):
         distill(teacher.model, _student(teacher), [], steps=1)
     assert distill(teacher.model, _student(teacher), [], steps=0).steps == 0
+
+
+def test_revert_if_worse_puts_back_a_student_that_drifted(bert_teacher: LoadedModel, batches: Batches) -> None:
+    teacher = bert_teacher
+    student = build_student(teacher.model).model  # an exact copy: KL 0, any training can only drift away
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    held = batches(teacher, 99, 2)
+    result = distill(teacher.model, student, batches(teacher, 0, 2), steps=3, lr=1e-2, held_out=held, revert_if_worse=True)
+    assert result.reverted and result.kl_after == result.kl_before
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    kept = distill(teacher.model, build_student(teacher.model).model, batches(teacher, 0, 2), steps=3, lr=1e-2, held_out=held)
+    assert not kept.reverted and kept.kl_after > kept.kl_before
