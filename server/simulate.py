@@ -121,13 +121,23 @@ def run_simulation_engine(server_app: ServerApp, client_app: Any, num_nodes: int
     TaskIdentity.run_id = run.run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
-    _run_simulation(
-        num_supernodes=num_nodes,
-        exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_name="ray",
-        backend_config=backend_config(),  # type: ignore[arg-type]
-        server_app_context=context,
-        run=run,
-    )
+    # Flower's Ray backend writes this process's whole sys.path into PYTHONPATH so its
+    # workers can import the app; left there, every later subprocess of the caller
+    # inherits it (and imports whatever folders happen to be on that path).
+    pythonpath = os.environ.get("PYTHONPATH")
+    try:
+        _run_simulation(
+            num_supernodes=num_nodes,
+            exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config(),  # type: ignore[arg-type]
+            server_app_context=context,
+            run=run,
+        )
+    finally:
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 
 import pytest
@@ -48,6 +49,7 @@ def test_the_server_sees_the_run_config_nodes_their_keys_and_nothing_is_deprecat
     handler.emit = records.append  # type: ignore[method-assign]
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.addHandler(handler)
+    pythonpath = os.environ.get("PYTHONPATH")
     try:
         run_simulation_engine(server, SimulatedNodeApp(client, {"node-keys": "/run/keys"}), 2, {"rounds": 1})
     finally:
@@ -55,3 +57,6 @@ def test_the_server_sees_the_run_config_nodes_their_keys_and_nothing_is_deprecat
     assert seen["server"] == {"rounds": 1}
     assert seen["replies"] == [(0, "/run/keys"), (1, "/run/keys")]
     assert not [r for r in records if "deprecated" in r.getMessage().lower()]
+    # The caller's environment is as it was: Flower's Ray backend sets PYTHONPATH to the
+    # driver's sys.path, which leaked into every later subprocess.
+    assert os.environ.get("PYTHONPATH") == pythonpath
