@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -14,6 +15,7 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field
 from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
+from sentinel.client.frames import Factor
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, evaluate_examples, materialise_global, resolve_device, train_local
 from sentinel.ledger.crypto import Ed25519PrivateKey, public_key_b64
@@ -86,6 +88,8 @@ class RoundInputs:
     train_set: list[Example]
     val_set: list[Example]
     view: GlobalView
+    train_factor: Factor | None = None
+    """The factor to train in the shared frame (``client.frames``); None: a fresh adapter."""
 
 
 def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInstruction, LoadedModel, list[Example], list[Example]]:
@@ -106,12 +110,16 @@ def resolve_round(msg: Message, context: Context) -> RoundInputs:
     """Validate the message and load (cached) the model, this node's data and its view of the global model."""
     ident, ins, base, train_set, val_set = node_inputs(msg, context)
     factors, head, head_mask = parse_global_view(from_array_record(msg.content[P.REC_ARRAYS]))
-    return RoundInputs(ident, ins, base, train_set, val_set, GlobalView(factors=factors, head=head, head_mask=head_mask))
+    factor = str(msg.content[P.REC_CONFIG].get(P.C_TRAIN_FACTOR, ""))
+    if factor not in ("", "a", "b"):
+        raise ValueError(f"`{P.C_TRAIN_FACTOR}` must be 'a', 'b' or '', got {factor!r}")
+    view = GlobalView(factors=factors, head=head, head_mask=head_mask)
+    return RoundInputs(ident, ins, base, train_set, val_set, view, cast(Factor, factor) if factor else None)  # checked above
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train a fresh LoRA on the global model within the permitted set and reply with it."""
+    """Train a LoRA on the global model (in the shared frame, or fresh) within the permitted set and reply with it."""
     inputs = resolve_round(msg, context)
     return update_reply(msg, context, local_update(inputs, inputs.train_set))
 
@@ -132,6 +140,9 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         seed=ins.seed,
         permitted=set(ins.permitted) if ins.consent_restricted else None,
         device=resolve_device(inputs.identity.device),
+        frame=inputs.train_factor,
+        frame_seed=ins.run_seed,
+        server_round=ins.server_round,
     )
 
 

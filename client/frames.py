@@ -1,26 +1,23 @@
-"""The shared frame a node trains in: one LoRA factor frozen to the global update's own basis.
+"""The shared frame a node trains in: one LoRA factor frozen to the global adapter, the other trained.
 
 A node that trains both LoRA factors from ``B = 0`` each round (a *fresh*
 adapter) adds a rank-r update in a new random subspace every round, so the
 global ΔW grows in rank by the sum of the nodes' ranks per round and no node
-can be given it exactly at its own rank. Here one factor is frozen to a frame
-every node shares, derived from the global ΔW itself, and only the other one
-trains:
+can be given it exactly at its own rank. Here every node continues the global
+adapter itself — the balanced factors of the global ΔW, B̄ = U√(Σ/s), Ā = √(Σ/s)Vᵀ,
+which the exact view already carries — with one factor frozen:
 
-- a **B round** freezes A to ``c · Vᵀ[:r]``, the global update's top right
-  singular vectors (completed by shared random directions where ΔW has fewer),
-  and trains B from zero: the update ``s · B · A`` changes ΔW only within
-  rows it already spans;
-- an **A round** freezes B to ``c · U[:, :r]``, its top left singular vectors,
-  and trains A from zero: the update changes ΔW only within its column space.
+- a **B round** freezes A to Ā's top rows (completed by shared random
+  directions where ΔW has fewer) and trains B from B̄ — as an update from zero
+  on top of the merged global model, so the update is ``s · δB · Ā``;
+- an **A round** freezes B to B̄'s top columns and trains A: the update is ``s · B̄ · δA``.
 
 Every node's update then lies in the same rank-R frame (R the largest rank),
-so the exact aggregate Σ wᵢ sᵢ Bᵢ Aᵢ keeps the global ΔW at rank ≤ R and a
-rank-R factorisation of it is exact: nodes receive the exact global model at
-the cost of a rank-R view. Alternating the rounds lets both the row and the
-column space move (as in alternating LoRA optimisation, RoLoRA); ``c`` is the
-row norm of PEFT's own initialisation of A (``kaiming_uniform(a=√5)``: 1/√3),
-so the trained factor sees the step size it would see on a fresh adapter.
+so the exact aggregate Σ wᵢ sᵢ Bᵢ Aᵢ keeps the global ΔW at rank ≤ R and its
+exact view costs what a rank-R view costs. Alternating the rounds moves both
+the row and the column space (alternating LoRA optimisation, as in RoLoRA); an
+update is still a plain LoRA pair at the node's own rank, which the
+coordinator's checks, the validators and exact aggregation take as they are.
 
 Pure numpy; the node's training (``client.training``) applies the frame to its adapter.
 """
@@ -35,8 +32,8 @@ import numpy as np
 Factor = Literal["a", "b"]
 """Which LoRA factor trains in a round: ``b`` (A frozen) or ``a`` (B frozen)."""
 
-FRAME_SCALE: Final = 1.0 / np.sqrt(3.0)
-"""Norm of each frozen frame vector: PEFT's initial row norm of A, ``kaiming_uniform(a=√5)`` on (r, in)."""
+FILL_NORM: Final = 1.0 / np.sqrt(3.0)
+"""Norm of a random frame direction: PEFT's initial row norm of A (``kaiming_uniform(a=√5)`` on (r, in))."""
 
 
 def _frame_seed(run_seed: int, server_round: int, module: str) -> int:
@@ -70,27 +67,43 @@ def orthonormal_rows(rows: np.ndarray, count: int, dim: int, seed: int | None = 
     return np.stack(basis) if basis else np.zeros((0, dim))
 
 
-def frame_rows(view_a: np.ndarray, rank: int, run_seed: int, server_round: int, module: str) -> np.ndarray:
-    """The frozen A (rank × in) of a B round: the view's row directions, scaled to :data:`FRAME_SCALE`.
+def _significant(count_of: np.ndarray) -> int:
+    """How many leading vectors (rows of a norms array) are not numerically zero."""
+    norms = np.asarray(count_of, dtype=np.float64)
+    if norms.size == 0 or norms.max() == 0.0:
+        return 0
+    return int(np.sum(norms > 1e-12 * norms.max()))
 
-    ``view_a`` is the view's A factor (k × in, rows ordered by singular value).
+
+def frame_rows(
+    view_a: np.ndarray, rank: int, scaling: float, run_seed: int, server_round: int, module: str, gain: float = 1.0
+) -> np.ndarray:
+    """The frozen A (rank × in) of a B round: the global adapter's top rows, then shared random directions.
+
+    ``view_a`` is the view's A factor (k × in, scaling 1, balanced: √Σ Vᵀ,
+    rows by singular value); the adapter's own A is ``view_a / √scaling``.
+    Where ΔW has fewer than ``rank`` components, seeded random directions
+    orthogonal to them, of PEFT's initial norm, complete the frame (the same
+    on every node). ``gain`` scales the whole frame (the step size the trained factor sees).
     """
     dim = int(view_a.shape[1])
-    rows = orthonormal_rows(view_a, rank, dim, _frame_seed(run_seed, server_round, module))
-    return (FRAME_SCALE * rows).astype(np.float32)
+    k = min(_significant(np.linalg.norm(view_a, axis=1)) if view_a.size else 0, rank)
+    top = np.asarray(view_a[:k], dtype=np.float64) / np.sqrt(scaling)
+    fill = orthonormal_rows(top, rank, dim, _frame_seed(run_seed, server_round, module))[k:] * FILL_NORM
+    return (gain * np.concatenate([top, fill])).astype(np.float32)
 
 
-def frame_columns(view_b: np.ndarray, rank: int) -> np.ndarray:
-    """The frozen B (out × rank) of an A round: the view's column directions, scaled; zero where ΔW has fewer.
+def frame_columns(view_b: np.ndarray, rank: int, scaling: float, gain: float = 1.0) -> np.ndarray:
+    """The frozen B (out × rank) of an A round: the global adapter's top columns, zero where ΔW has fewer.
 
     No random completion: a zero column of B gives its row of A no gradient,
     so an A round never adds directions the global update does not have.
     """
     out = int(view_b.shape[0])
-    basis = orthonormal_rows(np.asarray(view_b).T, min(rank, out), out)
+    k = min(_significant(np.linalg.norm(view_b, axis=0)) if view_b.size else 0, rank)
     frame = np.zeros((out, rank))
-    frame[:, : basis.shape[0]] = basis.T
-    return (FRAME_SCALE * frame).astype(np.float32)
+    frame[:, :k] = np.asarray(view_b[:, :k], dtype=np.float64) / np.sqrt(scaling)
+    return (gain * frame).astype(np.float32)
 
 
 def factor_of_round(server_round: int, schedule: str) -> Factor:
@@ -106,4 +119,4 @@ def factor_of_round(server_round: int, schedule: str) -> Factor:
     raise ValueError(f"`schedule` must be 'b' or 'alternate', got {schedule!r}")
 
 
-__all__ = ["FRAME_SCALE", "Factor", "factor_of_round", "frame_columns", "frame_rows", "orthonormal_rows"]
+__all__ = ["FILL_NORM", "Factor", "factor_of_round", "frame_columns", "frame_rows", "orthonormal_rows"]

@@ -169,9 +169,10 @@ def _start_in_frame(
 ) -> list[torch.nn.Parameter]:
     """Set every LoRA module to start in the shared frame; return the factors to freeze.
 
-    ``b``: A = the frame of the view's row directions, B = 0 (B trains).
-    ``a``: B = the frame of the view's column directions, A = 0 (A trains).
-    Either way the adapter's product starts at zero, so the model computes the global model.
+    ``b``: A = the global adapter's top rows (``client.frames.frame_rows``), B = 0 (B trains).
+    ``a``: B = the global adapter's top columns, A = 0 (A trains).
+    Either way the adapter's product starts at zero on top of the merged global
+    ΔW, so the model computes the global model and the product is the update.
     """
     frozen: list[torch.nn.Parameter] = []
     adapter = peft_model.active_adapter
@@ -183,11 +184,11 @@ def _start_in_frame(
         view_a, view_b = view.factors.get(module_path(path), (np.zeros((0, inp)), np.zeros((out, 0))))
         with torch.no_grad():
             if factor == "b":
-                a.copy_(torch.from_numpy(frame_rows(view_a, rank, run_seed, server_round, module_path(path))))
+                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path))))
                 b.zero_()
                 frozen.append(a)
             else:
-                b.copy_(torch.from_numpy(frame_columns(view_b, rank)))
+                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK)))
                 a.zero_()
                 frozen.append(b)
     return frozen

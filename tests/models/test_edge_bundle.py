@@ -36,9 +36,17 @@ pytestmark = pytest.mark.slow  # every bundle is an ONNX export (seconds each)
 
 CONTRACTS = {"layer.0.head.0": {"steward": "clinic-a", "allowed": ["adapt", "distill"]}}
 INT8_ARGMAX_AGREEMENT = 0.95
-"""int8 tolerance: the share of texts whose label int8 and fp32 agree on, at least."""
+"""int8 tolerance: the share of texts whose label int8 and the torch student agree on, at least.
+
+Measured: 99.5% on this fixture; 97.8-99.3% for MiniLM teacher and students on the
+448 UCI test texts (tests/benchmarks/pruning.py bundles).
+"""
 INT8_MAX_PROB_DIFF = 0.05
-"""int8 tolerance: the largest |p_int8 - p_fp32| over texts and classes, at most (measured ~0.01 on tiny-bert)."""
+"""int8 tolerance on this fixture: the largest |p_int8 - p_fp32| over texts and classes (measured 0.009).
+
+Not a bound for real models: on MiniLM the mean is 0.013-0.019 but a few borderline
+texts move by up to 0.66, which is why agreement is the tolerance that transfers.
+"""
 
 
 def _student(teacher: LoadedModel) -> torch.nn.Module:
