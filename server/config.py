@@ -16,6 +16,8 @@ from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
+TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora"]
+"""Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
 
 class RoleProfile(BaseModel):
@@ -74,6 +76,10 @@ class FederationConfig(BaseModel):
     validator_roles: list[Role] = Field(
         default_factory=lambda: ["gpu", "central"], min_length=1, description="Roles whose nodes validate others' updates."
     )
+    training_design: TrainingDesignName = Field(
+        default="legacy",
+        description="How nodes train each round and what view of the global ΔW they get (see server.views.DESIGNS).",
+    )
     update_norm_factor: float = Field(
         default=10.0,
         gt=1.0,
@@ -123,4 +129,4 @@ class FederationConfig(BaseModel):
         return to_federation_config(run_config)
 
 
-__all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "PartitionMethod", "ROLES", "RoleProfile"]
+__all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "PartitionMethod", "ROLES", "RoleProfile", "TrainingDesignName"]

@@ -18,7 +18,7 @@ from sentinel.server.config import FederationConfig
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
-from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
+from sentinel.server.views import TrainingDesign, design_named, round_views
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -28,9 +28,9 @@ def _mean(values: Sequence[float]) -> float | None:
 class RoleFigures(RoundObserver):
     """Adds ``by_role`` to every round's row: {role: nodes, view_error, bytes_down, bytes_up, loo_mean, token_share}."""
 
-    def __init__(self, config: FederationConfig, design: TrainingDesign = DEFAULT_DESIGN) -> None:
+    def __init__(self, config: FederationConfig, design: TrainingDesign | None = None) -> None:
         self.config = config
-        self.design = design
+        self.design = design if design is not None else design_named(config.training_design)
         self.nodes: list[NodeInfo] = []
         self.rows: list[dict[str, dict[str, Any]]] = []
 

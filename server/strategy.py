@@ -42,7 +42,7 @@ from sentinel.server.update_checks import (
     structure_problem,
     update_norm,
 )
-from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, round_views
+from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, design_named, round_views
 
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
@@ -105,7 +105,7 @@ class SentinelStrategy:
     """
 
     design: TrainingDesign = DEFAULT_DESIGN
-    """How nodes train and what view they get (``server.views``); set on an instance to compare designs."""
+    """How nodes train and what view they get (``server.views``): the config's ``training_design``."""
 
     def __init__(
         self,
@@ -128,6 +128,7 @@ class SentinelStrategy:
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
         self.permitted_fn = permitted_fn
+        self.design = design_named(config.training_design)
 
     # ------------------------------------------------------------ configure
 

@@ -35,6 +35,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from sentinel.client.frames import Factor, factor_of_round
 from sentinel.protos.records import global_view_record
+from sentinel.server.config import FederationConfig, TrainingDesignName
 from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
 from sentinel.server.state import GlobalState
 
@@ -82,10 +83,29 @@ class TrainingDesign:
 
 LEGACY_DESIGN = TrainingDesign(adapter="fresh", view="truncated")
 """The design before issue 10: a fresh adapter every round on a view truncated at the node's rank."""
-DEFAULT_DESIGN = LEGACY_DESIGN
-"""The design runs use. It stays the measured pre-issue-10 design until the node side of the shared
-frame (``client.frames``, the ``train-factor`` config) is wired into the ClientApp and the issue-10
-benchmark confirms the exact-view design; ``TrainingDesign()`` selects that design for experiments."""
+
+DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
+    "legacy": LEGACY_DESIGN,
+    "frame": TrainingDesign(),
+    "frame-b": TrainingDesign(schedule="b"),
+    "flora": TrainingDesign(adapter="fresh", view="exact"),
+}
+"""The designs a run can select by name (``FederationConfig.training_design``):
+``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
+A/B, exact view), ``frame-b`` (shared frame, always B), ``flora`` (fresh
+adapter on the exact view: FLoRA's stacked factors, compressed to their rank)."""
+
+
+def design_named(name: str) -> TrainingDesign:
+    """The training design called ``name`` (one of :data:`DESIGNS`); a clear error for any other name."""
+    try:
+        return DESIGNS[name]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown training design {name!r}; choose one of {sorted(DESIGNS)}") from None
+
+
+DEFAULT_DESIGN = design_named(FederationConfig.model_fields["training_design"].default)
+"""The design a run uses unless its config names another (``FederationConfig.training_design``)."""
 
 
 def factorise_view(deltas: Mapping[str, np.ndarray], key: int | None, tolerance: float = VIEW_TOLERANCE) -> dict[str, Factorised]:
@@ -149,10 +169,12 @@ def round_views(state: GlobalState, design: TrainingDesign, ranks: Iterable[int]
 
 __all__ = [
     "DEFAULT_DESIGN",
+    "DESIGNS",
     "LEGACY_DESIGN",
     "RoundViews",
     "TrainingDesign",
     "VIEW_TOLERANCE",
+    "design_named",
     "factorise_view",
     "round_views",
     "view_error",
