@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sentinel.client.data.examples import Example
+from sentinel.models.calibration import ECE_BINS, expected_calibration_error
 from sentinel.models.edge_bundle import BundleRunner, Prediction
 
-__all__ = ["EdgeEvaluation", "evaluate_bundle", "predict_texts"]
+__all__ = ["EdgeEvaluation", "evaluate_bundle", "expected_calibration_error", "predict_texts"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class EdgeEvaluation:
 
     `accuracy` and `loss` (mean cross-entropy, nats) over all examples;
     `per_domain` maps each domain to its accuracy; `ece` is the expected
-    calibration error over `bins` equal-width confidence bins. NaN when there
+    calibration error over `bins` equal-width confidence bins
+    (`sentinel.models.calibration`, 15 by default). NaN when there
     are no examples.
     """
 
@@ -43,23 +45,7 @@ class EdgeEvaluation:
         return flat
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """``Σ_b (n_b / n) |accuracy_b − confidence_b|`` over equal-width bins of the top probability."""
-    if len(labels) == 0:
-        return math.nan
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        chosen = which == b
-        if chosen.any():
-            total += chosen.mean() * abs(correct[chosen].mean() - confidence[chosen].mean())
-    return float(total)
-
-
-def evaluate_bundle(runner: BundleRunner, examples: Sequence[Example], batch_size: int = 32, bins: int = 10) -> EdgeEvaluation:
+def evaluate_bundle(runner: BundleRunner, examples: Sequence[Example], batch_size: int = 32, bins: int = ECE_BINS) -> EdgeEvaluation:
     """Accuracy, cross-entropy, calibration and per-domain accuracy of the bundle on `examples`."""
     if not examples:
         return EdgeEvaluation(0, math.nan, math.nan, math.nan, {})
