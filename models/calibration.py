@@ -8,6 +8,8 @@ and imports neither torch nor transformers:
   Calibration of Modern Neural Networks"): confidences (top probabilities) fall
   into ``bins`` equal-width bins ``(m-1)/M < conf ≤ m/M`` (a confidence of 0
   goes in the first bin), and ``ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|``.
+- `predictive_metrics`: accuracy, cross-entropy, per-domain accuracy, ECE and
+  (optionally) KL from a reference model, all from one matrix of logits.
 - `mean_kl`: mean ``KL(P ‖ Q)`` per example between two predictive
   distributions given as logits (the "KL-divergence monitoring" of the global
   model against the base model).
@@ -16,10 +18,13 @@ and imports neither torch nor transformers:
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ECE_BINS", "expected_calibration_error", "log_softmax", "mean_kl"]
+__all__ = ["ECE_BINS", "PredictiveMetrics", "expected_calibration_error", "log_softmax", "mean_kl", "predictive_metrics"]
 
 ECE_BINS = 15
 """Equal-width confidence bins of the expected calibration error (the usual choice since Guo et al.)."""
@@ -76,3 +81,59 @@ def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
         return math.nan
     log_p, log_q = log_softmax(p), log_softmax(q)
     return float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
+
+
+@dataclass(frozen=True)
+class PredictiveMetrics:
+    """How a classifier does on labelled examples, from its logits.
+
+    `loss` is mean cross-entropy (nats); `per_domain` maps each domain to its
+    accuracy; `kl_from_reference` is mean ``KL(model ‖ reference)`` per example
+    (None without reference logits). Accuracy, loss and ECE are NaN for no examples.
+    """
+
+    num_examples: int
+    accuracy: float
+    loss: float
+    ece: float
+    per_domain: dict[str, float] = field(default_factory=dict)
+    kl_from_reference: float | None = None
+
+
+def predictive_metrics(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    domains: Sequence[str] | None = None,
+    reference_logits: np.ndarray | None = None,
+    bins: int = ECE_BINS,
+) -> PredictiveMetrics:
+    """Accuracy, cross-entropy, ECE, per-domain accuracy and KL from a reference, from ``[n, classes]`` logits.
+
+    Why one function: the coordinator, a central node and an edge node (from
+    onnxruntime logits) then report the same quantities computed the same way.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"`logits` must be [n, classes] and `labels` [n], got {x.shape} and {y.shape}")
+    if domains is not None and len(domains) != len(y):
+        raise ValueError(f"`domains` has {len(domains)} entries for {len(y)} examples")
+    n = len(y)
+    if n and (int(y.min()) < 0 or int(y.max()) >= x.shape[1]):
+        raise ValueError(f"`labels` must be in [0, {x.shape[1] - 1}]")
+    kl = mean_kl(x, reference_logits) if reference_logits is not None and n else None
+    if n == 0:
+        return PredictiveMetrics(0, math.nan, math.nan, math.nan, {}, kl)
+    log_p = log_softmax(x)
+    correct = log_p.argmax(axis=1) == y
+    by_domain: dict[str, list[bool]] = defaultdict(list)
+    for domain, hit in zip(domains if domains is not None else ["default"] * n, correct, strict=True):
+        by_domain[str(domain)].append(bool(hit))
+    return PredictiveMetrics(
+        num_examples=n,
+        accuracy=float(correct.mean()),
+        loss=float(-log_p[np.arange(n), y].mean()),
+        ece=expected_calibration_error(np.exp(log_p), y, bins),
+        per_domain={d: float(np.mean(hits)) for d, hits in sorted(by_domain.items())},
+        kl_from_reference=kl,
+    )

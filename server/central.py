@@ -2,7 +2,10 @@
 
 The coordinator loads the base model once; central evaluation materialises the
 exact global model (dense ΔW merged) and scores it on the held-out test set the
-coordinator owns, which no node trains on.
+coordinator owns, which no node trains on: accuracy, loss, per-domain accuracy,
+expected calibration error and KL(global ‖ base) (`CentralMetrics`). When the run
+has central nodes, the same metrics can come from them instead
+(``server.central_nodes``).
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import pydantic
+import torch
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches
-from sentinel.models.global_model import evaluate_classifier, materialise
+from sentinel.models.calibration import PredictiveMetrics, predictive_metrics
+from sentinel.models.global_model import materialise
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import (
     adapter_arrays,
@@ -27,7 +34,9 @@ from sentinel.models.lora import (
     save_adapter,
     split_adapter_arrays,
 )
+from sentinel.models.predictions import classifier_logits
 from sentinel.server.aggregation import exact_factorise
+from sentinel.server.outcome import Evaluation
 from sentinel.server.state import GlobalState
 
 
@@ -39,8 +48,55 @@ def initial_state(base: LoadedModel) -> GlobalState:
     return GlobalState(deltas=deltas, head={k: v.astype(np.float32) for k, v in head.items()})
 
 
+Share = Annotated[float, pydantic.Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+NonNegative = Annotated[float, pydantic.Field(ge=0.0, allow_inf_nan=False)]
+
+
+class CentralMetrics(pydantic.BaseModel):
+    """Central evaluation of one global state: every number the round's row and the report carry.
+
+    A pydantic model because it also parses what central nodes send back
+    (``server.central_nodes``): every value is range-checked and finite.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    num_examples: pydantic.PositiveInt
+    accuracy: Share
+    loss: NonNegative
+    """Mean cross-entropy in nats."""
+    ece: Share
+    """Expected calibration error, 15 equal-width bins (``models.calibration``)."""
+    per_domain: dict[str, Share] = pydantic.Field(default_factory=dict)
+    """Domain → accuracy."""
+    kl_from_base: NonNegative | None = None
+    """Mean KL(global ‖ base model) per example; None when not measured."""
+
+    @classmethod
+    def of(cls, metrics: PredictiveMetrics) -> CentralMetrics:
+        """From ``models.calibration.predictive_metrics`` (raises on NaN: no examples)."""
+        return cls(
+            num_examples=metrics.num_examples,
+            accuracy=metrics.accuracy,
+            loss=metrics.loss,
+            ece=metrics.ece,
+            per_domain=metrics.per_domain,
+            kl_from_base=metrics.kl_from_reference,
+        )
+
+    def evaluation(self, source: str = "coordinator") -> Evaluation:
+        """The round loop's :class:`Evaluation` of these metrics."""
+        return Evaluation(self.accuracy, self.loss, self.ece, self.kl_from_base, dict(self.per_domain), source)
+
+
 class CentralEvaluator:
-    """Scores global states on the coordinator's held-out test set."""
+    """Scores global states on the coordinator's held-out test set.
+
+    ``evaluator(state)`` → (accuracy, loss), the contract of ``server.rounds``;
+    :meth:`metrics` adds per-domain accuracy, expected calibration error and
+    KL(global ‖ base); :meth:`evaluation` is the round loop's form of them.
+    The base model's logits on the test set are computed once (neither changes).
+    """
 
     def __init__(self, base: LoadedModel, test: Sequence[Example], max_length: int, batch_size: int = 64) -> None:
         if not test:
@@ -49,11 +105,31 @@ class CentralEvaluator:
         self.test = list(test)
         self.max_length = max_length
         self.batch_size = batch_size
+        self._base_logits: np.ndarray | None = None
+
+    def _logits(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        return classifier_logits(model, iter_batches(self.base.tokenizer, self.test, self.batch_size, self.max_length))
+
+    def base_logits(self) -> np.ndarray:
+        """The base model's logits on the test set (its own head, no ΔW), computed once."""
+        if self._base_logits is None:
+            self._base_logits = self._logits(self.base.model)[0]
+        return self._base_logits
+
+    def metrics(self, state: GlobalState) -> CentralMetrics:
+        """Accuracy, loss, per-domain accuracy, ECE and KL(global ‖ base) of the exact global model."""
+        logits, labels = self._logits(materialise(self.base, state.deltas, state.head))
+        domains = [e.domain for e in self.test]
+        return CentralMetrics.of(predictive_metrics(logits, labels, domains, self.base_logits()))
+
+    def evaluation(self, state: GlobalState) -> Evaluation:
+        """:meth:`metrics` as the round loop's :class:`Evaluation`."""
+        return self.metrics(state).evaluation("coordinator")
 
     def __call__(self, state: GlobalState) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of the exact global model."""
-        model = materialise(self.base, state.deltas, state.head)
-        return evaluate_classifier(model, iter_batches(self.base.tokenizer, self.test, self.batch_size, self.max_length))
+        m = self.metrics(state)
+        return m.accuracy, m.loss
 
 
 EXPORT_TOLERANCE = 1e-5

@@ -106,10 +106,29 @@ class RoundOutcome:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Central evaluation of a global state on the coordinator's held-out set."""
+    """Central evaluation of a global state (on the coordinator's held-out set, or on central nodes)."""
 
     accuracy: float
     loss: float
+    ece: float | None = None
+    """Expected calibration error (15 equal-width bins); None when the evaluator does not measure it."""
+    kl_from_base: float | None = None
+    """Mean KL(global ‖ base model) per test example (the KL-divergence monitoring)."""
+    per_domain: dict[str, float] = field(default_factory=dict)
+    """Domain → accuracy."""
+    source: str = "coordinator"
+    """Where it was measured: ``coordinator``, or ``central-nodes`` (their own held-out data)."""
+
+    def row_fields(self) -> dict[str, object]:
+        """The fields beyond accuracy and loss that a round's row carries (empty when none were measured)."""
+        if self.ece is None and self.kl_from_base is None and not self.per_domain:
+            return {}
+        return {
+            "ece": self.ece,
+            "kl_from_base": self.kl_from_base,
+            "per_domain_accuracy": dict(self.per_domain),
+            "evaluated_on": self.source,
+        }
 
 
 __all__ = ["Evaluation", "NodeInfo", "NodeResult", "RoundOutcome", "Verdict"]

@@ -129,6 +129,7 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
         "round": outcome.round,
         "accuracy": evaluation.accuracy,
         "loss": evaluation.loss,
+        **evaluation.row_fields(),  # ece, kl_from_base, per-domain accuracy, where measured (when the evaluator gives them)
         "nodes": len(outcome.results),
         "accepted": len(accepted),
         "rejected": len(rejected),
@@ -178,6 +179,9 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
 
 
 def _evaluate(ctx: RoundContext, state: GlobalState) -> Evaluation:
+    rich = getattr(ctx.evaluate, "evaluation", None)  # CentralEvaluator and central nodes: state -> Evaluation
+    if callable(rich):
+        return rich(state)
     accuracy, loss = ctx.evaluate(state)
     return Evaluation(accuracy, loss)
 
@@ -264,7 +268,7 @@ def run_federation(
     state, progress = initial, RunProgress.from_meta(initial.meta)
     if state.round == 0 and not progress.history:
         first = _evaluate(ctx, state)
-        progress = RunProgress(({"round": 0, "accuracy": first.accuracy, "loss": first.loss},), 0, first.accuracy)
+        progress = RunProgress(({"round": 0, "accuracy": first.accuracy, "loss": first.loss, **first.row_fields()},), 0, first.accuracy)
         state = _with_meta(state, progress.to_meta())
         _save_best(state, checkpoint_dir, export_best)
     for rnd in range(state.round + 1, config.rounds + 1):
