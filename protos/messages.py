@@ -95,6 +95,10 @@ C_RESTRICTED: Final = "consent-restricted"
 C_CONTRACT_VERSION: Final = "contract-version"
 C_TRAIN_FACTOR: Final = "train-factor"
 """Which LoRA factor a node trains in the shared frame: ``b`` (A frozen), ``a`` (B frozen); absent or ``""``: a fresh adapter."""
+C_BOOST_HEADS: Final = "boost-heads"
+"""Component ids (``layer.{i}.head.{j}``) of heads regrown by federated plasticity, to train at a boosted learning rate."""
+C_BOOST_FACTOR: Final = "boost-lr-factor"
+"""The learning-rate factor for the ``boost-heads`` (``models.regrowth.HeadLRBoost``); absent: no boost."""
 
 # Profile keys a node reports in reply to MSG_PROFILE.
 P_PARTITION_ID: Final = "partition-id"

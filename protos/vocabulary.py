@@ -158,6 +158,9 @@ class EntryKind(StrEnum):
     VOTE = "vote"
     EXECUTION = "execution"
     CONTRACT_CHANGED = "contract_changed"
+    HEADS_PRUNED = "heads_pruned"
+    PRUNE_REVERTED = "prune_reverted"
+    HEADS_REGROWN = "heads_regrown"
 
 
 __all__ = [

@@ -85,6 +85,30 @@ class FederationConfig(BaseModel):
         gt=1.0,
         description="Reject an update whose ‖ΔW‖ exceeds this multiple of the round's median update norm.",
     )
+    plasticity: bool = Field(
+        default=False, description="Federated plasticity: prune heads by consensus and regrow them (server.plasticity)."
+    )
+    prune_every: int = Field(default=2, ge=1, description="Rounds between pruning cycles (a cycle runs in rounds divisible by it).")
+    prune_rank_share: float = Field(
+        default=0.25, gt=0, lt=1, description="A node votes to prune the heads in this lowest share of its own ranking."
+    )
+    prune_vote_share: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the nodes that may prune a head that must vote for it."
+    )
+    prune_step: float = Field(default=0.1, gt=0, le=1, description="Share of all heads one pruning cycle removes at most.")
+    target_sparsity: float = Field(default=0.4, ge=0, lt=1, description="Share of all heads pruning stops at.")
+    prune_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        description="Central accuracy may fall this much after a cycle (else it is reverted); a later larger drop regrows heads.",
+    )
+    regrow_rounds: int = Field(
+        default=2, ge=1, description="Rounds regrown heads train at a boosted learning rate (no pruning meanwhile)."
+    )
+    regrow_lr_factor: float = Field(default=3.0, ge=1, description="Learning-rate factor of regrown heads' own weights.")
+    importance_decay: float = Field(
+        default=0.5, ge=0, lt=1, description="EMA decay of the global head importance (0: only the last round counts)."
+    )
 
     @field_validator("profiles")
     @classmethod

@@ -30,6 +30,7 @@ from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
+from sentinel.server.plasticity import MaskedEvaluator, PlasticityPhase
 from sentinel.server.rounds import RunResult, run_federation
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import PermittedFn, SentinelStrategy
@@ -56,6 +57,7 @@ class Coordinator:
     governance: GovernanceObserver | None = None
     validation: ValidationPhase | None = None
     ledger_observer: LedgerObserver | None = None
+    plasticity: PlasticityPhase | None = None
     train_sizes: tuple[int, ...] = ()
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
 
@@ -188,22 +190,37 @@ class Coordinator:
             return None
         return ValidationPhase(self.config.validator_roles, self.gate_parameters, strategy.node_config, self.config.seed)
 
+    def plasticity_phase(self) -> PlasticityPhase | None:
+        """The plasticity phase of this run (None when plasticity is off).
+
+        Consent is asked of governance (``Governor.may``) whenever the run has it;
+        its decisions go into the round's ledger batch.
+        """
+        if not self.config.plasticity:
+            return None
+        governor = self.governance.governor if self.governance is not None else None
+        may = (lambda node, op, component: bool(governor.may(node, op, component))) if governor is not None else None
+        record = self.ledger_observer.record_decision if self.ledger_observer is not None else None
+        return PlasticityPhase(self.config, model_layout(self.base.model), may, record)
+
     def run(self, grid: Grid, resume: bool = False, extra_observers: Sequence[RoundObserver] = ()) -> RunResult:
         """Run the federation on ``grid`` and return its result."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
         strategy = self.strategy()
         self.validation = self.validation_phase(strategy)
+        self.plasticity = self.plasticity_phase()
         result = run_federation(
             grid,
             self.config,
             strategy,
-            self.evaluator,
+            MaskedEvaluator(self.evaluator) if self.plasticity is not None else self.evaluator,
             self.starting_state(resume),
             self.out_dir / CHECKPOINT_DIR,
             observers=[*self.observers, *extra_observers],
             export_best=self.export_best,
             validation=self.validation,
+            plasticity=self.plasticity,
         )
         if self.ledger_observer is not None:
             self.ledger_observer.publish()
@@ -212,7 +229,7 @@ class Coordinator:
     def report_extra(self) -> dict[str, object]:
         """What observers add to the run report (ledger totals, governance figures, ...)."""
         extra: dict[str, object] = {}
-        for obs in [*self.observers, *([self.validation] if self.validation else [])]:
+        for obs in [*self.observers, *([self.validation] if self.validation else []), *([self.plasticity] if self.plasticity else [])]:
             extra.update(obs.report())
         return extra
 

@@ -19,6 +19,7 @@ from sentinel.ledger.kinds import EntryKind
 from sentinel.ledger.recorder import LedgerRecorder, content_hash_of_arrays
 from sentinel.ledger.store import Ledger
 from sentinel.ledger.tokens import distribute_tokens
+from sentinel.protos.vocabulary import COORDINATOR
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState, flatten_state
@@ -54,7 +55,8 @@ class LedgerObserver(RoundObserver):
     Per round: ``round_started``; per update ``update_submitted`` (carrying the
     node's own signature, verified by the ledger), then ``consent_violation`` and
     ``update_rejected`` or ``update_accepted``; ``contribution`` scores and the
-    round's ``tokens``; and a ``checkpoint`` with the new global state's hash.
+    round's ``tokens``; the coordinator's decisions queued with :meth:`record_decision`
+    (plasticity's ``heads_pruned``, ...); and a ``checkpoint`` with the new global state's hash.
     """
 
     def __init__(
@@ -74,6 +76,11 @@ class LedgerObserver(RoundObserver):
         self.token_budget: Callable[[], int] = token_budget if callable(token_budget) else (lambda: int(token_budget))
         self.method = method
         self.nodes: list[str] = []
+        self.decisions: list[tuple[EntryKind, dict[str, Any]]] = []
+
+    def record_decision(self, kind: EntryKind, payload: dict[str, Any]) -> None:
+        """Queue a coordinator decision of the running round; it is written with the round's entries, once."""
+        self.decisions.append((kind, dict(payload)))
 
     def _registered(self) -> set[str]:
         return {e.node for e in self.ledger.iter_entries(kind=EntryKind.NODE_REGISTERED) if e.node}
@@ -90,6 +97,7 @@ class LedgerObserver(RoundObserver):
     def on_round_start(self, server_round: int) -> None:
         """Start the round's records (nothing is written until the round commits)."""
         self.batch = EntryBatch()
+        self.decisions = []
         self.round_recorder = LedgerRecorder(self.batch)  # type: ignore[arg-type]
         self.round_recorder.round_started(server_round)
 
@@ -139,6 +147,9 @@ class LedgerObserver(RoundObserver):
             budget = self.token_budget()  # read each round: governance may have changed it
             allocations = distribute_tokens(scores, budget)
             self.round_recorder.tokens(r, allocations, budget)
+        for kind, payload in self.decisions:  # the decisions that made the state the checkpoint commits to
+            self.batch.append(kind, COORDINATOR, payload)
+        self.decisions = []
         self.round_recorder.checkpoint(r, state_hash(state))
         return {"contributions": scores, "tokens": allocations}
 

@@ -11,6 +11,7 @@ function that takes and returns values:
 4. validate — k validators per candidate judge it on their own data; consensus decides;
 5. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
 6. evaluate — central evaluation on the coordinator's held-out set;
+   (6b. plasticity, when on — heads pruned by consensus, reverted or regrown: ``server.plasticity``;)
 7. record — observers (ledger, governance, progress) return their fields; early
    stopping is decided; the round's checkpoint is staged, its records committed
    (one ledger transaction), and the checkpoint put in force.
@@ -18,6 +19,7 @@ function that takes and returns values:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from sentinel.server.config import FederationConfig
 from sentinel.server.handshake import discover_nodes
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
+from sentinel.server.plasticity import PlasticityPhase
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import SentinelStrategy
 from sentinel.server.validation import ValidationPhase
@@ -118,6 +121,7 @@ class RoundContext:
     nodes: Sequence[NodeInfo]
     observers: Sequence[RoundObserver]
     validation: ValidationPhase | None = None
+    plasticity: PlasticityPhase | None = None
 
 
 def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
@@ -160,6 +164,7 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
                 "train_loss": r.train_loss,
                 "val_accuracy": r.val_accuracy,
                 "bytes_up": r.bytes_up,
+                "direction_cosine": r.direction_cosine,
                 "validators": [
                     {
                         "validator": v.validator,
@@ -204,12 +209,16 @@ def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple
     excluded = ctx.validation.excluded(server_round) if ctx.validation else set()
     taking_part = [n for n in ctx.nodes if n.node_id not in excluded]
     plan = ctx.strategy.configure_train(server_round, state, taking_part)  # 1 configure
+    if ctx.plasticity is not None:  # regrown heads' learning-rate boost goes with the round's config
+        plan = dataclasses.replace(plan, messages=ctx.plasticity.annotate(plan.messages, server_round))
     replies = list(ctx.grid.send_and_receive(plan.messages, timeout=ctx.config.timeout_s))  # 2 train
     outcome = ctx.strategy.check_replies(plan, replies)  # 3 check
     outcome.excluded = [n.key_id for n in ctx.nodes if n.node_id in excluded]
     outcome = _validate(ctx, server_round, state, outcome)  # 4 validate
     new_state = ctx.strategy.aggregate_train(state, outcome)  # 5 aggregate
     evaluation = _evaluate(ctx, new_state)  # 6 evaluate
+    if ctx.plasticity is not None:  # 6b prune, revert or regrow heads; the next round's configure sends the new mask
+        new_state, evaluation = ctx.plasticity.decide(server_round, outcome, state, new_state, evaluation, lambda s: _evaluate(ctx, s))
     row = _record(ctx, outcome, evaluation, new_state, state, started)  # 7 record
     return new_state, row
 
@@ -252,19 +261,23 @@ def run_federation(
     observers: Sequence[RoundObserver] = (),
     export_best: ExportBest | None = None,
     validation: ValidationPhase | None = None,
+    plasticity: PlasticityPhase | None = None,
 ) -> RunResult:
     """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``.
 
-    ``validation`` is the validate phase (None: updates are aggregated once they pass the check phase).
+    ``validation`` is the validate phase (None: updates are aggregated once they pass the check phase);
+    ``plasticity`` the plasticity phase (None: the head mask never changes).
     """
     handshake = discover_nodes(grid, config, config.timeout_s)
     nodes = handshake.nodes
     if validation is not None:
         observers = [validation, *observers]
+    if plasticity is not None:
+        observers = [plasticity, *observers]
     for obs in observers:
         obs.restore(initial.meta)
         obs.on_nodes(nodes)
-    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation)
+    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation, plasticity)
     state, progress = initial, RunProgress.from_meta(initial.meta)
     if state.round == 0 and not progress.history:
         first = _evaluate(ctx, state)
