@@ -31,6 +31,7 @@ from sentinel.server.ledger_observer import LedgerObserver
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.plasticity import MaskedEvaluator, PlasticityPhase
+from sentinel.server.role_figures import RoleFigures
 from sentinel.server.rounds import RunResult, run_federation
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import PermittedFn, SentinelStrategy
@@ -82,6 +83,7 @@ class Coordinator:
         coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length), train_sizes=train_sizes)
         if accountable:
             coordinator._open_accountability(data.test[: config.contribution_examples])
+        coordinator.observers.append(RoleFigures(config))  # after the ledger's: it reads contributions and tokens from the row
         return coordinator
 
     def _open_accountability(self, contribution_set: Sequence[Example]) -> None:

@@ -21,6 +21,10 @@ from sentinel.server.state import GlobalState
 from sentinel.server.views import TrainingDesign, design_named, round_views
 
 
+META_KEY = "by_role_rows"
+"""Checkpoint-metadata key of the per-role rows."""
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -37,6 +41,14 @@ class RoleFigures(RoundObserver):
     def on_nodes(self, nodes: Sequence[NodeInfo]) -> None:
         """Remember the run's nodes (the ones every round is configured for, less those sitting out)."""
         self.nodes = list(nodes)
+
+    def restore(self, meta: Mapping[str, Any]) -> None:
+        """Continue the per-role rows of a resumed run (what :meth:`checkpoint_meta` saved)."""
+        self.rows = [dict(row) for row in meta.get(META_KEY, [])]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The per-role rows so far (a few numbers per role and round), so a resumed run reports them all."""
+        return {META_KEY: self.rows}
 
     def on_round(self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState) -> dict[str, Any]:
         """This round's figures per role (``previous`` is the state the nodes were sent)."""
@@ -82,4 +94,4 @@ class RoleFigures(RoundObserver):
         return {"by_role": summary}
 
 
-__all__ = ["RoleFigures"]
+__all__ = ["META_KEY", "RoleFigures"]

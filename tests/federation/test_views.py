@@ -132,6 +132,13 @@ def test_a_node_that_missed_a_round_is_given_the_exact_global_model_next_round(o
         assert _max_weight_gap(model, truth) <= ATOL, f"round {rnd}, node {pid}"
     for row in result.history[1:]:
         assert row["svd_residual"] <= 1e-5  # the view error every node had
+        assert {role: f["view_error"] <= 1e-5 for role, f in row["by_role"].items()} == {"edge": True, "central": True, "gpu": True}
+        assert sum(f["bytes_down"] for f in row["by_role"].values()) == row["bytes_down"]
+    # The report gives each role's share of the run's tokens and its mean leave-one-out contribution.
+    by_role = coordinator.report_extra()["by_role"]
+    assert set(by_role) == {"edge", "central", "gpu"}
+    assert abs(sum(r["token_share"] for r in by_role.values()) - 1.0) <= 1e-9
+    assert all(r["loo_mean"] is not None for r in by_role.values())
 
     # checkpoint/best, reloaded with PEFT, gives the coordinator's logits.
     best_state = load_state(out_dir / "checkpoint" / "best_state")

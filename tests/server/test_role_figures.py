@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
@@ -44,3 +46,14 @@ def test_truncated_views_cost_and_lose_by_rank() -> None:
     assert got["gpu"]["view_error"] <= 1e-6 < 0.1 < got["edge"]["view_error"]  # ΔW has rank 4: rank 6 holds it, rank 2 does not
     assert got["edge"]["bytes_down"] < got["gpu"]["bytes_down"] / 2
     assert got["edge"]["loo_mean"] is None and got["edge"]["token_share"] is None
+
+
+def test_a_resumed_run_reports_the_rounds_before_the_restart() -> None:
+    figures, nodes, state = _setup(TrainingDesign())
+    row = {"tokens": {nodes[0].key_id: 10, nodes[1].key_id: 30}}
+    figures.on_round(RoundOutcome(round=1), row, state, state)
+    meta = json.loads(json.dumps(figures.checkpoint_meta()))  # what a checkpoint keeps
+    resumed, _, _ = _setup(TrainingDesign())
+    resumed.restore(meta)
+    resumed.on_round(RoundOutcome(round=2), {"tokens": {nodes[0].key_id: 30, nodes[2].key_id: 30}}, state, state)
+    assert resumed.report()["by_role"]["edge"]["token_share"] == 0.4  # (10 + 30) of 100 tokens over both rounds
