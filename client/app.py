@@ -1,4 +1,4 @@
-"""The Flower ClientApp of a Sentinel node: profile handshake, local training, evaluation.
+"""The Flower ClientApp of a Sentinel node: profile handshake, local training, evaluation, distillation.
 
 Thin by design: it parses messages, calls ``client.training`` and packs the reply.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import cast
 
 import numpy as np
@@ -17,10 +18,11 @@ from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.frames import Factor
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
-from sentinel.client.training import GlobalView, LocalUpdate, evaluate_examples, materialise_global, resolve_device, train_local
+from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
 from sentinel.ledger.crypto import Ed25519PrivateKey, public_key_b64
 from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_payload
 from sentinel.ledger.signing import sign_payload
+from sentinel.models.edge_bundle import BundleRunner, manifest_sha256
 from sentinel.models.loading import LoadedModel
 from sentinel.protos import messages as P
 from sentinel.protos.records import from_array_record, parse_global_view, to_array_record
@@ -203,13 +205,123 @@ def signed_update_reply(
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the global model on this node's validation data."""
+    """Evaluate the global model on this node's validation data: accuracy, loss, per-domain accuracy, ECE, KL from the base.
+
+    An edge node whose operator configured an edge bundle (``edge-bundle`` in its
+    node config) answers from the bundle through onnxruntime instead: the
+    distilled student is the model it actually serves.
+    """
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    bundle = context.node_config.get(P.NODE_EDGE_BUNDLE)
+    if bundle and (ident.role or ins.role) == "edge":
+        return _bundle_evaluate_reply(msg, ident, ins, str(bundle))
+    from sentinel.client.evaluation import global_model_metrics, metric_values
+
     inputs = resolve_round(msg, context)
-    model = materialise_global(inputs.base, inputs.view).to(resolve_device(inputs.identity.device))
-    ins = inputs.instruction
-    acc, loss = evaluate_examples(model, inputs.base, inputs.val_set, ins.batch_size * 2, ins.max_length)
-    metrics = MetricRecord({P.M_ACCURACY: acc, P.M_LOSS: loss, P.M_EXAMPLES: len(inputs.val_set)})
-    return Message(RecordDict({P.REC_METRICS: metrics}), reply_to=msg)
+    device = resolve_device(inputs.identity.device)
+    metrics = global_model_metrics(inputs.base, inputs.view, inputs.val_set, ins.batch_size * 2, ins.max_length, device)
+    content = RecordDict(
+        {
+            P.REC_METRICS: MetricRecord(metric_values(metrics, inputs.val_set)),
+            P.REC_EVALUATOR: ConfigRecord({P.E_RUNTIME: P.RUNTIME_TORCH, P.E_BUNDLE_SHA256: ""}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@lru_cache(maxsize=4)
+def _bundle_runner(directory: str, manifest_sha256: str) -> BundleRunner:
+    """The verified bundle at ``directory`` (reloaded when its manifest changes)."""
+    del manifest_sha256  # part of the cache key only
+    return BundleRunner(directory)
+
+
+def _bundle_evaluate_reply(msg: Message, ident: NodeIdentity, ins: TrainInstruction, directory: str) -> Message:
+    """The evaluate reply of an edge node from its edge bundle (onnxruntime; the base model is never loaded)."""
+    from sentinel.client.edge import evaluate_bundle
+    from sentinel.client.evaluation import edge_metric_values
+
+    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
+    _, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+    digest = manifest_sha256(directory)
+    result = evaluate_bundle(_bundle_runner(directory, digest), val_set, batch_size=ins.batch_size * 2)
+    content = RecordDict(
+        {
+            P.REC_METRICS: MetricRecord(edge_metric_values(result, val_set)),
+            P.REC_EVALUATOR: ConfigRecord({P.E_RUNTIME: P.RUNTIME_ONNX, P.E_BUNDLE_SHA256: digest}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+class DistillInstruction(BaseModel):
+    """The distillation keys of a ``train.distill`` message's config, validated at the boundary."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    steps: int = Field(alias=P.C_DISTILL_STEPS, ge=1, le=100_000)
+    learning_rate: float = Field(alias=P.C_DISTILL_LR, gt=0, le=1.0, default=5e-5)
+    temperature: float = Field(alias=P.C_DISTILL_TEMPERATURE, gt=0, le=100.0, default=2.0)
+    ffn_keep: float = Field(alias=P.C_FFN_KEEP, gt=0, le=1.0, default=1.0)
+    ffn_layers: list[int] = Field(alias=P.C_FFN_LAYERS, default_factory=list)
+    revert_if_worse: bool = Field(alias=P.C_REVERT_IF_WORSE, default=True)
+
+
+@app.train("distill")
+def train_distill(msg: Message, context: Context) -> Message:
+    """Central nodes only: distil the global model (all heads) into the pruned student on this node's own texts.
+
+    Replies with the student's spec, its changed weights and its evaluation on
+    this node's validation split (accuracy, KL(teacher ‖ student) before and
+    after). Any other role refuses with an error reply.
+    """
+    from sentinel.client.distill import DistillSettings, distill_student
+
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    if ins.role != "central" or ident.role not in (None, "central"):
+        raise PermissionError(f"`{P.MSG_DISTILL}` is for central nodes; this node's role is {ident.role or ins.role!r}")
+    settings = DistillInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    inputs = resolve_round(msg, context)
+    student = distill_student(
+        inputs.base,
+        inputs.view,
+        inputs.train_set,
+        inputs.val_set,
+        DistillSettings(
+            steps=settings.steps,
+            learning_rate=settings.learning_rate,
+            temperature=settings.temperature,
+            ffn_keep=settings.ffn_keep,
+            ffn_layers=tuple(settings.ffn_layers),
+            revert_if_worse=settings.revert_if_worse,
+        ),
+        batch_size=ins.batch_size,
+        max_length=ins.max_length,
+        seed=ins.seed,
+        device=resolve_device(ident.device),
+    )
+    metrics = {
+        P.M_EXAMPLES: student.num_texts,
+        P.M_DISTILL_STEPS: student.steps,
+        P.M_KL_BEFORE: student.kl_before,
+        P.M_KL_AFTER: student.kl_after,
+        P.M_STUDENT_ACCURACY: student.student_accuracy,
+        P.M_STUDENT_LOSS: student.student_loss,
+        P.M_TEACHER_ACCURACY: student.teacher_accuracy,
+        P.M_REVERTED: int(student.reverted),
+        P.M_STUDENT_PARAMETERS: student.student_parameters,
+        P.M_TEACHER_PARAMETERS: student.teacher_parameters,
+    }
+    content = RecordDict(
+        {
+            P.REC_ARRAYS: to_array_record(student.arrays),
+            P.REC_METRICS: MetricRecord(metrics),
+            P.REC_STUDENT: ConfigRecord({P.S_SPEC: student.spec.model_dump_json()}),
+        }
+    )
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate("validate")
@@ -223,4 +335,4 @@ def validate(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-__all__ = ["RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "key_id", "signed_update_reply", "update_reply"]
+__all__ = ["DistillInstruction", "RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "key_id", "signed_update_reply", "update_reply"]
