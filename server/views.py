@@ -51,8 +51,9 @@ Schedule = Literal["b", "alternate"]
 class TrainingDesign:
     """How nodes start their adapter each round and which view of the global model they receive.
 
-    The default is the design measured best (``tests/benchmarks/heterogeneous.py``):
-    exact views and the shared frame, alternating the trained factor.
+    ``TrainingDesign()`` is the shared-frame design: exact views, one factor
+    trained in the frame, alternating A and B. Runs select a design by name
+    (:data:`DESIGNS`, ``FederationConfig.training_design``).
     """
 
     adapter: AdapterStart = "frame"

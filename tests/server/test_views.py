@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 from sentinel.client.frames import FILL_NORM, factor_of_round, frame_columns, frame_rows, orthonormal_rows
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, exact_factorise, numerical_rank
-from sentinel.server.views import LEGACY_DESIGN, TrainingDesign, factorise_view, view_error
+from sentinel.server.config import FederationConfig, TrainingDesignName
+from sentinel.server.views import DEFAULT_DESIGN, DESIGNS, LEGACY_DESIGN, TrainingDesign, design_named, factorise_view, view_error
 
 S = 2.0  # the protocol's LoRA scaling
 
@@ -96,3 +99,11 @@ def test_fresh_updates_outgrow_any_truncated_view() -> None:
     assert numerical_rank(np.linalg.svd(delta, compute_uv=False), 1e-6) == 20  # full rank after four rounds
     assert view_error({"m": delta}, factorise_view({"m": delta}, 8)) > 0.1
     assert view_error({"m": delta}, factorise_view({"m": delta}, None)) <= 1e-6
+
+
+def test_every_design_a_config_can_name_exists_and_the_default_is_the_configs() -> None:
+    assert set(DESIGNS) == set(get_args(TrainingDesignName))
+    assert DEFAULT_DESIGN == design_named(FederationConfig().training_design)
+    assert design_named("frame") == TrainingDesign() and design_named("legacy") == LEGACY_DESIGN
+    with pytest.raises(ValueError, match="unknown training design"):
+        design_named("continued")
