@@ -100,3 +100,105 @@ def test_the_round_row_carries_the_extra_fields_only_when_measured() -> None:
     rich = round_row(outcome, Evaluation(0.8, 0.4, ece=0.05, kl_from_base=0.2, per_domain={"books": 0.9}), 1.0)
     assert rich["ece"] == 0.05 and rich["kl_from_base"] == 0.2
     assert rich["per_domain_accuracy"] == {"books": 0.9} and rich["evaluated_on"] == "coordinator"
+
+
+# ---------------------------------------------------------------- central evaluation on central nodes
+
+ROLES = ("edge", "central", "gpu")
+IDS = (601, 602, 603)
+
+
+def _grid(apps: dict | None = None):  # noqa: ANN202
+    from sentinel.client.app import app as client_app
+    from sentinel.server.local_grid import LocalGrid
+
+    apps = {n: (apps or {}).get(n, client_app) for n in IDS}
+    return LocalGrid(apps, {n: {"partition-id": i, "num-partitions": 3, "role": ROLES[i], "device": "cpu"} for i, n in enumerate(IDS)})
+
+
+def _federation():  # noqa: ANN202
+    from sentinel.client.data.federated import federated_split, node_train_val
+    from sentinel.server.outcome import NodeInfo
+    from sentinel.server.strategy import SentinelStrategy
+    from tests.federation.conftest import tiny_config
+
+    config = tiny_config()
+    data = federated_split(config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed)
+    base = load_base_model(config.model, num_labels=data.num_labels, seed=config.seed)
+    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    nodes = [NodeInfo(n, i, ROLES[i]) for i, n in enumerate(IDS)]
+    central_val = node_train_val(data, 1, config.val_fraction, config.seed)[1]
+    return config, data, base, strategy, nodes, central_val
+
+
+def test_central_nodes_evaluate_on_their_own_held_out_data_through_flower_messages() -> None:
+    from sentinel.server.central_nodes import CentralNodeEvaluator
+
+    config, data, base, strategy, nodes, central_val = _federation()
+    state = _moved(base)
+    state.round = 2
+    coordinator_eval = CentralEvaluator(base, data.test, config.max_length)
+    evaluator = CentralNodeEvaluator(_grid(), strategy.node_config, fallback=coordinator_eval)
+    evaluator.on_nodes(nodes)
+    got = evaluator.evaluation(state)
+    assert got.source == "central-nodes" and not evaluator.rejected
+    # The central node scored the global model on its own validation split, as the coordinator would on it.
+    expected = CentralEvaluator(base, central_val, config.max_length).metrics(state)
+    assert got.accuracy == pytest.approx(expected.accuracy) and got.loss == pytest.approx(expected.loss, rel=1e-4)
+    assert got.ece == pytest.approx(expected.ece, abs=1e-4) and got.kl_from_base == pytest.approx(expected.kl_from_base, rel=1e-3)
+    assert got.per_domain == pytest.approx(expected.per_domain)
+    assert evaluator(state) == (got.accuracy, got.loss)
+    # No central node in the run: the coordinator's own test set answers.
+    evaluator.on_nodes([n for n in nodes if n.role != "central"])
+    assert evaluator.evaluation(state).source == "coordinator"
+
+
+def test_a_dishonest_central_node_is_refused_and_the_coordinator_answers() -> None:
+    from sentinel.client.app import app as client_app
+    from sentinel.protos import messages as P
+    from sentinel.server.central_nodes import CentralNodeEvaluator
+
+    config, data, base, strategy, nodes, _ = _federation()
+
+    def boasting(msg, ctx):  # noqa: ANN001, ANN202
+        reply = client_app(msg, ctx)
+        reply.content[P.REC_METRICS][P.M_ACCURACY] = 0.99  # claims more than its per-domain accuracies add up to
+        return reply
+
+    def oversized(msg, ctx):  # noqa: ANN001, ANN202
+        reply = client_app(msg, ctx)
+        metrics = reply.content[P.REC_METRICS]
+        for key in list(metrics):
+            if key.startswith(P.M_DOMAIN_EXAMPLES):
+                metrics[key] = int(metrics[key]) * 100
+        metrics[P.M_EXAMPLES] = int(metrics[P.M_EXAMPLES]) * 100
+        return reply
+
+    state = _moved(base)
+    for app, why in ((boasting, "weighted mean"), (oversized, "at most")):
+        evaluator = CentralNodeEvaluator(
+            _grid({IDS[1]: app}), strategy.node_config, fallback=CentralEvaluator(base, data.test, config.max_length),
+            max_examples_fn=lambda node: 1000,
+        )
+        evaluator.on_nodes(nodes)
+        got = evaluator.evaluation(state)
+        assert got.source == "coordinator"
+        (reason,) = evaluator.rejected.values()
+        assert why in reason
+
+
+@pytest.mark.slow
+def test_a_run_evaluates_every_round_on_its_central_node(tmp_path) -> None:  # noqa: ANN001
+    from sentinel.server.central_nodes import CentralNodeEvaluator
+    from sentinel.server.coordinator import Coordinator
+    from tests.federation.conftest import tiny_config
+
+    config = tiny_config(rounds=1, roles=list(ROLES))
+    coordinator = Coordinator.build(config, tmp_path / "run", accountable=False)
+    strategy = coordinator.strategy()
+    grid = _grid()
+    evaluator = CentralNodeEvaluator(grid, strategy.node_config, fallback=coordinator.evaluator)
+    coordinator.evaluator = evaluator
+    result = coordinator.run(grid, extra_observers=[evaluator])
+    assert [r["evaluated_on"] for r in result.history] == ["central-nodes", "central-nodes"]
+    assert all(0 <= r["ece"] <= 1 and r["kl_from_base"] >= 0 and r["per_domain_accuracy"] for r in result.history)
