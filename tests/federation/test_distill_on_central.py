@@ -10,7 +10,6 @@ onnxruntime outputs match the torch student.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest

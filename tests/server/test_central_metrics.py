@@ -120,6 +120,7 @@ def _federation():  # noqa: ANN202
     from sentinel.client.data.federated import federated_split, node_train_val
     from sentinel.server.outcome import NodeInfo
     from sentinel.server.strategy import SentinelStrategy
+
     from tests.federation.conftest import tiny_config
 
     config = tiny_config()
@@ -191,6 +192,7 @@ def test_a_dishonest_central_node_is_refused_and_the_coordinator_answers() -> No
 def test_a_run_evaluates_every_round_on_its_central_node(tmp_path) -> None:  # noqa: ANN001
     from sentinel.server.central_nodes import CentralNodeEvaluator
     from sentinel.server.coordinator import Coordinator
+
     from tests.federation.conftest import tiny_config
 
     config = tiny_config(rounds=1, roles=list(ROLES))
