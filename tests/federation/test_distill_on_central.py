@@ -40,7 +40,7 @@ from sentinel.server.strategy import SentinelStrategy
 
 ROLES = ("edge", "central", "gpu")
 IDS = (501, 502, 503)
-SETTINGS = DistillSettings(steps=10, learning_rate=1e-3, temperature=2.0, ffn_keep=0.5)
+SETTINGS = DistillSettings(steps=40, learning_rate=3e-4, temperature=2.0, ffn_keep=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +56,18 @@ def federation(tiny_config_module):  # noqa: ANN001, ANN201
     rng = np.random.default_rng(3)
     layout = model_layout(base.model)
     mask = np.ones((layout.num_layers, layout.num_heads), dtype=np.float32)
-    mask[0, 0] = 0.0
-    mask[1, 1] = 0.0
+    mask[0, :3] = 0.0  # three of four heads per layer
+    mask[1, 1:] = 0.0
+    # A random tiny-bert answers the same for every text (and does not learn this task in a test's time);
+    # a large random global ΔW and head make the teacher's outputs depend on the input, so the pruned
+    # student starts measurably away from it and distillation has something to learn.
     state = GlobalState(
-        deltas={m: rng.normal(scale=0.02, size=d.shape).astype(np.float32) for m, d in start.deltas.items()},
-        head={k: (v + rng.normal(scale=0.3, size=v.shape)).astype(np.float32) for k, v in start.head.items()},
+        deltas={m: rng.normal(scale=0.4, size=(4, d.shape[1])).astype(np.float32) for m, d in start.deltas.items()},
+        head={k: (v + rng.normal(scale=3.0, size=v.shape)).astype(np.float32) for k, v in start.head.items()},
         head_mask=mask,
         round=2,
     )
+    state.deltas = {m: rng.normal(scale=0.4, size=(d.shape[0], 4)).astype(np.float32) @ state.deltas[m] for m, d in start.deltas.items()}
     strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
     nodes = [NodeInfo(n, i, ROLES[i]) for i, n in enumerate(IDS)]
     return dict(config=config, grid=grid, base=base, state=state, strategy=strategy, nodes=nodes, mask=mask)
@@ -92,14 +96,11 @@ def test_the_central_node_distils_the_student_the_mask_and_consent_describe(fede
     assert not result.rejected, result.rejected
     chosen = result.chosen
     assert chosen is not None and chosen.node.role == "central" and len(result.replies) == 1
-    assert {k: list(v) for k, v in chosen.spec.pruned_heads.items()} == {0: [0], 1: [1]}
+    assert {k: list(v) for k, v in chosen.spec.pruned_heads.items()} == {0: [0, 1, 2], 1: [1, 2, 3]}
     teacher = materialise(federation["base"], federation["state"].deltas, federation["state"].head)
     assert chosen.spec.ffn_widths == widths_for(teacher, [0], SETTINGS.ffn_keep)  # layer 1 is not permitted: full width
     m = chosen.metrics
-    # Never further from the teacher on the node's held-out data than before (a run that drifted is reverted).
-    # That a real run lowers KL is tests/models/test_distill_train.py's (trained teachers): this random
-    # tiny-bert teacher's outputs are nearly constant, so the pruned student starts within ~1e-6 of it.
-    assert 0.0 <= m.kl_after <= m.kl_before and (m.reverted or m.kl_after < m.kl_before)
+    assert not m.reverted and m.kl_after < 0.75 * m.kl_before  # distillation brought the student closer on held-out data
     assert m.student_parameters < m.teacher_parameters and m.steps == SETTINGS.steps
     assert not any("word_embeddings" in k for k in chosen.arrays)  # frozen: the coordinator has the teacher's
 
@@ -110,7 +111,7 @@ def test_the_exported_bundle_is_the_torch_student_under_onnxruntime(federation, 
     assert exported is not None and exported.manifest_sha256 == load_bundle(bundle).manifest_sha256  # hashes verified
     manifest = load_bundle(bundle).manifest
     assert manifest.num_parameters == exported.student_parameters < manifest.teacher_parameters
-    assert manifest.architecture["pruned_heads"] == {0: (0,), 1: (1,)}
+    assert manifest.architecture["pruned_heads"] == {0: (0, 1, 2), 1: (1, 2, 3)}
     base, state = federation["base"], federation["state"]
     student = load_student(materialise(base, state.deltas, state.head), result.chosen.spec, result.chosen.arrays)
     texts = ["the battery lasts all day", "it broke after a week and support never answered", "fine"]

@@ -188,7 +188,6 @@ def test_a_dishonest_central_node_is_refused_and_the_coordinator_answers() -> No
         assert why in reason
 
 
-@pytest.mark.slow
 def test_a_run_evaluates_every_round_on_its_central_node(tmp_path) -> None:  # noqa: ANN001
     from sentinel.server.central_nodes import CentralNodeEvaluator
     from sentinel.server.coordinator import Coordinator
