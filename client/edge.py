@@ -9,13 +9,12 @@ torch, so a node that only serves the bundle can be installed without it.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from sentinel.client.data.examples import Example
-from sentinel.models.calibration import ECE_BINS, expected_calibration_error
+from sentinel.models.calibration import ECE_BINS, expected_calibration_error, predictive_metrics
 from sentinel.models.edge_bundle import BundleRunner, Prediction
 
 __all__ = ["EdgeEvaluation", "evaluate_bundle", "expected_calibration_error", "predict_texts"]
@@ -53,19 +52,9 @@ def evaluate_bundle(runner: BundleRunner, examples: Sequence[Example], batch_siz
     num_labels = len(runner.labels)
     if int(labels.max()) >= num_labels:
         raise ValueError(f"`examples` have label {int(labels.max())}, the bundle knows {num_labels} labels")
-    probs = runner.probabilities([e.text for e in examples], batch_size=batch_size)
-    correct = probs.argmax(axis=1) == labels
-    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    by_domain: dict[str, list[bool]] = defaultdict(list)
-    for example, hit in zip(examples, correct, strict=True):
-        by_domain[example.domain].append(bool(hit))
-    return EdgeEvaluation(
-        num_examples=len(examples),
-        accuracy=float(correct.mean()),
-        loss=loss,
-        ece=expected_calibration_error(probs, labels, bins),
-        per_domain={d: float(np.mean(hits)) for d, hits in sorted(by_domain.items())},
-    )
+    logits = runner.logits([e.text for e in examples], batch_size=batch_size)
+    m = predictive_metrics(logits, labels, [e.domain for e in examples], bins=bins)  # the coordinator's math
+    return EdgeEvaluation(num_examples=m.num_examples, accuracy=m.accuracy, loss=m.loss, ece=m.ece, per_domain=m.per_domain)
 
 
 def predict_texts(runner: BundleRunner, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
