@@ -316,6 +316,9 @@ class PlasticityPhase(RoundObserver):
     ) -> tuple[GlobalState, Evaluation]:
         """One pruning cycle: consensus candidates, least important first; kept only if evaluation holds."""
         cfg = self.config
+        if (mask == 0).sum() >= int(np.floor(cfg.target_sparsity * mask.size + 1e-9)):
+            self.last = {"event": "target_reached"}
+            return state, before
         votes = consensus_votes(reports, mask, cfg.prune_rank_share, self.may)
         importance = self.importance.values if self.importance.values is not None else np.ones(self.shape)
         heads = heads_to_prune(importance, votes, mask, cfg.prune_vote_share, cfg.prune_step, cfg.target_sparsity)

@@ -308,3 +308,25 @@ def test_central_evaluation_of_a_pruned_state_runs_with_its_mask(base: LoadedMod
     full_eval = evaluate.evaluation(masked)
     assert (full_eval.accuracy, full_eval.loss) == pytest.approx((accuracy, loss), abs=1e-6)
     assert full_eval.ece is not None and full_eval.kl_from_base is not None and full_eval.kl_from_base > 0
+
+
+def test_the_boost_travels_in_a_copy_of_each_train_message(base: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):  # as inside a ServerApp
+        monkeypatch.setattr(TaskIdentity, name, value)
+    phase, _ = _phase(base, _config(regrow_lr_factor=2.5))
+    phase.boost = {"heads": [[1, 2], [0, 3]], "until": 5}
+    original = Message(
+        content=RecordDict({P.REC_ARRAYS: ArrayRecord(), P.REC_CONFIG: ConfigRecord({P.C_ROUND: 5, P.C_LR: 1e-3})}),
+        message_type=P.MSG_TRAIN,
+        dst_node_id=7,
+    )
+    (sent,) = phase.annotate([original], 5)
+    assert sent.metadata.dst_node_id == 7 and sent.metadata.message_type == P.MSG_TRAIN
+    config = sent.content[P.REC_CONFIG]
+    assert list(config[P.C_BOOST_HEADS]) == ["layer.0.head.3", "layer.1.head.2"]
+    assert config[P.C_BOOST_FACTOR] == 2.5 and config[P.C_LR] == 1e-3
+    assert P.C_BOOST_HEADS not in original.content[P.REC_CONFIG]  # the strategy's message is not changed
+    assert phase.annotate([original], 6) == [original]  # the window is over
