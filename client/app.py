@@ -274,9 +274,10 @@ def train_distill(msg: Message, context: Context) -> Message:
 
     Replies with the student's spec, its changed weights and its evaluation on
     this node's validation split (accuracy, KL(teacher ‖ student) before and
-    after). Any other role refuses with an error reply.
+    after), signed by this node's key (``client.distill.student_payload``).
+    Any other role refuses with an error reply.
     """
-    from sentinel.client.distill import DistillSettings, distill_student
+    from sentinel.client.distill import DistillSettings, distill_student, student_payload
 
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
@@ -314,11 +315,16 @@ def train_distill(msg: Message, context: Context) -> Message:
         P.M_STUDENT_PARAMETERS: student.student_parameters,
         P.M_TEACHER_PARAMETERS: student.teacher_parameters,
     }
+    spec_json = student.spec.model_dump_json()
+    content_hash = content_hash_of_arrays(student.arrays)
+    key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
+    signature = sign_payload(key, student_payload(key_id(key), ins.server_round, content_hash, spec_json))
     content = RecordDict(
         {
             P.REC_ARRAYS: to_array_record(student.arrays),
             P.REC_METRICS: MetricRecord(metrics),
-            P.REC_STUDENT: ConfigRecord({P.S_SPEC: student.spec.model_dump_json()}),
+            P.REC_STUDENT: ConfigRecord({P.S_SPEC: spec_json}),
+            P.REC_SIGNATURE: ConfigRecord({P.S_CONTENT_HASH: content_hash, P.S_SIGNATURE: signature}),
         }
     )
     return Message(content, reply_to=msg)

@@ -14,8 +14,10 @@ has), so the reply carries only the weights distillation changed. No Flower here
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from sentinel.models.loading import LoadedModel
 from sentinel.models.pruning import count_parameters
 from sentinel.models.student import StudentSpec, build_student, student_arrays
 
-__all__ = ["DistillSettings", "DistilledStudent", "distill_student"]
+__all__ = ["DistillSettings", "DistilledStudent", "distill_student", "student_payload"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,22 @@ class DistilledStudent:
     reverted: bool
     student_parameters: int
     teacher_parameters: int
+
+
+def student_payload(node: str, server_round: int, content_hash: str, spec_json: str) -> dict[str, Any]:
+    """What a central node signs over the student it returns: its key id, the round, the weights' hash, the spec's hash.
+
+    The coordinator verifies it against the node's registered key before it
+    exports anything, so a student is always the work of a known central node,
+    exactly as received.
+    """
+    return {
+        "kind": "student_submitted",
+        "node": str(node),
+        "round": int(server_round),
+        "content_hash": content_hash,
+        "spec_sha256": hashlib.sha256(spec_json.encode("utf-8")).hexdigest(),
+    }
 
 
 def _inputs_only(batches: Iterable[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:

@@ -26,6 +26,9 @@ import pydantic
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from sentinel.client.distill import student_payload
+from sentinel.ledger.recorder import content_hash_of_arrays
+from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.edge_bundle import Precision, manifest_sha256
 from sentinel.models.edge_export import export_bundle
 from sentinel.models.ffn import widths_for
@@ -113,6 +116,7 @@ def configure_distill(
     messages = []
     for node in central:
         config = config_of(node)
+        config[P.C_ROUND] = server_round  # the round the node signs its student for
         config[P.C_DISTILL_STEPS] = settings.steps
         config[P.C_DISTILL_LR] = settings.learning_rate
         config[P.C_DISTILL_TEMPERATURE] = settings.temperature
@@ -191,8 +195,14 @@ def _spec_problem(spec: StudentSpec, plan: DistillPlan, teacher: torch.nn.Module
     return ""
 
 
-def check_distill_reply(reply: Message, plan: DistillPlan, base: LoadedModel, state: GlobalState) -> StudentReply:
-    """The reply as a :class:`StudentReply`, or :class:`MalformedReplyError` naming what is wrong."""
+def check_distill_reply(
+    reply: Message, plan: DistillPlan, base: LoadedModel, state: GlobalState, *, require_signature: bool = True
+) -> StudentReply:
+    """The reply as a :class:`StudentReply`, or :class:`MalformedReplyError` naming what is wrong.
+
+    With ``require_signature`` (the default) the reply must be signed by the
+    node's registered key over exactly the weights and spec received.
+    """
     src = reply.metadata.src_node_id
     if src not in plan.nodes:
         raise MalformedReplyError(f"a distill reply from node {src}, which was not asked to distil")
@@ -226,7 +236,22 @@ def check_distill_reply(reply: Message, plan: DistillPlan, base: LoadedModel, st
             raise MalformedReplyError(f"distill reply: `{name}` is {value.dtype}, expected float32")
         if not np.isfinite(value).all():
             raise MalformedReplyError(f"distill reply: `{name}` has non-finite values")
-    return StudentReply(plan.nodes[src], spec, arrays, metrics)
+    node = plan.nodes[src]
+    if require_signature:
+        _check_signature(content, node, plan.server_round, arrays, str(content[P.REC_STUDENT].get(P.S_SPEC, "")))
+    return StudentReply(node, spec, arrays, metrics)
+
+
+def _check_signature(content: RecordDict, node: NodeInfo, server_round: int, arrays: Mapping[str, np.ndarray], spec_json: str) -> None:
+    """The reply is signed by ``node``'s registered key over the weights and the spec as received."""
+    if not node.public_key:
+        raise MalformedReplyError(f"node {node.key_id} has no registered key: its student cannot be authenticated")
+    record = content[P.REC_SIGNATURE] if P.REC_SIGNATURE in content else None
+    if not isinstance(record, ConfigRecord):
+        raise MalformedReplyError("distill reply is not signed")
+    payload = student_payload(node.key_id, server_round, content_hash_of_arrays(arrays), spec_json)
+    if not payload_signature_valid(node.public_key, str(record.get(P.S_SIGNATURE, "")), payload):
+        raise MalformedReplyError(f"distill reply: the signature is not node {node.key_id}'s over the student received")
 
 
 @dataclass(frozen=True)
@@ -306,6 +331,7 @@ def distill_on_central_nodes(
     timeout: float | None = None,
     contracts: str | Mapping[str, Any] | None = None,
     max_length: int | None = None,
+    require_signature: bool = True,
 ) -> DistillationRound:
     """Send ``train.distill`` to the central nodes, check the replies, export the student closest to its teacher.
 
@@ -323,7 +349,7 @@ def distill_on_central_nodes(
         answered.add(src)
         who = plan.nodes[src].key_id if src in plan.nodes else f"flower-{src}"
         try:
-            result.replies.append(check_distill_reply(reply, plan, base, state))
+            result.replies.append(check_distill_reply(reply, plan, base, state, require_signature=require_signature))
         except MalformedReplyError as e:
             result.rejected[who] = str(e)
     for node_id, node in plan.nodes.items():

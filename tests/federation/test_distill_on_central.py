@@ -10,6 +10,7 @@ onnxruntime outputs match the torch student.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ import torch
 from flwr.app import Message
 from sentinel.client.app import app as client_app
 from sentinel.client.data.federated import federated_split
+from sentinel.client.node import simulated_node_key
+from sentinel.ledger.crypto import public_key_b64
 from sentinel.models.components import model_layout
 from sentinel.models.edge_bundle import BundleRunner, load_bundle
 from sentinel.models.ffn import widths_for
@@ -69,7 +72,8 @@ def federation(tiny_config_module):  # noqa: ANN001, ANN201
     )
     state.deltas = {m: rng.normal(scale=0.4, size=(d.shape[0], 4)).astype(np.float32) @ state.deltas[m] for m, d in start.deltas.items()}
     strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
-    nodes = [NodeInfo(n, i, ROLES[i]) for i, n in enumerate(IDS)]
+    keys = [public_key_b64(simulated_node_key(grid.node_keys, i)) for i in range(len(IDS))]
+    nodes = [NodeInfo(n, i, ROLES[i], keys[i]) for i, n in enumerate(IDS)]
     return dict(config=config, grid=grid, base=base, state=state, strategy=strategy, nodes=nodes, mask=mask)
 
 
@@ -125,7 +129,7 @@ def test_the_exported_bundle_is_the_torch_student_under_onnxruntime(federation, 
 def test_only_central_nodes_accept_distillation(federation) -> None:  # noqa: ANN001
     f = federation
     # The coordinator (wrongly) calls the edge and gpu nodes central: their own node config says otherwise.
-    impostors = [NodeInfo(n.node_id, n.partition_id, "central") for n in f["nodes"] if n.role != "central"]
+    impostors = [NodeInfo(n.node_id, n.partition_id, "central", n.public_key) for n in f["nodes"] if n.role != "central"]
     plan = configure_distill(3, f["state"], impostors, lambda n: f["strategy"].node_config(n, 3), SETTINGS, [0])
     replies = list(f["grid"].send_and_receive(plan.messages))
     assert len(replies) == 2 and all(r.has_error() for r in replies)
@@ -166,6 +170,7 @@ def test_the_coordinator_checks_every_part_of_a_distill_reply(federation) -> Non
         "consent does not allow": _tampered(
             reply, spec=good.spec.model_copy(update={"ffn_neurons": {**spec["ffn_neurons"], 1: (0, 1)}}).model_dump_json()
         ),
+        "signature": _tampered(reply, arrays={**good.arrays, name: good.arrays[name] + np.float32(0.01)}),
         "kl-after": _tampered(reply, metrics={P.M_KL_AFTER: float("nan")}),
         "student-accuracy": _tampered(reply, metrics={P.M_STUDENT_ACCURACY: 1.5}),
         "steps": _tampered(reply, metrics={P.M_DISTILL_STEPS: 999}),
@@ -173,3 +178,7 @@ def test_the_coordinator_checks_every_part_of_a_distill_reply(federation) -> Non
     for why, bad in cases.items():
         with pytest.raises(MalformedReplyError, match=why):
             check_distill_reply(bad, plan, f["base"], f["state"])
+    # Another node's key cannot vouch for this student.
+    other = {node_id: NodeInfo(n.node_id, n.partition_id, n.role, f["nodes"][0].public_key) for node_id, n in plan.nodes.items()}
+    with pytest.raises(MalformedReplyError, match="signature"):
+        check_distill_reply(reply, dataclasses.replace(plan, nodes=other), f["base"], f["state"])
