@@ -30,7 +30,7 @@ from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
-from sentinel.server.plasticity import MaskedEvaluator, PlasticityPhase
+from sentinel.server.plasticity import PlasticityPhase, mask_aware
 from sentinel.server.role_figures import RoleFigures
 from sentinel.server.rounds import RunResult, run_federation
 from sentinel.server.state import GlobalState
@@ -216,7 +216,7 @@ class Coordinator:
             grid,
             self.config,
             strategy,
-            MaskedEvaluator(self.evaluator) if self.plasticity is not None else self.evaluator,
+            mask_aware(self.evaluator) if self.plasticity is not None else self.evaluator,
             self.starting_state(resume),
             self.out_dir / CHECKPOINT_DIR,
             observers=[*self.observers, *extra_observers],

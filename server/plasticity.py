@@ -103,6 +103,15 @@ class MaskedEvaluator:
         return m.accuracy, m.loss
 
 
+def mask_aware(evaluator: Any) -> Any:
+    """The run's evaluator made to honour the head mask: a ``CentralEvaluator`` is wrapped, others pass through.
+
+    Central nodes get the head mask in their exact view; any other evaluator is
+    taken to read ``state.head_mask`` itself.
+    """
+    return MaskedEvaluator(evaluator) if isinstance(evaluator, CentralEvaluator) else evaluator
+
+
 def _heads(heads: Sequence[Head]) -> list[str]:
     return [head_id(layer, h) for layer, h in sorted(heads)]
 
@@ -362,4 +371,4 @@ class PlasticityPhase(RoundObserver):
         }
 
 
-__all__ = ["MaskedEvaluator", "PlasticityPhase", "RecordFn"]
+__all__ = ["MaskedEvaluator", "PlasticityPhase", "RecordFn", "mask_aware"]

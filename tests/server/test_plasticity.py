@@ -285,11 +285,14 @@ def test_central_evaluation_of_a_pruned_state_runs_with_its_mask(base: LoadedMod
     from sentinel.client.data import Example
     from sentinel.client.data.batching import iter_batches
     from sentinel.server.central import CentralEvaluator
-    from sentinel.server.plasticity import MaskedEvaluator
+    from sentinel.server.plasticity import MaskedEvaluator, mask_aware
 
     texts = ["good film", "bad film", "great acting", "awful plot", "fine", "terrible"] * 3
     central = CentralEvaluator(base, [Example(t, i % 2) for i, t in enumerate(texts)], max_length=12)
-    evaluate = MaskedEvaluator(central)
+    evaluate = mask_aware(central)
+    assert isinstance(evaluate, MaskedEvaluator)
+    other = _steady()  # an evaluator that reads the mask itself (central nodes get it in their view) passes through
+    assert mask_aware(other) is other
     state = _state(base, 1)
     assert evaluate(state) == central(state)
     full = np.ones((L, H), dtype=np.float32)
