@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches
 from sentinel.client.edge import EdgeEvaluation
 from sentinel.client.training import GlobalView, materialise_global
 from sentinel.models.calibration import PredictiveMetrics, predictive_metrics
+from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.loading import LoadedModel
 from sentinel.models.predictions import classifier_logits
 from sentinel.protos import messages as P
@@ -29,9 +31,18 @@ __all__ = ["edge_metric_values", "global_model_metrics", "metric_values"]
 def global_model_metrics(
     base: LoadedModel, view: GlobalView, examples: Sequence[Example], batch_size: int, max_length: int, device: torch.device
 ) -> PredictiveMetrics:
-    """The global model's metrics on ``examples``, with KL(global ‖ base) against the base model on the same inputs."""
+    """The global model's metrics on ``examples``, with KL(global ‖ base) against the base model on the same inputs.
+
+    The view's head mask is honoured (masked heads gated to zero), as the
+    coordinator's ``server.plasticity.MaskedEvaluator`` scores a pruned state.
+    """
     model = materialise_global(base, view).to(device)
-    logits, labels = classifier_logits(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
+    mask = view.head_mask
+    if mask is not None and not bool(np.all(np.asarray(mask) == 1)):
+        with apply_head_mask(model, mask):  # pruned heads contribute nothing, as nodes train and serve the model
+            logits, labels = classifier_logits(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
+    else:
+        logits, labels = classifier_logits(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
     del model
     reference = base.model
     moved = next(reference.parameters()).device != device

@@ -203,3 +203,29 @@ def test_a_run_evaluates_every_round_on_its_central_node(tmp_path) -> None:  # n
     result = coordinator.run(grid, extra_observers=[evaluator])
     assert [r["evaluated_on"] for r in result.history] == ["central-nodes", "central-nodes"]
     assert all(0 <= r["ece"] <= 1 and r["kl_from_base"] >= 0 and r["per_domain_accuracy"] for r in result.history)
+
+
+def test_central_nodes_score_a_pruned_global_model_with_its_heads_masked() -> None:
+    from sentinel.models.calibration import predictive_metrics
+    from sentinel.models.components import model_layout
+    from sentinel.models.head_mask import apply_head_mask
+    from sentinel.models.predictions import classifier_logits
+    from sentinel.server.central_nodes import CentralNodeEvaluator
+
+    config, data, base, strategy, nodes, central_val = _federation()
+    state = _moved(base)
+    layout = model_layout(base.model)
+    mask = np.ones((layout.num_layers, layout.num_heads), dtype=np.float32)
+    mask[0, :2] = 0.0
+    state.head_mask = mask
+    evaluator = CentralNodeEvaluator(_grid(), strategy.node_config)
+    evaluator.on_nodes(nodes)
+    got = evaluator.evaluation(state)
+    model = materialise(base, state.deltas, state.head)
+    batches = lambda: iter_batches(base.tokenizer, central_val, 16, config.max_length)  # noqa: E731
+    with apply_head_mask(model, mask):
+        masked, labels = classifier_logits(model, batches())
+    unmasked, _ = classifier_logits(model, batches())
+    expected = predictive_metrics(masked, labels)
+    assert got.loss == pytest.approx(expected.loss, rel=1e-4)
+    assert abs(got.loss - predictive_metrics(unmasked, labels).loss) > 1e-4  # the mask mattered
