@@ -141,8 +141,9 @@ def pool_evaluations(evaluations: Sequence[NodeEvaluation]) -> CentralMetrics:
     """The example-weighted pool of the nodes' evaluations (per-domain accuracy weighted by each domain's count).
 
     Accuracy, loss and KL pool exactly (they are means over examples); ECE is
-    the example-weighted mean of the nodes' ECEs, an upper bound's worth of
-    approximation of the pooled-bin ECE (a node sends no per-bin counts).
+    the example-weighted mean of the nodes' ECEs, which bounds the ECE of the
+    pooled examples from above (the triangle inequality in each bin); a node
+    sends no per-bin counts, so the exact pooled value is not available.
     """
     if not evaluations:
         raise ValueError("no evaluations to pool")

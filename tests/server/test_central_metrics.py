@@ -229,3 +229,25 @@ def test_central_nodes_score_a_pruned_global_model_with_its_heads_masked() -> No
     expected = predictive_metrics(masked, labels)
     assert got.loss == pytest.approx(expected.loss, rel=1e-4)
     assert abs(got.loss - predictive_metrics(unmasked, labels).loss) > 1e-4  # the mask mattered
+
+
+def test_node_evaluations_pool_by_example_count() -> None:
+    from sentinel.server.central_nodes import NodeEvaluation, pool_evaluations
+
+    a = NodeEvaluation(
+        metrics=CentralMetrics(num_examples=10, accuracy=0.8, loss=0.5, ece=0.1, per_domain={"books": 0.8}, kl_from_base=0.2),
+        domain_examples={"books": 10},
+    )
+    b = NodeEvaluation(
+        metrics=CentralMetrics(
+            num_examples=30, accuracy=0.6, loss=1.0, ece=0.3, per_domain={"books": 0.5, "games": 2 / 3}, kl_from_base=0.4
+        ),
+        domain_examples={"books": 12, "games": 18},
+    )
+    pooled = pool_evaluations([a, b])
+    assert pooled.num_examples == 40
+    assert pooled.accuracy == pytest.approx((8 + 18) / 40) and pooled.loss == pytest.approx((5 + 30) / 40)
+    assert pooled.ece == pytest.approx((1 + 9) / 40) and pooled.kl_from_base == pytest.approx((2 + 12) / 40)
+    assert pooled.per_domain == pytest.approx({"books": (8 + 6) / 22, "games": 2 / 3})
+    with pytest.raises(ValidationError):  # counts that do not add up are refused
+        NodeEvaluation(metrics=a.metrics, domain_examples={"books": 9})
