@@ -85,6 +85,17 @@ class FederationConfig(BaseModel):
         gt=1.0,
         description="Reject an update whose ‖ΔW‖ exceeds this multiple of the round's median update norm.",
     )
+    update_min_cosine: float = Field(
+        default=-1.0,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "Reject an update whose cosine to the coordinate-wise median of the round's other updates is at most "
+            "this; 0 rejects updates that point against the honest majority (sign or label flips), checked from "
+            "5 updates a round. -1 (the default) turns the check off: it needs nodes whose honest updates share "
+            "a direction (a pretrained model), and on a randomly initialised tiny model honest cosines are noise."
+        ),
+    )
     plasticity: bool = Field(
         default=False, description="Federated plasticity: prune heads by consensus and regrow them (server.plasticity)."
     )

@@ -128,6 +128,7 @@ class Coordinator:
             max_examples_fn=self._max_examples,
             importance_shape=(layout.num_layers, layout.num_heads),
             norm_factor=self.config.update_norm_factor,
+            min_cosine=self.config.update_min_cosine,
         )
 
     def _max_examples(self, node: NodeInfo) -> int:

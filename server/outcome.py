@@ -77,6 +77,8 @@ class NodeResult:
     normalised_entropy: np.ndarray | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     """The validators' verdicts on this update (empty when it was not validated)."""
+    direction_cosine: float | None = None
+    """Cosine of the update to the median of the round's other updates (None when the direction check did not run)."""
 
 
 @dataclass

@@ -37,9 +37,12 @@ from sentinel.server.state import GlobalState
 from sentinel.server.update_checks import (
     ExpectedUpdate,
     claims_problem,
+    direction_cosines,
+    direction_outliers,
     importance_problem,
     norm_outliers,
     structure_problem,
+    update_direction,
     update_norm,
 )
 from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, design_named, round_views
@@ -102,6 +105,9 @@ class SentinelStrategy:
         (layers, heads) of the model, the shape every importance report must have.
     norm_factor : float
         An update whose ‖ΔW‖ exceeds this multiple of the round's median norm is rejected.
+    min_cosine : float, optional
+        An update whose cosine to the coordinate-wise median of the round's updates is
+        below this is rejected (``server.update_checks.direction_outliers``); None or -1: no direction check.
     """
 
     design: TrainingDesign = DEFAULT_DESIGN
@@ -117,6 +123,7 @@ class SentinelStrategy:
         max_examples_fn: MaxExamplesFn | None = None,
         importance_shape: tuple[int, int] | None = None,
         norm_factor: float = 10.0,
+        min_cosine: float | None = None,
     ) -> None:
         if norm_factor <= 1.0:
             raise ValueError(f"`norm_factor` must be > 1 (a multiple of the median norm), got {norm_factor}")
@@ -124,6 +131,7 @@ class SentinelStrategy:
         self.max_examples_fn = max_examples_fn
         self.importance_shape = importance_shape
         self.norm_factor = norm_factor
+        self.min_cosine = min_cosine
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
@@ -220,7 +228,28 @@ class SentinelStrategy:
             reason = norm_outliers(norms, self.norm_factor).get(result.node.node_id)
             if reason:
                 result.accepted, result.reason = False, reason
+        if self.min_cosine is not None and self.min_cosine > -1.0:
+            self._reject_opposed(plan, outcome)
         return outcome
+
+    def _reject_opposed(self, plan: TrainPlan, outcome: RoundOutcome) -> None:
+        """Reject accepted updates whose direction opposes the median of the round's other updates (``min_cosine``)."""
+        vectors = {}
+        for r in outcome.accepted:
+            pairs, head = split_adapter_arrays(r.arrays)
+            sent = plan.sent[r.node.node_id].head
+            change = {k: v - sent[k] for k, v in head.items() if k in sent}
+            vectors[r.node.node_id] = update_direction(pairs, change, P.LORA_ALPHA_PER_RANK)
+        cosines = direction_cosines(vectors)
+        if cosines:
+            log(INFO, "round %s: update cosines to the median %s", outcome.round,
+                {plan.sent[n].node.key_id: round(c, 3) for n, c in cosines.items()})
+        flagged = direction_outliers(cosines, float(self.min_cosine or 0.0))
+        for result in outcome.accepted:
+            result.direction_cosine = cosines.get(result.node.node_id)
+            reason = flagged.get(result.node.node_id)
+            if reason:
+                result.accepted, result.reason = False, reason
 
     def _check_reply(self, plan: TrainPlan, msg: Message, outcome: RoundOutcome, src: int) -> NodeResult | None:
         """One reply's verdict; None for error replies and replies from outside the run (listed as failures).

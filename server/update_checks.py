@@ -156,3 +156,66 @@ def norm_outliers(norms: Mapping[int, float], factor: float) -> dict[int, str]:
         if v > bound
     }
 
+
+def update_direction(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], head_change: Mapping[str, np.ndarray], scaling: float
+) -> np.ndarray:
+    """An update as one flat vector: every module's dense s·B·A, then its head change (in a fixed order).
+
+    The direction check compares these vectors across the round's updates; the
+    dense product makes updates from different nodes (different A, B, even ranks)
+    comparable, as the aggregate itself is a sum of these products.
+    """
+    parts = [
+        (scaling * (np.asarray(b, dtype=np.float32) @ np.asarray(a, dtype=np.float32))).ravel()
+        for _, (a, b) in sorted(pairs.items())
+    ]
+    parts += [np.asarray(head_change[k], dtype=np.float32).ravel() for k in sorted(head_change)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+DIRECTION_MIN_UPDATES = 5
+"""The direction check needs this many updates in a round (each compared with the median of at least four others)."""
+
+
+def direction_cosines(vectors: Mapping[int, np.ndarray]) -> dict[int, float]:
+    """Each update's cosine to the coordinate-wise median of the round's *other* updates.
+
+    Leave-one-out matters: LoRA updates from nodes with their own random A live
+    in nearly orthogonal subspaces (pairwise cosines of ±0.01–0.1 on MiniLM), so a
+    median that includes the update itself correlates with it whatever its sign;
+    the median of the others carries only what the honest majority shares, which
+    a minority of attackers cannot move far. Empty below
+    :data:`DIRECTION_MIN_UPDATES` updates; an all-zero vector has cosine 0.
+    """
+    if len(vectors) < DIRECTION_MIN_UPDATES:
+        return {}
+    ids = sorted(vectors)
+    sizes = {vectors[i].shape for i in ids}
+    if len(sizes) != 1:
+        raise ValueError(f"update vectors differ in shape: {sorted(sizes)}")
+    stacked = np.stack([np.asarray(vectors[i], dtype=np.float32) for i in ids])
+    cosines: dict[int, float] = {}
+    for row, node in enumerate(ids):
+        consensus = np.median(np.delete(stacked, row, axis=0), axis=0)
+        norm, consensus_norm = float(np.linalg.norm(stacked[row])), float(np.linalg.norm(consensus))
+        cosines[node] = float(stacked[row] @ consensus) / (norm * consensus_norm) if norm > 0.0 and consensus_norm > 0.0 else 0.0
+    return cosines
+
+
+def direction_outliers(cosines: Mapping[int, float], min_cosine: float) -> dict[int, str]:
+    """Updates that point away from the round's consensus direction: node → reason.
+
+    ``cosines`` are :func:`direction_cosines`. A sign-flipped or label-flipped
+    update points against the honest majority whatever its size, which a loss
+    gate on a small local step may not see; one at or below ``min_cosine`` is
+    flagged (so at 0 an empty, free-riding update is flagged too).
+    """
+    return {
+        node: (
+            f"update direction opposes the round's consensus: cosine {cosine:.3f} to the coordinate-wise "
+            f"median of the other updates (it must be above {min_cosine:g})"
+        )
+        for node, cosine in cosines.items()
+        if cosine <= min_cosine
+    }

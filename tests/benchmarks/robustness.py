@@ -115,7 +115,9 @@ class Setting:
             contribution="none",
             consent=False,
             validation=method == "sentinel",
-            update_norm_factor=1e30 if method in FLOWER else 10.0,  # Flower rules see every well-formed update
+            # Flower rules see every well-formed update: no norm bound, no direction check.
+            update_norm_factor=1e30 if method in FLOWER else 10.0,
+            update_min_cosine=-1.0 if method in FLOWER else 0.0,
         )
 
 

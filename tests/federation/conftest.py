@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import random
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,22 @@ def local_grid_fixture():  # noqa: ANN201
 @pytest.fixture(name="tiny_profiles")
 def tiny_profiles_fixture() -> dict[str, RoleProfile]:
     return dict(TINY_PROFILES)
+
+
+def letters_task(path: Path, n: int = 900) -> Path:
+    """A CSV a 2-layer byte-level model learns in a few steps: label 1 texts use a-m, label 0 texts n-z."""
+    rng = random.Random(0)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            letters = "abcdefghijklm" if i % 2 else "nopqrstuvwxyz"
+            words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 5))) for _ in range(rng.randint(3, 6))]
+            writer.writerow([" ".join(words), i % 2])
+    return path
+
+
+@pytest.fixture(scope="session")
+def letters_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A task tiny models learn (see :func:`letters_task`): honest updates share a direction, as on a real model."""
+    return letters_task(tmp_path_factory.mktemp("letters") / "letters.csv")

@@ -7,9 +7,7 @@ sign of its update; partition 4 (a gpu validator) accepts everything.
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -26,21 +24,8 @@ pytestmark = pytest.mark.slow
 ATTACKER, LIAR = 3, 4
 
 
-def letters_task(path: Path, n: int = 900) -> Path:
-    """A CSV a 2-layer byte-level model learns in a few steps: label 1 texts use a-m, label 0 texts n-z."""
-    rng = random.Random(0)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for i in range(n):
-            letters = "abcdefghijklm" if i % 2 else "nopqrstuvwxyz"
-            words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 5))) for _ in range(rng.randint(3, 6))]
-            writer.writerow([" ".join(words), i % 2])
-    return path
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def run(tmp_path_factory: pytest.TempPathFactory, letters_csv: Path) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("validated")
     profiles = {
         "edge": RoleProfile(lora_rank=4, local_steps=10, batch_size=16, learning_rate=1e-2),
@@ -48,7 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         "central": RoleProfile(lora_rank=8, local_steps=20, batch_size=16, learning_rate=1e-2),
     }
     config = FederationConfig(
-        model="tiny-bert", dataset=f"csv:{letters_task(base / 'letters.csv')}", partition="iid", nodes=6, rounds=2,
+        model="tiny-bert", dataset=f"csv:{letters_csv}", partition="iid", nodes=6, rounds=2,
         patience=5, max_length=24, profiles=profiles,
     )
     out = base / "run"
