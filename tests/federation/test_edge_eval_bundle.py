@@ -109,3 +109,53 @@ def test_a_bundle_reply_is_not_taken_as_central_evaluation(setup) -> None:  # no
 
     with pytest.raises(MalformedReplyError, match="runtime"):
         parse_evaluation_reply(setup["replies"][IDS[0]])
+
+
+@pytest.mark.slow  # starts Flower's simulation runtime (Ray)
+def test_edge_nodes_in_a_flower_simulation_answer_evaluation_from_the_bundle(setup, tmp_path: Path) -> None:  # noqa: ANN001
+    """The same through Flower's simulation engine: messages serialised, ClientApps in Ray workers."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from sentinel.client.node import SIMULATED_KEYS, SimulatedNodeApp, ensure_simulated_keys
+    from sentinel.server.handshake import discover_nodes
+    from sentinel.server.simulate import quiet_flower, run_simulation_engine
+
+    from tests.federation.conftest import tiny_config
+
+    config = tiny_config(roles=["edge", "edge", "edge"])
+    bundle = setup["bundle"]
+    state = initial_state(setup["base"])
+    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    holder: dict[int, tuple[dict, dict]] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        nodes = discover_nodes(grid, config, 120).nodes
+        messages = [
+            Message(
+                content=RecordDict({P.REC_ARRAYS: exact_view_record(state), P.REC_CONFIG: strategy.node_config(node, 1)}),
+                message_type=P.MSG_EVALUATE,
+                dst_node_id=node.node_id,
+            )
+            for node in nodes
+        ]
+        by_id = {n.node_id: n for n in nodes}
+        for reply in grid.send_and_receive(messages, timeout=300):
+            node = by_id[reply.metadata.src_node_id]
+            holder[node.partition_id] = (dict(reply.content[P.REC_METRICS]), dict(reply.content[P.REC_EVALUATOR]))
+
+    keys = ensure_simulated_keys(tmp_path / "keys", config.nodes)
+    node_app = SimulatedNodeApp(client_app, {SIMULATED_KEYS: str(keys), "role": "edge", P.NODE_EDGE_BUNDLE: str(bundle)})
+    quiet_flower()
+    run_simulation_engine(server_app, node_app, config.nodes, {})
+    assert sorted(holder) == [0, 1, 2]
+    runner = BundleRunner(bundle)
+    for partition, (metrics, evaluator) in holder.items():
+        assert evaluator[P.E_RUNTIME] == P.RUNTIME_ONNX
+        _, val = node_train_val(setup["data"], partition, config.val_fraction, config.seed)
+        expected = evaluate_bundle(runner, val)
+        assert metrics[P.M_EXAMPLES] == expected.num_examples
+        assert metrics[P.M_ACCURACY] == pytest.approx(expected.accuracy, abs=1e-12)
+        assert metrics[P.M_LOSS] == pytest.approx(expected.loss, rel=1e-9)
+        assert metrics[P.M_ECE] == pytest.approx(expected.ece, abs=1e-12)
