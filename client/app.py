@@ -75,6 +75,7 @@ def profile(msg: Message, context: Context) -> Message:
             P.P_NUM_PARTITIONS: ident.num_partitions,
             P.P_ROLE: ident.role or "",
             P.P_PUBLIC_KEY: node_public_key(ident, run_seed),
+            **({P.P_DECLARED_EXAMPLES: ident.declared_examples} if ident.declared_examples is not None else {}),
         }
     )
     return Message(RecordDict({P.REC_PROFILE: record}), reply_to=msg)

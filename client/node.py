@@ -46,6 +46,12 @@ class NodeIdentity(BaseModel):
     device: str = Field(default="auto", description="auto (CUDA when present) | cpu | cuda | cuda:N")
     dataset: str | None = Field(default=None, description="This node's own data spec (`sentinel node --dataset`); None: the run's.")
     lora_rank: int | None = Field(default=None, alias="lora-rank", ge=1, description="Rank this node trains at; None: its role's.")
+    declared_examples: int | None = Field(
+        default=None,
+        alias="declared-examples",
+        ge=0,
+        description="Training examples this node declares at registration: the most it may claim per round; None: not declared.",
+    )
 
 
 SIMULATED_KEYS = "node-keys"

@@ -48,6 +48,13 @@ class FederationParameters(BaseModel):
     rejection_cooldown_rounds: float = Field(
         default=2.0, ge=0.0, le=1000.0, description="Rounds a node sits out after repeated rejected updates."
     )
+    max_examples_per_node: float = Field(
+        default=1e6,
+        ge=1.0,
+        le=2**53,
+        description="The most training examples any node may claim in a round (its aggregation weight's cap); a "
+        "claim above it, above the node's declared size or above what the coordinator knows is rejected.",
+    )
     token_budget: float = Field(default=1000.0, ge=0.0, le=MAX_TOKEN_BUDGET, description="Tokens distributed per round.")
     governance_quorum: float = Field(
         default=0.5, gt=0.0, le=1.0, description="Fraction of active voting nodes that must vote for a decision."

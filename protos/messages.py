@@ -105,6 +105,8 @@ P_PARTITION_ID: Final = "partition-id"
 P_NUM_PARTITIONS: Final = "num-partitions"
 P_ROLE: Final = "role"
 P_PUBLIC_KEY: Final = "public-key"
+P_DECLARED_EXAMPLES: Final = "declared-examples"
+"""The training examples a node declares it holds (its node config's ``declared-examples``); absent: not declared."""
 REC_SIGNATURE: Final = "signature"
 C_RUN_SEED: Final = "run-seed"
 

@@ -132,10 +132,21 @@ class Coordinator:
         )
 
     def _max_examples(self, node: NodeInfo) -> int:
-        """A node's partition size: the bound on the example count it may claim."""
+        """The most examples ``node`` may claim this round (its aggregation weight's bound).
+
+        The smallest of what the coordinator knows: the node's partition size
+        (the coordinator's own split of the run's data), the size the node declared
+        at the handshake, and the per-node cap governance sets (read each round,
+        so a passed proposal takes effect on the next round).
+        """
         if not 0 <= node.partition_id < len(self.train_sizes):
             return 0  # a partition the coordinator does not know: every claim is rejected
-        return self.train_sizes[node.partition_id]
+        bounds = [self.train_sizes[node.partition_id]]
+        if node.declared_examples is not None:
+            bounds.append(node.declared_examples)
+        if self.governance is not None:
+            bounds.append(int(self.governance.governor.parameters().max_examples_per_node))
+        return min(bounds)
 
     def starting_state(self, resume: bool) -> GlobalState:
         """Round 0 (fresh run) or the checkpoint a resumed run continues from.

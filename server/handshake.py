@@ -33,6 +33,7 @@ class NodeProfile(BaseModel):
     partition_id: int = Field(alias=P.P_PARTITION_ID, ge=0, strict=True)
     role: str = Field(alias=P.P_ROLE, default="")
     public_key: str = Field(alias=P.P_PUBLIC_KEY)
+    declared_examples: int | None = Field(alias=P.P_DECLARED_EXAMPLES, default=None, ge=0, strict=True)
 
     @field_validator("public_key")
     @classmethod
@@ -66,7 +67,7 @@ def admit(node_id: int, content: RecordDict, config: FederationConfig, taken: se
     role = config.role_of_partition(pid)
     if profile.role and profile.role != role:
         raise ValueError(f"the profile claims role {profile.role!r}; partition {pid} has role {role!r} in this run")
-    return NodeInfo(node_id, pid, role, profile.public_key)
+    return NodeInfo(node_id, pid, role, profile.public_key, profile.declared_examples)
 
 
 def discover_nodes(grid: Grid, config: FederationConfig, timeout: float) -> Handshake:

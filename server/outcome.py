@@ -21,6 +21,8 @@ class NodeInfo:
     partition_id: int
     role: Role
     public_key: str | None = None
+    declared_examples: int | None = None
+    """The training examples the node declared at the handshake (None: not declared): a bound on its claims."""
 
     @property
     def key_id(self) -> str:

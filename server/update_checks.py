@@ -35,7 +35,7 @@ class ExpectedUpdate:
     importance_shape: tuple[int, int] | None
     """(layers, heads) of importance reports; None when the coordinator cannot know it."""
     max_examples: int
-    """The most training examples this node can have (its partition's size)."""
+    """The most training examples this node may claim (``Coordinator._max_examples``)."""
     contract_version: int
     """The consent contract version in force when the node was configured."""
 
@@ -102,7 +102,10 @@ def claims_problem(num_examples: int, contract_version: int, expected: ExpectedU
     if num_examples < 1:
         return f"invalid example count: {num_examples} (must be at least 1)"
     if num_examples > expected.max_examples:
-        return f"example count {num_examples} exceeds this node's partition ({expected.max_examples} training examples)"
+        return (
+            f"example count {num_examples} exceeds the {expected.max_examples} training examples this node may claim "
+            "(the least of its partition, its declared size and the governance cap)"
+        )
     if contract_version != expected.contract_version:
         return (
             f"stale contract version: the update was trained under version {contract_version}, "

@@ -62,7 +62,7 @@ CASES = {
     "float64": "wrong dtype",
     "huge-values": "exceeds 10 × the round's median norm",
     "negative-examples": "metric `num-examples`: Input should be greater than or equal to 0",
-    "inflated-examples": "exceeds this node's partition",
+    "inflated-examples": "training examples this node may claim",
     "stale-contract": "stale contract version",
     "entropy-out-of-range": "importance `entropy-normalised` holds values above 1",
 }
