@@ -20,7 +20,6 @@ from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
 from sentinel.server.views import TrainingDesign, design_named, round_views
 
-
 META_KEY = "by_role_rows"
 """Checkpoint-metadata key of the per-role rows."""
 
@@ -53,7 +52,7 @@ class RoleFigures(RoundObserver):
     def on_round(self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState) -> dict[str, Any]:
         """This round's figures per role (``previous`` is the state the nodes were sent)."""
         sent = [n for n in self.nodes if n.key_id not in set(outcome.excluded)]
-        rank = {n.key_id: self.config.profiles[n.role].lora_rank for n in sent}
+        rank = {n.key_id: n.lora_rank or self.config.profiles[n.role].lora_rank for n in sent}
         views = round_views(previous, self.design, rank.values())
         contributions = row.get("contributions") or {}
         tokens = row.get("tokens") or {}

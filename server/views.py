@@ -35,8 +35,8 @@ import numpy as np
 from flwr.app import ArrayRecord
 from sentinel.client.frames import Factor, factor_of_round
 from sentinel.protos.records import global_view_record
-from sentinel.server.config import FederationConfig, TrainingDesignName
 from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
+from sentinel.server.config import FederationConfig, TrainingDesignName
 from sentinel.server.state import GlobalState
 
 VIEW_TOLERANCE = 1e-6
