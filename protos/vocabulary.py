@@ -161,6 +161,8 @@ class EntryKind(StrEnum):
     HEADS_PRUNED = "heads_pruned"
     PRUNE_REVERTED = "prune_reverted"
     HEADS_REGROWN = "heads_regrown"
+    STUDENT_DISTILLED = "student_distilled"
+    STUDENT_REJECTED = "student_rejected"
 
 
 __all__ = [

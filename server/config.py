@@ -120,6 +120,30 @@ class FederationConfig(BaseModel):
     importance_decay: float = Field(
         default=0.5, ge=0, lt=1, description="EMA decay of the global head importance (0: only the last round counts)."
     )
+    distill: bool = Field(
+        default=False,
+        description=(
+            "Central nodes distil the global model into the pruned student after each accepted pruning cycle "
+            "(and every `distill_every` rounds while heads are pruned); the student is exported as the edge bundle "
+            "(server.distill_phase)."
+        ),
+    )
+    distill_every: int = Field(
+        default=0, ge=0, description="Also distil in rounds divisible by this while heads are pruned (0: only after a pruning cycle)."
+    )
+    distill_steps: int = Field(default=50, ge=1, le=100_000, description="Optimiser steps of one distillation on a central node.")
+    distill_learning_rate: float = Field(default=5e-5, gt=0, le=1.0, description="AdamW learning rate of distillation.")
+    distill_temperature: float = Field(default=2.0, gt=0, le=100.0, description="Softmax temperature of the distillation loss.")
+    distill_ffn_keep: float = Field(
+        default=1.0, gt=0, le=1.0, description="Share of FFN width the student keeps in layers whose consent allows `prune` (1: full)."
+    )
+    distill_precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="Precision of the exported edge bundle (int8: onnxruntime dynamic quantization)."
+    )
+    central_evaluation: Literal["coordinator", "central-nodes"] = Field(
+        default="coordinator",
+        description="Where central evaluation runs: the coordinator's held-out set, or the central nodes' own data (pooled).",
+    )
 
     @field_validator("profiles")
     @classmethod
