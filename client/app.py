@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example
 from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.client.frames import Factor
@@ -24,11 +24,15 @@ from sentinel.ledger.recorder import content_hash_of_arrays, update_submitted_pa
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.edge_bundle import BundleRunner, manifest_sha256
 from sentinel.models.loading import LoadedModel
+from sentinel.models.regrowth import HeadBoost
 from sentinel.protos import messages as P
 from sentinel.protos.records import from_array_record, parse_global_view, to_array_record
-from sentinel.protos.vocabulary import Role, node_id_of_key
+from sentinel.protos.vocabulary import Role, node_id_of_key, parse_component
 
 app = ClientApp()
+
+MAX_BOOST_FACTOR = 100.0
+"""The largest learning-rate factor a node accepts for regrown heads (``boost-lr-factor``)."""
 
 
 class TrainInstruction(BaseModel):
@@ -56,6 +60,28 @@ class TrainInstruction(BaseModel):
     permitted: list[str] = Field(alias=P.C_PERMITTED, default_factory=list)
     contract_version: int = Field(alias=P.C_CONTRACT_VERSION, default=0, ge=0)
     run_seed: int = Field(alias=P.C_RUN_SEED, default=0)
+    boost_heads: list[str] = Field(alias=P.C_BOOST_HEADS, default_factory=list)
+    boost_factor: float | None = Field(alias=P.C_BOOST_FACTOR, default=None, ge=1.0, le=MAX_BOOST_FACTOR)
+
+    @field_validator("boost_heads")
+    @classmethod
+    def _boost_heads_are_heads(cls, heads: list[str]) -> list[str]:
+        for cid in heads:
+            if parse_component(cid).kind != "head":
+                raise ValueError(f"`{P.C_BOOST_HEADS}`: {cid!r} is not an attention head (`layer.<i>.head.<j>`)")
+        return heads
+
+    @model_validator(mode="after")
+    def _boost_is_whole(self) -> TrainInstruction:
+        if bool(self.boost_heads) != (self.boost_factor is not None):
+            raise ValueError(f"`{P.C_BOOST_HEADS}` and `{P.C_BOOST_FACTOR}` come together or not at all")
+        return self
+
+    def boost(self) -> HeadBoost | None:
+        """The regrown heads to train at a boosted rate this round (checked against the model in ``train_local``)."""
+        if self.boost_factor is None:
+            return None
+        return HeadBoost(tuple(dict.fromkeys(self.boost_heads)), self.boost_factor)
 
     def steps_for(self, num_train: int) -> int:
         """Optimiser steps this round: from local epochs when given, else local steps."""
@@ -146,6 +172,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         frame=inputs.train_factor,
         frame_seed=ins.run_seed,
         server_round=ins.server_round,
+        boost=ins.boost(),
     )
 
 

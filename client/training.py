@@ -27,12 +27,14 @@ from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.client.frames import Factor, frame_columns, frame_rows
+from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_to_heads
 from sentinel.models.global_model import evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling, module_path
+from sentinel.models.regrowth import HeadBoost, HeadLRBoost, boosted_heads
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 
 
@@ -109,6 +111,7 @@ def train_local(
     frame: Factor | None = None,
     frame_seed: int = 0,
     server_round: int = 0,
+    boost: HeadBoost | None = None,
 ) -> LocalUpdate:
     """Train a LoRA on top of the global model for ``steps`` steps and report the update.
 
@@ -118,8 +121,11 @@ def train_local(
     that complete a frame, the same on every node). Training runs on
     ``device``; the arrays returned are on the CPU. The returned arrays are
     PEFT adapter arrays (lora_A/lora_B and the head), and ``s · B · A`` is the
-    update. Deterministic for a given ``seed``.
+    update. Deterministic for a given ``seed``. ``boost`` (regrown heads, from
+    federated plasticity) multiplies those heads' own LoRA updates by its factor
+    during training (``models.regrowth.HeadLRBoost``); its ids are checked against the model first.
     """
+    boost_heads = boosted_heads(boost.heads, model_layout(base.model)) if boost is not None else {}
     torch.manual_seed(seed)
     model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
@@ -130,6 +136,7 @@ def train_local(
     gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    booster = HeadLRBoost(optimiser, peft_model, boost_heads, boost.factor) if boost is not None and boost_heads else None
     peft_model.train()
     losses: list[float] = []
     for batch in sample_batches(base.tokenizer, train, batch_size, max_length, steps, seed):
@@ -138,6 +145,8 @@ def train_local(
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
+    if booster is not None:
+        booster.remove()
     peft_model.eval()
     val_acc, val_loss = evaluate_examples(peft_model, base, val, batch_size * 2, max_length)
     probe_examples = list(val or train)[: importance_batches * batch_size]

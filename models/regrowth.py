@@ -12,7 +12,8 @@ faster for a few rounds (the seed's differential learning rates). Three pieces:
   snapshot a head's slices of the dense ΔW when it is pruned, put exactly
   those values back when it regrows.
 - `HeadLRBoost`: multiplies the optimiser's update of the grown heads' own
-  weights by a factor.
+  weights by a factor; `HeadBoost` is what a node is told to boost (component
+  ids and the factor), `boosted_heads` resolves the ids against its model.
 
 Why the boost scales updates, not gradients or param groups: a head's weights
 are slices (rows of q/k/v, columns of o) of tensors every head shares, so an
@@ -31,20 +32,30 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
 import torch
 from peft.tuners.lora import LoraLayer
-from sentinel.models.components import ModelLayout, base_layer_of, head_feature_ranges, model_layout, projection_role
+from sentinel.models.components import (
+    ModelLayout,
+    base_layer_of,
+    check_component,
+    head_feature_ranges,
+    model_layout,
+    projection_role,
+)
+from sentinel.models.exceptions import ComponentError
 from sentinel.models.head_mask import attention_sites
 from sentinel.models.pruning import KV_IDS_ATTR, HeadWeights, KVWeights, PruneRecord, PruningError
 from transformers.pytorch_utils import Conv1D
 
 __all__ = [
+    "HeadBoost",
     "HeadLRBoost",
+    "boosted_heads",
     "kept_head_deltas",
     "record_from_arrays",
     "record_to_arrays",
@@ -254,6 +265,30 @@ def head_update_slices(model: torch.nn.Module, heads: Mapping[int, Iterable[int]
                     out += _trainable_slices(k, pos * d, (pos + 1) * d, outputs=True)
                     out += _trainable_slices(v, pos * d, (pos + 1) * d, outputs=True)
     return out
+
+
+@dataclass(frozen=True)
+class HeadBoost:
+    """Heads to train at a boosted learning rate this round: component ids ``layer.{i}.head.{j}`` and the factor."""
+
+    heads: tuple[str, ...]
+    factor: float
+
+
+def boosted_heads(components: Iterable[str], layout: ModelLayout) -> dict[int, tuple[int, ...]]:
+    """Layer → sorted heads named by `components`, each of which must be an attention head of `layout`.
+
+    The ids come from the coordinator (``boost-heads``), so each is checked
+    against the component-id grammar and the model: a `ComponentError` (a
+    ``ValueError``) names the first id that is malformed, out of range or not a head.
+    """
+    heads: dict[int, set[int]] = {}
+    for cid in components:
+        ref = check_component(layout, cid)
+        if ref.kind != "head" or ref.layer is None or ref.head is None:
+            raise ComponentError(f"boost component {cid!r} is a {ref.kind}, not an attention head (`layer.<i>.head.<j>`)")
+        heads.setdefault(ref.layer, set()).add(ref.head)
+    return {layer: tuple(sorted(hs)) for layer, hs in sorted(heads.items())}
 
 
 class HeadLRBoost:
