@@ -1,8 +1,11 @@
 """A node as validator: apply each candidate update to the exact global model and judge it.
 
-The validate message carries the exact global state (dense ΔW and head) and one
-or more candidate updates (other nodes' replies, as the coordinator received
-them). For each candidate the node measures, on its own validation data, the
+The validate message carries the exact global state (dense ΔW, head and, when
+federated plasticity has pruned heads, the global head mask) and one or more
+candidate updates (other nodes' replies, as the coordinator received them). The
+mask is applied to the global and every candidate model alike, so pruned heads
+contribute nothing to what is judged, as on the nodes that train and serve it.
+For each candidate the node measures, on its own validation data, the
 change of loss and accuracy, the per-head attention-entropy shift and the KL
 divergence of the outputs (``models.validation``), and decides:
 
@@ -19,6 +22,8 @@ payload, so the coordinator cannot forge or alter it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -28,12 +33,16 @@ from sentinel.client.data.batching import iter_batches
 from sentinel.ledger.crypto import Ed25519PrivateKey
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import sign_payload
+from sentinel.models.components import model_layout
 from sentinel.models.global_model import materialise
+from sentinel.models.head_mask import apply_head_mask, check_mask
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import split_adapter_arrays
 from sentinel.models.validation import (
     LOSS_GATE_SIGMAS,
+    Batch,
     CandidateMeasurement,
+    ModelReading,
     compare,
     entropy_shift_z,
     loss_gate_fails,
@@ -64,6 +73,14 @@ def candidate_model(base: LoadedModel, deltas: dict[str, np.ndarray], head: dict
             raise ValueError(f"candidate adapts module `{module}`, which the global model does not have")
         merged[module] = (merged[module].astype(np.float64) + P.LORA_ALPHA_PER_RANK * (b.astype(np.float64) @ a.astype(np.float64))).astype(np.float32)
     return materialise(base, merged, {**head, **cand_head})
+
+
+def masked_reading(model: torch.nn.Module, batches: Sequence[Batch], mask: np.ndarray | None) -> ModelReading:
+    """`read_model` of ``model`` with the global head mask applied (none: all heads on); the model is left unmasked."""
+    if mask is None:
+        return read_model(model, batches)
+    with apply_head_mask(model, mask):
+        return read_model(model, batches)
 
 
 def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) -> dict[str, str]:
@@ -101,16 +118,18 @@ def validate_candidates(
     gates = GateSettings.model_validate(dict(content[P.REC_CONFIG]))
     if not val_set:
         raise ValueError("this node has no validation data, so it cannot validate")
-    deltas, head = parse_dense_state(from_array_record(content[P.REC_GLOBAL]))
+    arrays = from_array_record(content[P.REC_GLOBAL])
+    deltas, head = parse_dense_state(arrays)
+    mask = check_mask(arrays[P.KEY_HEAD_MASK], model_layout(base.model)) if P.KEY_HEAD_MASK in arrays else None
     batches = list(iter_batches(base.tokenizer, val_set, gates.batch_size * 2, gates.max_length))
-    reference = read_model(materialise(base, deltas, head).to(device), batches)
+    reference = masked_reading(materialise(base, deltas, head).to(device), batches, mask)
     measurements: dict[str, CandidateMeasurement] = {}
     for name in content:
         if not name.startswith(P.REC_CANDIDATE):
             continue
         author = name[len(P.REC_CANDIDATE) :]
         model = candidate_model(base, deltas, head, from_array_record(content[name])).to(device)
-        measurements[author] = compare(reference, read_model(model, batches))
+        measurements[author] = compare(reference, masked_reading(model, batches, mask))
         del model
     reasons = judge(measurements, gates)
     reply = RecordDict()
@@ -135,4 +154,4 @@ def validate_candidates(
     return reply
 
 
-__all__ = ["GateSettings", "candidate_model", "judge", "validate_candidates"]
+__all__ = ["GateSettings", "candidate_model", "judge", "masked_reading", "validate_candidates"]

@@ -106,6 +106,18 @@ def round_entropy_gate(shifts: Mapping[tuple[int, int], float], z_threshold: flo
     return {k: float(zk) for k, zk in zip(keys, z, strict=True) if zk > z_threshold}
 
 
+def global_arrays(state: GlobalState) -> dict[str, np.ndarray]:
+    """The exact global model a validator judges against: dense ΔW, head and, when heads are pruned, the head mask.
+
+    Validators apply the mask to the global and every candidate model, so they
+    judge the model the federation actually serves (``client.validation``).
+    """
+    arrays = dense_state_arrays(state.deltas, state.head)
+    if state.head_mask is not None:
+        arrays[P.KEY_HEAD_MASK] = np.asarray(state.head_mask, dtype=np.float32)
+    return arrays
+
+
 # ---------------------------------------------------------------- the phase
 
 
@@ -207,7 +219,7 @@ class ValidationPhase(RoundObserver):
     # ------------------------------------------------------------ configure
 
     def configure(self, server_round: int, state: GlobalState, outcome: RoundOutcome) -> ValidationPlan:
-        """One validate message per validator: the exact global model and the candidates assigned to it."""
+        """One validate message per validator: the exact global model (head mask included) and the candidates assigned to it."""
         params = self.parameters_fn()
         candidates = {r.node.node_id: r for r in outcome.accepted}
         excluded = self.excluded(server_round)
@@ -219,7 +231,7 @@ class ValidationPhase(RoundObserver):
         for author, chosen in assignment.items():
             for v in chosen:
                 by_validator.setdefault(v, []).append(author)
-        global_record = to_array_record(dense_state_arrays(state.deltas, state.head))
+        global_record = to_array_record(global_arrays(state))
         messages = []
         for validator, authors in sorted(by_validator.items()):
             config = ConfigRecord(dict(self.node_config_fn(self.nodes[validator], server_round)))
