@@ -22,9 +22,11 @@ from sentinel.models.fileio import write_text_atomically
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
 from sentinel.server.central import CentralEvaluator, export_peft_adapter, initial_state
+from sentinel.server.central_nodes import CentralNodeEvaluator
 from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, PENDING, load_state, recover_state, save_state
 from sentinel.server.config import FederationConfig
 from sentinel.server.contribution import contribution_scores
+from sentinel.server.distill_phase import DistillationPhase
 from sentinel.server.exceptions import CheckpointError, RunNotFoundError
 from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
@@ -32,7 +34,7 @@ from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.plasticity import PlasticityPhase, mask_aware
 from sentinel.server.role_figures import RoleFigures
-from sentinel.server.rounds import RunResult, run_federation
+from sentinel.server.rounds import Evaluate, RunResult, run_federation
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import PermittedFn, SentinelStrategy
 from sentinel.server.validation import GateParameters, ValidationPhase
@@ -59,8 +61,11 @@ class Coordinator:
     validation: ValidationPhase | None = None
     ledger_observer: LedgerObserver | None = None
     plasticity: PlasticityPhase | None = None
+    distillation: DistillationPhase | None = None
     train_sizes: tuple[int, ...] = ()
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
+    val_sizes: tuple[int, ...] = ()
+    """Validation examples of each partition: the most a central node can evaluate on."""
 
     @classmethod
     def build(cls, config: FederationConfig, out_dir: Path, *, accountable: bool = True) -> Coordinator:
@@ -79,8 +84,11 @@ class Coordinator:
                 f"dataset {config.dataset!r} has a single label ({sorted(labels)}): a classifier cannot be trained or evaluated on it"
             )
         base = load_base_model(config.model, task="classification", num_labels=data.num_labels, seed=config.seed)
-        train_sizes = tuple(len(node_train_val(data, i, config.val_fraction, config.seed)[0]) for i in range(config.nodes))
-        coordinator = cls(config, out_dir, base, CentralEvaluator(base, data.test, config.max_length), train_sizes=train_sizes)
+        splits = [node_train_val(data, i, config.val_fraction, config.seed) for i in range(config.nodes)]
+        train_sizes = tuple(len(train) for train, _ in splits)
+        val_sizes = tuple(len(val) for _, val in splits)
+        evaluator = CentralEvaluator(base, data.test, config.max_length)
+        coordinator = cls(config, out_dir, base, evaluator, train_sizes=train_sizes, val_sizes=val_sizes)
         if accountable:
             coordinator._open_accountability(data.test[: config.contribution_examples])
         coordinator.observers.append(RoleFigures(config))  # after the ledger's: it reads contributions and tokens from the row
@@ -217,6 +225,52 @@ class Coordinator:
         record = self.ledger_observer.record_decision if self.ledger_observer is not None else None
         return PlasticityPhase(self.config, model_layout(self.base.model), may, record)
 
+    def distillation_phase(self, strategy: SentinelStrategy) -> DistillationPhase | None:
+        """The distillation phase of this run (None when ``distill`` is off).
+
+        FFN narrowing asks governance whether the central nodes may ``prune``
+        each layer's FFN; the bundle carries the contracts in force; the
+        decision goes into the round's ledger batch.
+        """
+        if not self.config.distill:
+            return None
+        governor = self.governance.governor if self.governance is not None else None
+        may = (lambda node, op, component: bool(governor.may(node, op, component))) if governor is not None else None
+        record = self.ledger_observer.record_decision if self.ledger_observer is not None else None
+        contracts = self.governance.contracts_json if self.governance is not None else None
+        return DistillationPhase(
+            self.config,
+            self.base,
+            self.out_dir,
+            strategy.node_config,
+            model_layout(self.base.model).num_layers,
+            may=may,
+            contracts=contracts,
+            record=record,
+            require_signature=strategy.require_signatures,
+        )
+
+    def _max_val_examples(self, node: NodeInfo) -> int:
+        """The most held-out examples a central node can evaluate on: its partition's validation split."""
+        if 0 <= node.partition_id < len(self.val_sizes):
+            return self.val_sizes[node.partition_id]
+        return 0  # a partition the coordinator does not know: every evaluation claim is refused
+
+    def run_evaluator(self, grid: Grid, strategy: SentinelStrategy) -> tuple[Evaluate, list[RoundObserver]]:
+        """The run's central evaluation (``central_evaluation``), head-mask aware under plasticity, and its observers.
+
+        ``central-nodes``: the run's central nodes score the global model on their
+        own held-out data (``server.central_nodes``), the coordinator's evaluator
+        answering when there is none or none replies validly.
+        """
+        local = mask_aware(self.evaluator) if self.plasticity is not None else self.evaluator
+        if self.config.central_evaluation != "central-nodes":
+            return local, []
+        nodes = CentralNodeEvaluator(
+            grid, strategy.node_config, fallback=local, timeout=self.config.timeout_s, max_examples_fn=self._max_val_examples
+        )
+        return nodes, [nodes]
+
     def run(self, grid: Grid, resume: bool = False, extra_observers: Sequence[RoundObserver] = ()) -> RunResult:
         """Run the federation on ``grid`` and return its result."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,17 +278,20 @@ class Coordinator:
         strategy = self.strategy()
         self.validation = self.validation_phase(strategy)
         self.plasticity = self.plasticity_phase()
+        self.distillation = self.distillation_phase(strategy)
+        evaluate, evaluator_observers = self.run_evaluator(grid, strategy)
         result = run_federation(
             grid,
             self.config,
             strategy,
-            mask_aware(self.evaluator) if self.plasticity is not None else self.evaluator,
+            evaluate,
             self.starting_state(resume),
             self.out_dir / CHECKPOINT_DIR,
-            observers=[*self.observers, *extra_observers],
+            observers=[*evaluator_observers, *self.observers, *extra_observers],
             export_best=self.export_best,
             validation=self.validation,
             plasticity=self.plasticity,
+            distillation=self.distillation,
         )
         if self.ledger_observer is not None:
             self.ledger_observer.publish()
@@ -243,7 +300,8 @@ class Coordinator:
     def report_extra(self) -> dict[str, object]:
         """What observers add to the run report (ledger totals, governance figures, ...)."""
         extra: dict[str, object] = {}
-        for obs in [*self.observers, *([self.validation] if self.validation else []), *([self.plasticity] if self.plasticity else [])]:
+        phases = [p for p in (self.validation, self.plasticity, self.distillation) if p is not None]
+        for obs in [*self.observers, *phases]:
             extra.update(obs.report())
         return extra
 

@@ -332,6 +332,7 @@ def distill_on_central_nodes(
     contracts: str | Mapping[str, Any] | None = None,
     max_length: int | None = None,
     require_signature: bool = True,
+    precision: Precision = "fp32",
 ) -> DistillationRound:
     """Send ``train.distill`` to the central nodes, check the replies, export the student closest to its teacher.
 
@@ -358,5 +359,7 @@ def distill_on_central_nodes(
     if result.replies:
         result.chosen = min(result.replies, key=lambda r: (r.metrics.kl_after, r.node.partition_id))
         if bundle_dir is not None:
-            result.exported = export_student(base, state, result.chosen, bundle_dir, contracts=contracts, max_length=max_length)
+            result.exported = export_student(
+                base, state, result.chosen, bundle_dir, precision=precision, contracts=contracts, max_length=max_length
+            )
     return result

@@ -209,6 +209,10 @@ class PlasticityPhase(RoundObserver):
             }
         }
 
+    def pruned_in(self, server_round: int) -> bool:
+        """Whether a pruning cycle was accepted in ``server_round`` (what schedules distillation of the new student)."""
+        return bool(self.cycles) and int(self.cycles[-1]["round"]) == server_round
+
     # ------------------------------------------------------------ configure
 
     def train_config(self, server_round: int) -> dict[str, Any]:

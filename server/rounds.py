@@ -12,6 +12,8 @@ function that takes and returns values:
 5. aggregate — exact LoRA aggregation of the accepted updates into a new global state;
 6. evaluate — central evaluation on the coordinator's held-out set;
    (6b. plasticity, when on — heads pruned by consensus, reverted or regrown: ``server.plasticity``;)
+   (6c. distillation, when on and due — central nodes distil the pruned student, exported as the edge
+   bundle: ``server.distill_phase``;)
 7. record — observers (ledger, governance, progress) return their fields; early
    stopping is decided; the round's checkpoint is staged, its records committed
    (one ledger transaction), and the checkpoint put in force.
@@ -32,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 from sentinel.server.checkpoints import BEST, BEST_STATE, promote_state, save_state, stage_state
 from sentinel.server.config import FederationConfig
+from sentinel.server.distill_phase import DistillationPhase
 from sentinel.server.handshake import discover_nodes
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
@@ -122,6 +125,7 @@ class RoundContext:
     observers: Sequence[RoundObserver]
     validation: ValidationPhase | None = None
     plasticity: PlasticityPhase | None = None
+    distillation: DistillationPhase | None = None
 
 
 def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
@@ -219,6 +223,9 @@ def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple
     evaluation = _evaluate(ctx, new_state)  # 6 evaluate
     if ctx.plasticity is not None:  # 6b prune, revert or regrow heads; the next round's configure sends the new mask
         new_state, evaluation = ctx.plasticity.decide(server_round, outcome, state, new_state, evaluation, lambda s: _evaluate(ctx, s))
+    cycle = ctx.plasticity is not None and ctx.plasticity.pruned_in(server_round)
+    if ctx.distillation is not None and ctx.distillation.due(server_round, new_state, cycle):  # 6c distil the student
+        ctx.distillation.run(ctx.grid, server_round, new_state)
     row = _record(ctx, outcome, evaluation, new_state, state, started)  # 7 record
     return new_state, row
 
@@ -262,11 +269,13 @@ def run_federation(
     export_best: ExportBest | None = None,
     validation: ValidationPhase | None = None,
     plasticity: PlasticityPhase | None = None,
+    distillation: DistillationPhase | None = None,
 ) -> RunResult:
     """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``.
 
     ``validation`` is the validate phase (None: updates are aggregated once they pass the check phase);
-    ``plasticity`` the plasticity phase (None: the head mask never changes).
+    ``plasticity`` the plasticity phase (None: the head mask never changes);
+    ``distillation`` the distillation phase (None: no student is distilled).
     """
     handshake = discover_nodes(grid, config, config.timeout_s)
     nodes = handshake.nodes
@@ -274,10 +283,12 @@ def run_federation(
         observers = [validation, *observers]
     if plasticity is not None:
         observers = [plasticity, *observers]
+    if distillation is not None:
+        observers = [distillation, *observers]
     for obs in observers:
         obs.restore(initial.meta)
         obs.on_nodes(nodes)
-    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation, plasticity)
+    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation, plasticity, distillation)
     state, progress = initial, RunProgress.from_meta(initial.meta)
     if state.round == 0 and not progress.history:
         first = _evaluate(ctx, state)
