@@ -14,8 +14,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sentinel.client.data import Example
-from sentinel.client.data.federated import federated_split, node_train_val
+from sentinel.client.data import Example, load_examples
+from sentinel.client.data.federated import federated_split, node_train_val, own_train_val
 from sentinel.client.frames import Factor
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
@@ -60,6 +60,7 @@ class TrainInstruction(BaseModel):
     permitted: list[str] = Field(alias=P.C_PERMITTED, default_factory=list)
     contract_version: int = Field(alias=P.C_CONTRACT_VERSION, default=0, ge=0)
     run_seed: int = Field(alias=P.C_RUN_SEED, default=0)
+    num_labels: int | None = Field(alias=P.C_NUM_LABELS, default=None, ge=2)
     boost_heads: list[str] = Field(alias=P.C_BOOST_HEADS, default_factory=list)
     boost_factor: float | None = Field(alias=P.C_BOOST_FACTOR, default=None, ge=1.0, le=MAX_BOOST_FACTOR)
 
@@ -90,6 +91,19 @@ class TrainInstruction(BaseModel):
         return self.local_steps
 
 
+def declared_examples(ident: NodeIdentity) -> int | None:
+    """The training examples this node declares: its operator's ``declared-examples``, else the size of its own dataset.
+
+    A node on a partition of the run's data declares nothing unless told to: the
+    coordinator knows its partition's size.
+    """
+    if ident.declared_examples is not None:
+        return ident.declared_examples
+    if ident.dataset:
+        return len(load_examples(ident.dataset))
+    return None
+
+
 @app.query("profile")
 def profile(msg: Message, context: Context) -> Message:
     """Tell the coordinator who this node is: partition, configured role, public key."""
@@ -101,7 +115,9 @@ def profile(msg: Message, context: Context) -> Message:
             P.P_NUM_PARTITIONS: ident.num_partitions,
             P.P_ROLE: ident.role or "",
             P.P_PUBLIC_KEY: node_public_key(ident, run_seed),
-            **({P.P_DECLARED_EXAMPLES: ident.declared_examples} if ident.declared_examples is not None else {}),
+            **({P.P_OWN_DATA: True} if ident.dataset else {}),
+            **({P.P_DECLARED_EXAMPLES: declared} if (declared := declared_examples(ident)) is not None else {}),
+            **({P.P_LORA_RANK: ident.lora_rank} if ident.lora_rank is not None else {}),
         }
     )
     return Message(RecordDict({P.REC_PROFILE: record}), reply_to=msg)
@@ -129,9 +145,16 @@ def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInst
     """
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
-    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
-    train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
-    base = cached_base_model(ins.model, data.num_labels, ins.run_seed)
+    if ident.dataset:  # this node's own data (`sentinel node --dataset`): all of it is the node's
+        num_labels = ins.num_labels
+        if num_labels is None:
+            raise ValueError("the coordinator did not send `num-labels`, which a node with its own dataset needs")
+        train_set, val_set = own_train_val(ident.dataset, num_labels, ins.val_fraction, ins.run_seed, ident.partition_id)
+    else:
+        data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
+        train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+        num_labels = data.num_labels
+    base = cached_base_model(ins.model, num_labels, ins.run_seed)
     return ident, ins, base, train_set, val_set
 
 

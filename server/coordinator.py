@@ -137,19 +137,24 @@ class Coordinator:
             importance_shape=(layout.num_layers, layout.num_heads),
             norm_factor=self.config.update_norm_factor,
             min_cosine=self.config.update_min_cosine,
+            num_labels=int(self.base.model.config.num_labels),
         )
 
     def _max_examples(self, node: NodeInfo) -> int:
         """The most examples ``node`` may claim this round (its aggregation weight's bound).
 
         The smallest of what the coordinator knows: the node's partition size
-        (the coordinator's own split of the run's data), the size the node declared
-        at the handshake, and the per-node cap governance sets (read each round,
+        (the coordinator's own split of the run's data; not for a node on its own
+        dataset), the size the node declared at the handshake (required of a node
+        on its own dataset), and the per-node cap governance sets (read each round,
         so a passed proposal takes effect on the next round).
         """
-        if not 0 <= node.partition_id < len(self.train_sizes):
+        if node.own_data:  # not a partition the coordinator knows: its declared size (required) bounds it
+            bounds = []
+        elif not 0 <= node.partition_id < len(self.train_sizes):
             return 0  # a partition the coordinator does not know: every claim is rejected
-        bounds = [self.train_sizes[node.partition_id]]
+        else:
+            bounds = [self.train_sizes[node.partition_id]]
         if node.declared_examples is not None:
             bounds.append(node.declared_examples)
         if self.governance is not None:

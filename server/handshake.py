@@ -34,6 +34,8 @@ class NodeProfile(BaseModel):
     role: str = Field(alias=P.P_ROLE, default="")
     public_key: str = Field(alias=P.P_PUBLIC_KEY)
     declared_examples: int | None = Field(alias=P.P_DECLARED_EXAMPLES, default=None, ge=0, strict=True)
+    lora_rank: int | None = Field(alias=P.P_LORA_RANK, default=None, ge=1, strict=True)
+    own_data: bool = Field(alias=P.P_OWN_DATA, default=False, strict=True)
 
     @field_validator("public_key")
     @classmethod
@@ -67,7 +69,12 @@ def admit(node_id: int, content: RecordDict, config: FederationConfig, taken: se
     role = config.role_of_partition(pid)
     if profile.role and profile.role != role:
         raise ValueError(f"the profile claims role {profile.role!r}; partition {pid} has role {role!r} in this run")
-    return NodeInfo(node_id, pid, role, profile.public_key, profile.declared_examples)
+    largest = max(p.lora_rank for p in config.profiles.values())
+    if profile.lora_rank is not None and profile.lora_rank > largest:
+        raise ValueError(f"the profile asks for LoRA rank {profile.lora_rank}; this run allows at most {largest} (the largest role rank)")
+    if profile.own_data and profile.declared_examples is None:
+        raise ValueError("the node trains on its own dataset but declares no size (`declared-examples`)")
+    return NodeInfo(node_id, pid, role, profile.public_key, profile.declared_examples, profile.lora_rank, profile.own_data)
 
 
 def discover_nodes(grid: Grid, config: FederationConfig, timeout: float) -> Handshake:

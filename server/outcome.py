@@ -23,6 +23,10 @@ class NodeInfo:
     public_key: str | None = None
     declared_examples: int | None = None
     """The training examples the node declared at the handshake (None: not declared): a bound on its claims."""
+    lora_rank: int | None = None
+    """The LoRA rank the node's operator set (None: its role's rank); checked at the handshake."""
+    own_data: bool = False
+    """The node trains on its own dataset, not on a partition of the run's (its declared size bounds its claims)."""
 
     @property
     def key_id(self) -> str:

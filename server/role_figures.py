@@ -52,7 +52,7 @@ class RoleFigures(RoundObserver):
     def on_round(self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState) -> dict[str, Any]:
         """This round's figures per role (``previous`` is the state the nodes were sent)."""
         sent = [n for n in self.nodes if n.key_id not in set(outcome.excluded)]
-        rank = {n.key_id: self.config.profiles[n.role].lora_rank for n in sent}
+        rank = {n.key_id: n.lora_rank or self.config.profiles[n.role].lora_rank for n in sent}
         views = round_views(previous, self.design, rank.values())
         contributions = row.get("contributions") or {}
         tokens = row.get("tokens") or {}

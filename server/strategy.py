@@ -108,6 +108,8 @@ class SentinelStrategy:
     min_cosine : float, optional
         An update whose cosine to the coordinate-wise median of the round's updates is
         below this is rejected (``server.update_checks.direction_outliers``); None or -1: no direction check.
+    num_labels : int, optional
+        Classes of the run's classifier, sent to nodes (a node with its own dataset builds its base model with them).
     """
 
     design: TrainingDesign = DEFAULT_DESIGN
@@ -124,6 +126,7 @@ class SentinelStrategy:
         importance_shape: tuple[int, int] | None = None,
         norm_factor: float = 10.0,
         min_cosine: float | None = None,
+        num_labels: int | None = None,
     ) -> None:
         if norm_factor <= 1.0:
             raise ValueError(f"`norm_factor` must be > 1 (a multiple of the median norm), got {norm_factor}")
@@ -132,6 +135,7 @@ class SentinelStrategy:
         self.importance_shape = importance_shape
         self.norm_factor = norm_factor
         self.min_cosine = min_cosine
+        self.num_labels = num_labels
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
@@ -143,11 +147,11 @@ class SentinelStrategy:
     def node_config(self, node: NodeInfo, server_round: int, permitted: frozenset[str] | None = None, version: int = 0) -> ConfigRecord:
         """A node's config for a round: its role's local work, where its data is, its permitted set."""
         profile = self.config.profiles[node.role]
-        return ConfigRecord(
+        record = ConfigRecord(
             {
                 P.C_ROUND: server_round,
                 P.C_ROLE: node.role,
-                P.C_RANK: profile.lora_rank,
+                P.C_RANK: self.rank_of(node),
                 P.C_STEPS: profile.local_steps,
                 P.C_EPOCHS: profile.local_epochs or 0.0,
                 P.C_BATCH: profile.batch_size,
@@ -167,6 +171,13 @@ class SentinelStrategy:
                 P.C_CONTRACT_VERSION: version,
             }
         )
+        if self.num_labels is not None:
+            record[P.C_NUM_LABELS] = self.num_labels
+        return record
+
+    def rank_of(self, node: NodeInfo) -> int:
+        """The LoRA rank ``node`` trains at: the one its operator set (checked at the handshake), else its role's."""
+        return node.lora_rank or self.config.profiles[node.role].lora_rank
 
     def configure_train(self, server_round: int, state: GlobalState, nodes: Sequence[NodeInfo]) -> TrainPlan:
         """One message per node: its view of the global model (``self.design``), its permitted set and its config.
@@ -179,7 +190,7 @@ class SentinelStrategy:
         version = self.contract_version_fn() if self.contract_version_fn else 0
         modules = {m: (int(d.shape[0]), int(d.shape[1])) for m, d in state.deltas.items()}
         head_shapes = {k: tuple(int(x) for x in v.shape) for k, v in state.head.items()}
-        ranks = {n.node_id: self.config.profiles[n.role].lora_rank for n in nodes}
+        ranks = {n.node_id: self.rank_of(n) for n in nodes}
         views = round_views(state, self.design, ranks.values())
         factor = self.design.train_factor(server_round)
         bytes_down = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sentinel.client.data import Example, holdout_split, load_examples, partition
+from sentinel.client.data import DataError, Example, holdout_split, load_examples, partition
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,22 @@ def federated_split(
         partitions=tuple(tuple(p) for p in parts),
         num_labels=max(labels) + 1 if labels else 0,
     )
+
+
+def own_train_val(spec: str, num_labels: int, val_fraction: float, seed: int, partition_id: int = 0) -> tuple[list[Example], list[Example]]:
+    """A node's train and validation examples from its own data spec (``sentinel node --dataset``).
+
+    The whole spec is the node's: nothing is held out for the coordinator, which
+    has its own test set. Labels must be classes of the run's classifier
+    (``num_labels``); a label outside raises :class:`DataError` naming it.
+    """
+    examples = load_examples(spec, seed=seed)
+    bad = sorted({e.label for e in examples if not 0 <= e.label < num_labels})
+    if bad:
+        raise DataError(f"dataset {spec!r} has label(s) {bad[:5]} outside the run's {num_labels} classes 0..{num_labels - 1}")
+    if len(examples) < 2:
+        raise DataError(f"dataset {spec!r} has {len(examples)} example(s); a node needs at least 2 (train and validation)")
+    return holdout_split(examples, val_fraction, seed=seed + 1000 + partition_id)
 
 
 def node_train_val(data: FederatedData, partition_id: int, val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
