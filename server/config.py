@@ -124,7 +124,7 @@ class FederationConfig(BaseModel):
         default=False,
         description=(
             "Central nodes distil the global model into the pruned student after each accepted pruning cycle "
-            "(and every `distill_every` rounds while heads are pruned); the student is exported as the edge bundle "
+            "(and every `distill_every` rounds and in the last round while heads are pruned); the student is exported as the edge bundle "
             "(server.distill_phase)."
         ),
     )

@@ -283,8 +283,8 @@ def run_federation(
         observers = [validation, *observers]
     if plasticity is not None:
         observers = [plasticity, *observers]
-    if distillation is not None:
-        observers = [distillation, *observers]
+    if distillation is not None:  # last: it names the newest bundle once the round's ledger entries are committed
+        observers = [*observers, distillation]
     for obs in observers:
         obs.restore(initial.meta)
         obs.on_nodes(nodes)

@@ -3,7 +3,8 @@
 Three real ClientApps on tiny-bert (LocalGrid), the central node at partition 1.
 Plasticity prunes one head (of 8) in round 1 and then stops at its target; the
 central node distils the pruned student after that cycle, and again in round 2
-(``distill_every = 2``: heads are still pruned). Central evaluation runs on the
+(the last round, heads still pruned); in a 3-round run with ``distill_every = 0``
+round 2 (no cycle, not the last) distils nothing. Central evaluation runs on the
 central node's own held-out data. A crash between round 1's ledger commit and
 its checkpoint, then ``--resume``, must not record round 1's student twice.
 """
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = dict(
     plasticity=True, prune_every=1, prune_step=0.125, target_sparsity=0.125, prune_vote_share=0.5, prune_rank_share=0.25,
-    prune_tolerance=1.0, distill=True, distill_every=2, distill_steps=4, distill_learning_rate=3e-4,
+    prune_tolerance=1.0, distill=True, distill_every=0, distill_steps=4, distill_learning_rate=3e-4,
     central_evaluation="central-nodes", rounds=2, token_budget=100,
 )
 
@@ -85,7 +86,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_pruning_cycle_leads_to_a_distilled_student_whose_bundle_the_ledger_pins(run: dict) -> None:
     coordinator, out = run["coordinator"], run["out"]
-    assert run["distill_messages"] == [1, 2]  # after round 1's cycle, and in round 2 (distill_every) to the one central node
+    assert run["distill_messages"] == [1, 2]  # after round 1's cycle, and in round 2 (the last) to the one central node
     (cycle,) = list(coordinator.ledger.iter_entries(kind=EntryKind.HEADS_PRUNED))
     entries = _students(coordinator)
     assert [e.payload["round"] for e in entries] == [1, 2]
@@ -137,7 +138,7 @@ def test_round_accuracy_comes_from_the_central_node_with_the_head_mask(run: dict
 
 def test_a_resumed_run_records_the_student_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "crashed"
-    config = _config(rounds=2, distill_every=0)
+    config = _config(rounds=3)
     real_promote = rounds_module.promote_state
 
     def promote(checkpoint_dir: Path) -> None:
@@ -152,7 +153,9 @@ def test_a_resumed_run_records_the_student_once(tmp_path: Path, monkeypatch: pyt
     monkeypatch.undo()
     resumed = Coordinator.build(config, out)
     result = resumed.run(_grid([2001, 2008, 2015], out / "keys"), resume=True)
-    assert Counter(e.payload["round"] for e in _students(resumed)) == {1: 1}  # committed before the crash, not redone
-    assert [s["round"] for s in resumed.report_extra()["students"]["distilled"]] == [1]  # kept across the resume
-    assert "distilled" not in result.history[-1]  # round 2: target reached, no cycle, no periodic distillation
+    assert Counter(e.payload["round"] for e in _students(resumed)) == {1: 1, 3: 1}  # round 1's was committed before the crash
+    assert [s["round"] for s in resumed.report_extra()["students"]["distilled"]] == [1, 3]  # kept across the resume
+    assert [("distilled" in r) for r in result.history] == [False, True, False, True]  # round 2: target reached, no cycle
+    latest = json.loads((out / "edge-bundle" / "latest.json").read_text())
+    assert latest["round"] == 3 and load_bundle(out / latest["bundle"]).manifest_sha256 == latest["manifest_sha256"]
     assert resumed.ledger.verify().ok
