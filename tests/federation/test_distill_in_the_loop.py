@@ -159,3 +159,27 @@ def test_a_resumed_run_records_the_student_once(tmp_path: Path, monkeypatch: pyt
     latest = json.loads((out / "edge-bundle" / "latest.json").read_text())
     assert latest["round"] == 3 and load_bundle(out / latest["bundle"]).manifest_sha256 == latest["manifest_sha256"]
     assert resumed.ledger.verify().ok
+
+
+def test_a_round_redone_after_a_crash_before_its_commit_distils_once_into_its_own_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "crashed-early"
+    config = _config(rounds=1, central_evaluation="coordinator")
+    real_stage = rounds_module.stage_state
+
+    def stage(state, checkpoint_dir: Path) -> None:  # noqa: ANN001
+        raise Crash("killed after round 1's distillation, before its checkpoint and ledger commit")
+
+    monkeypatch.setattr(rounds_module, "stage_state", stage)
+    with pytest.raises(Crash):
+        Coordinator.build(config, out).run(_grid([1001, 1008, 1015], out / "keys"))
+    assert (out / "edge-bundle" / "round-1").is_dir() and not (out / "edge-bundle" / "latest.json").exists()
+    monkeypatch.setattr(rounds_module, "stage_state", real_stage)
+    resumed = Coordinator.build(config, out)
+    resumed.run(_grid([2001, 2008, 2015], out / "keys"), resume=True)
+    (entry,) = _students(resumed)  # the crashed round left nothing on the ledger; the redone one records once
+    assert entry.payload["round"] == 1
+    assert load_bundle(out / "edge-bundle" / "round-1").manifest_sha256 == entry.payload["manifest_sha256"]
+    assert json.loads((out / "edge-bundle" / "latest.json").read_text())["manifest_sha256"] == entry.payload["manifest_sha256"]
+    assert resumed.ledger.verify().ok
