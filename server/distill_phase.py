@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
+from sentinel.models.edge_bundle import BundleRunner, load_bundle
 from sentinel.models.fileio import write_text_atomically
 from sentinel.models.head_mask import pruned_of_mask
 from sentinel.models.loading import LoadedModel
@@ -191,6 +192,7 @@ class DistillationPhase(RoundObserver):
                 self.record(EntryKind.STUDENT_REJECTED, payload)
             return result
         m, spec, exported = result.chosen.metrics, result.chosen.spec, result.exported
+        manifest = load_bundle(exported.path).manifest
         payload = {
             "round": server_round,
             "node": exported.node,
@@ -208,11 +210,21 @@ class DistillationPhase(RoundObserver):
             "ffn_widths": {str(layer): int(width) for layer, width in sorted(spec.ffn_widths.items())},
             "student_parameters": int(exported.student_parameters),
             "teacher_parameters": int(exported.teacher_parameters),
+            "model_bytes": int(manifest.model_bytes),
+            "total_bytes": int(manifest.total_bytes),
             "rejected": dict(sorted(result.rejected.items())),
         }
-        self.last = dict(payload)
-        self.students.append(dict(payload))
         if self.record is not None:
             self.record(EntryKind.STUDENT_DISTILLED, payload)
+        measured = {**payload, "latency_ms": self._latency_ms(exported.path)}  # a measurement, not ledger evidence
+        self.last = dict(measured)
+        self.students.append(dict(measured))
         return result
+
+    def _latency_ms(self, bundle: Path) -> float:
+        """Median onnxruntime latency of the bundle on the coordinator: batch 1 × ``max_length`` tokens, one thread."""
+        from sentinel.models.cli_edge import measure_latency
+
+        runner = BundleRunner(bundle, intra_op_threads=1)
+        return round(float(measure_latency(runner, 1, self.config.max_length, runs=10, warmup=2).p50_ms), 4)
 

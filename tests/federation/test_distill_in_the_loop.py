@@ -116,6 +116,9 @@ def test_rows_and_report_carry_the_students(run: dict) -> None:
     for row, entry in zip(rows, _students(run["coordinator"]), strict=True):
         assert row["distilled"]["manifest_sha256"] == entry.payload["manifest_sha256"]
         assert row["distilled"]["kl_after"] == entry.payload["kl_after"]
+        assert row["distilled"]["latency_ms"] > 0 and "latency_ms" not in entry.payload  # measured, not ledger evidence
+        bundle = load_bundle(run["out"] / entry.payload["bundle"]).manifest
+        assert entry.payload["model_bytes"] == bundle.model_bytes > 0 and entry.payload["total_bytes"] == bundle.total_bytes
     section = run["coordinator"].report_extra()["students"]
     assert [s["round"] for s in section["distilled"]] == [1, 2] and section["latest"]["bundle"] == "edge-bundle/round-2"
     assert section["settings"]["steps"] == 4
