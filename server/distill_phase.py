@@ -4,7 +4,8 @@ The distillation phase runs after the plasticity decision (``server.rounds``,
 phase 6c), on the state the round puts in force. It is **due** when
 
 * a pruning cycle was accepted this round (the student of the new mask), or
-* heads are pruned and the round is divisible by ``distill_every`` (when > 0)
+* the student is smaller than its teacher (heads pruned, or FFN layers that
+  may be narrowed) and the round is divisible by ``distill_every`` (when > 0)
   or is the run's last (``rounds``): the student follows the adapter as it
   keeps training, and the run ends with a student of its final model (a run
   stopped early by patience ends without that last one),
@@ -146,13 +147,13 @@ class DistillationPhase(RoundObserver):
     # ------------------------------------------------------------ decide
 
     def due(self, server_round: int, state: GlobalState, pruned_this_round: bool) -> bool:
-        """Whether this round distils (module docstring): a pruning cycle now, or a periodic or last round while heads are pruned."""
+        """Whether this round distils (module docstring): a pruning cycle now, or a periodic or last round of a smaller student."""
         if not any(n.role == "central" for n in self.nodes):
             return False
         heads_pruned = state.head_mask is not None and bool((np.asarray(state.head_mask) == 0).any())
         periodic = self.config.distill_every > 0 and server_round % self.config.distill_every == 0
         periodic = periodic or server_round == self.config.rounds
-        return pruned_this_round or (periodic and heads_pruned)
+        return pruned_this_round or (periodic and (heads_pruned or bool(self.ffn_layers())))
 
     def ffn_layers(self) -> list[int]:
         """Layers whose FFN the student may narrow: every central node may ``prune`` ``layer.{i}.ffn`` (all without consent)."""

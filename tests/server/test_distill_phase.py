@@ -36,6 +36,7 @@ def test_distillation_is_due_after_a_cycle_and_periodically_or_last_while_heads_
     assert not phase.due(4, _state(pruned=False), pruned_this_round=False)  # nothing pruned: the student is the teacher
     assert phase.due(10, _state(pruned=True), pruned_this_round=False)  # the run's last round
     assert not _phase(tmp_path, rounds=10).due(4, _state(pruned=True), pruned_this_round=False)  # distill_every 0: off
+    assert _phase(tmp_path, rounds=10, distill_ffn_keep=0.5).due(10, _state(pruned=False), pruned_this_round=False)  # FFN only
     phase.on_nodes([n for n in NODES if n.role != "central"])
     assert not phase.due(3, _state(pruned=True), pruned_this_round=True)  # no central node to distil
 
