@@ -256,7 +256,12 @@ class Coordinator:
         )
 
     def _max_val_examples(self, node: NodeInfo) -> int:
-        """The most held-out examples a central node can evaluate on: its partition's validation split."""
+        """The most held-out examples a central node can evaluate on: its partition's validation split.
+
+        A node on its own dataset has no partition here: the size it declared bounds it.
+        """
+        if node.own_data:
+            return int(node.declared_examples or 0)
         if 0 <= node.partition_id < len(self.val_sizes):
             return self.val_sizes[node.partition_id]
         return 0  # a partition the coordinator does not know: every evaluation claim is refused

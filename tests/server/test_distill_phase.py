@@ -65,3 +65,18 @@ def test_restore_and_report_keep_the_students(tmp_path: Path) -> None:
     phase.restore({})
     assert phase.report()["students"]["latest"] is None
     assert bundle_dir_of(tmp_path, 7) == tmp_path / "edge-bundle" / "round-7"
+
+
+def test_a_central_nodes_evaluation_is_bounded_by_its_validation_split_or_its_declared_size(tmp_path: Path) -> None:
+    from sentinel.client.data.federated import federated_split, node_train_val
+    from sentinel.server.coordinator import Coordinator
+
+    from tests.federation.conftest import tiny_config
+
+    config = tiny_config()
+    coordinator = Coordinator.build(config, tmp_path / "run", accountable=False)
+    data = federated_split(config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed)
+    central = NodeInfo(12, 1, "central", "b")
+    assert coordinator._max_val_examples(central) == len(node_train_val(data, 1, config.val_fraction, config.seed)[1]) > 0
+    assert coordinator._max_val_examples(NodeInfo(12, 9, "central", "b")) == 0  # a partition the coordinator does not know
+    assert coordinator._max_val_examples(NodeInfo(12, 1, "central", "b", declared_examples=40, own_data=True)) == 40
