@@ -22,6 +22,7 @@ payload, so the coordinator cannot forge or alter it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,11 +77,17 @@ def candidate_model(base: LoadedModel, deltas: dict[str, np.ndarray], head: dict
 
 
 def masked_reading(model: torch.nn.Module, batches: Sequence[Batch], mask: np.ndarray | None) -> ModelReading:
-    """`read_model` of ``model`` with the global head mask applied (none: all heads on); the model is left unmasked."""
+    """`read_model` of ``model`` with the global head mask applied (none: all heads on); the model is left unmasked.
+
+    A pruned head's attention is still computed (the mask gates its output), so
+    its entropy is set to 0 in the reading: a change to a pruned head's query or
+    key weights, which cannot change the model's outputs, shifts no entropy.
+    """
     if mask is None:
         return read_model(model, batches)
     with apply_head_mask(model, mask):
-        return read_model(model, batches)
+        reading = read_model(model, batches)
+    return dataclasses.replace(reading, entropy=np.where(mask > 0, reading.entropy, 0.0).astype(reading.entropy.dtype))
 
 
 def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) -> dict[str, str]:

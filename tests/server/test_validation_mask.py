@@ -144,3 +144,24 @@ def test_a_head_mask_that_does_not_fit_the_model_is_refused(
     )
     with pytest.raises(HeadMaskError, match=match):
         validate_candidates(content, base, VAL, None, VALIDATOR.key_id, generate_private_key(), torch.device("cpu"))
+
+
+def test_a_change_to_a_pruned_heads_query_shifts_no_entropy(base: LoadedModel, state: GlobalState) -> None:
+    import copy
+
+    from sentinel.client.validation import masked_reading
+    from sentinel.models.validation import compare
+
+    reference = materialise(base, state.deltas, state.head).eval()
+    changed = copy.deepcopy(reference)
+    query = changed.bert.encoder.layer[0].attention.self.query.weight
+    head_dim = query.shape[0] // model_layout(base.model).num_heads
+    with torch.no_grad():
+        query[:head_dim] += 5.0 * torch.randn(head_dim, query.shape[1], generator=torch.Generator().manual_seed(3))
+    batches = list(iter_batches(base.tokenizer, VAL, BATCH, MAX_LENGTH))
+    mask = _mask(base)  # head 0 of layer 0 is pruned
+    unmasked = compare(masked_reading(reference, batches, None), masked_reading(changed, batches, None))
+    assert abs(unmasked.entropy_shift[0, 0]) > 1e-3  # with all heads on, the change does move head 0's attention
+    masked = compare(masked_reading(reference, batches, mask), masked_reading(changed, batches, mask))
+    np.testing.assert_array_equal(masked.entropy_shift, np.zeros_like(masked.entropy_shift))
+    assert masked.loss_change == pytest.approx(0.0, abs=1e-6)  # and the served model's outputs do not change
