@@ -297,8 +297,9 @@ class PlasticityPhase(RoundObserver):
             new_mask[layer, h] = 1.0
         grown = _with_mask(state, new_mask)
         after = evaluate(grown)
+        grown_heads = set(heads)
         for cycle in self.cycles:
-            cycle["heads"] = [hd for hd in cycle["heads"] if tuple(hd) not in set(heads)]
+            cycle["heads"] = [hd for hd in cycle["heads"] if tuple(hd) not in grown_heads]
         self.cycles = [c for c in self.cycles if c["heads"]]
         until = server_round + self.config.regrow_rounds
         self.boost = {"heads": [list(h) for h in heads], "until": until}

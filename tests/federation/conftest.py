@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,26 @@ def letters_task(path: Path, n: int = 900) -> Path:
 def letters_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A task tiny models learn (see :func:`letters_task`): honest updates share a direction, as on a real model."""
     return letters_task(tmp_path_factory.mktemp("letters") / "letters.csv")
+
+
+@pytest.fixture
+def kill_before_checkpoint(monkeypatch: pytest.MonkeyPatch) -> Callable[[int, type[BaseException]], None]:
+    """Arm a simulated kill of the coordinator between round N's ledger commit and its checkpoint.
+
+    ``arm(server_round, error)`` makes ``promote_state`` raise ``error`` when the
+    staged checkpoint is round ``server_round``'s; ``monkeypatch.undo()`` disarms it.
+    """
+    import sentinel.server.rounds as rounds_module
+
+    real_promote = rounds_module.promote_state
+
+    def arm(server_round: int, error: type[BaseException]) -> None:
+        def promote(checkpoint_dir: Path) -> None:
+            staged = json.loads((checkpoint_dir / "pending" / "state.json").read_text())
+            if staged["round"] == server_round:
+                raise error(f"killed between round {server_round}'s ledger commit and its checkpoint")
+            real_promote(checkpoint_dir)
+
+        monkeypatch.setattr(rounds_module, "promote_state", promote)
+
+    return arm

@@ -139,18 +139,10 @@ def test_round_accuracy_comes_from_the_central_node_with_the_head_mask(run: dict
     assert coordinator.evaluator.metrics(state).num_examples != expected.num_examples  # not the coordinator's test set
 
 
-def test_a_resumed_run_records_the_student_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resumed_run_records_the_student_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_before_checkpoint) -> None:
     out = tmp_path / "crashed"
     config = _config(rounds=3)
-    real_promote = rounds_module.promote_state
-
-    def promote(checkpoint_dir: Path) -> None:
-        staged = json.loads((checkpoint_dir / "pending" / "state.json").read_text())
-        if staged["round"] == 1:
-            raise Crash("killed between round 1's ledger commit and its checkpoint")
-        real_promote(checkpoint_dir)
-
-    monkeypatch.setattr(rounds_module, "promote_state", promote)
+    kill_before_checkpoint(1, Crash)
     with pytest.raises(Crash):
         Coordinator.build(config, out).run(_grid([1001, 1008, 1015], out / "keys"))
     monkeypatch.undo()

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import sentinel.server.rounds as rounds_module
 from sentinel.ledger.kinds import EntryKind
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.coordinator import Coordinator
@@ -86,7 +85,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return _summary(out, coordinator)
 
 
-def _crash_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> tuple[Path, Coordinator]:
+def _crash_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_before_checkpoint, where: str) -> tuple[Path, Coordinator]:  # noqa: ANN001
     out = tmp_path / where
     config = _config()
     if where == "training":
@@ -100,15 +99,7 @@ def _crash_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: s
 
         monkeypatch.setattr(LocalGrid, "send_and_receive", send_and_receive)
     else:
-        real_promote = rounds_module.promote_state
-
-        def promote(checkpoint_dir: Path) -> None:
-            staged = json.loads((checkpoint_dir / "pending" / "state.json").read_text())
-            if staged["round"] == 2:
-                raise Crash("killed between round 2's ledger commit and its checkpoint")
-            real_promote(checkpoint_dir)
-
-        monkeypatch.setattr(rounds_module, "promote_state", promote)
+        kill_before_checkpoint(2, Crash)
     with pytest.raises(Crash):
         Coordinator.build(config, out).run(_grid(IDS, out / "keys"))
     monkeypatch.undo()
@@ -119,9 +110,9 @@ def _crash_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: s
 
 @pytest.mark.parametrize("where", ["training", "between-ledger-and-checkpoint"])
 def test_a_resumed_run_records_every_round_once_and_matches_an_uninterrupted_one(
-    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict, kill_before_checkpoint
 ) -> None:
-    out, resumed = _crash_then_resume(tmp_path, monkeypatch, where)
+    out, resumed = _crash_then_resume(tmp_path, monkeypatch, kill_before_checkpoint, where)
     got = _summary(out, resumed)
     assert got["registered"] == 3  # every node kept its identity across the restart
     assert got["rounds_started"] == {1: 1, 2: 1, 3: 1}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sentinel.server.rounds as rounds_module
 from sentinel.protos import messages as P
 from sentinel.protos.vocabulary import EntryKind, parse_component
 from sentinel.server.config import FederationConfig, RoleProfile
@@ -140,19 +139,11 @@ def test_a_default_run_has_no_plasticity(tiny_config) -> None:  # noqa: ANN001
 
 
 def test_a_resumed_run_records_each_decision_once_and_keeps_the_global_importance(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict, kill_before_checkpoint
 ) -> None:
     out = tmp_path / "crashed"
     config = _config()
-    real_promote = rounds_module.promote_state
-
-    def promote(checkpoint_dir: Path) -> None:
-        staged = json.loads((checkpoint_dir / "pending" / "state.json").read_text())
-        if staged["round"] == 2:
-            raise Crash("killed between round 2's ledger commit and its checkpoint")
-        real_promote(checkpoint_dir)
-
-    monkeypatch.setattr(rounds_module, "promote_state", promote)
+    kill_before_checkpoint(2, Crash)
     with pytest.raises(Crash):
         Coordinator.build(config, out).run(_grid([1001, 1008, 1015], out / "keys"))
     monkeypatch.undo()
