@@ -179,6 +179,7 @@ def marked(lines: Iterator[str] | Sequence[str], mark: str) -> str | None:
 
 def write_local_report(out: Path, report: dict[str, Any]) -> None:
     """``report.json`` and the plots in ``out``, from the report the coordinator logged."""
+    from sentinel.server.plasticity_plot import has_heads, plot_heads
     from sentinel.server.report import plot_metric, write_json_atomically
 
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +188,8 @@ def write_local_report(out: Path, report: dict[str, Any]) -> None:
     if history:
         plot_metric(history, "accuracy", int(report.get("best_round", 0)), out / "accuracy.png", "Central test accuracy")
         plot_metric(history, "loss", int(report.get("best_round", 0)), out / "loss.png", "Central test loss")
+    if has_heads(history):
+        plot_heads(history, out / "heads.png")
 
 
 def submit_and_follow(

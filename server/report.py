@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sentinel.server.config import FederationConfig  # noqa: E402
+from sentinel.server.plasticity_plot import has_heads, plot_heads  # noqa: E402
 from sentinel.server.rounds import RunResult  # noqa: E402
 
 
@@ -64,13 +65,15 @@ def plot_metric(history: list[dict[str, Any]], key: str, best_round: int, path: 
 
 
 def write_report(out_dir: Path, config: FederationConfig, result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``report.json``, ``accuracy.png`` and ``loss.png`` into ``out_dir``."""
+    """Write ``report.json``, ``accuracy.png`` and ``loss.png`` into ``out_dir`` (and ``heads.png`` when plasticity was on)."""
     report = build_report(config, result, extra)
     write_json_atomically(out_dir / "report.json", report)
     plot_metric(result.history, "accuracy", result.best_round, out_dir / "accuracy.png", "Central test accuracy")
     plot_metric(result.history, "loss", result.best_round, out_dir / "loss.png", "Central test loss")
     if any("detection" in r for r in result.history):
         plot_detection(result.history, out_dir / "detection.png")
+    if has_heads(result.history):
+        plot_heads(result.history, out_dir / "heads.png")
     return report
 
 
