@@ -25,6 +25,20 @@ What it does, on ``uci-sentiment:../shared/data/sentiment-labelled-sentences`` w
    from other processes on a shared machine hits every bundle alike; ratios
    are more trustworthy than absolute numbers.
 
+5. ``--federated`` (on by default; ``--no-federated`` skips it): arm (a) as
+   the issue states it, federated plasticity with distillation. One real
+   federation through ``server.simulate.simulate`` (the code path of
+   ``sentinel simulate``): ``--fed-nodes`` nodes (edge, central, gpu, ...),
+   plasticity and distillation on, pruning progressively by consensus
+   (``--fed-step`` of the heads every ``--fed-rounds-per-cycle`` rounds, toward
+   ``--fed-target``), the central node distilling the pruned student after
+   every cycle (FFN narrowed to ``--fed-ffn-keep`` by a policy that lets
+   central nodes ``prune`` FFNs). From the run: its report (rows, students),
+   the federated teacher (the final global model, all heads, from the
+   checkpoint) and every cycle's edge bundle (``<out>/federated/run/edge-bundle/round-N``),
+   evaluated by onnxruntime on the same held-out test subset as the other arms
+   (a subset of the federation's own held-out set: checked) and timed with them.
+
 Writes ``results.json``, ``results.md`` (tables, targets, what was cut) and
 ``pruning.png`` under ``--out``. Every size that was reduced to fit 90 minutes
 on 2 cores is printed at the start and recorded under ``cuts``.
@@ -90,6 +104,16 @@ def _args() -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=64, help="tokens per sequence for latency")
     p.add_argument("--latency-runs", type=int, default=15, help="timed round-robin rounds per batch size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--federated", action=argparse.BooleanOptionalAction, default=True, help="arm (a) federated: a real federation (default: on)")
+    p.add_argument("--fed-nodes", type=int, default=3, help="federation nodes (roles edge, central, then gpu)")
+    p.add_argument("--fed-partition", default="iid", help="how the federation splits the data (iid | by-domain | dirichlet)")
+    p.add_argument("--fed-rounds-per-cycle", type=int, default=2, help="rounds between pruning cycles (prune_every)")
+    p.add_argument("--fed-step", type=float, default=0.21, help="share of all heads one cycle prunes (MiniLM: 15 of 72)")
+    p.add_argument("--fed-target", type=float, default=0.62, help="target sparsity (MiniLM: 44 of 72 heads after 3 cycles)")
+    p.add_argument("--fed-local-steps", type=int, default=20, help="local steps per node and round")
+    p.add_argument("--fed-lr", type=float, default=2e-3, help="nodes' LoRA learning rate")
+    p.add_argument("--fed-distill-steps", type=int, default=60, help="distillation steps on the central node per student")
+    p.add_argument("--fed-ffn-keep", type=float, default=0.5, help="FFN width the federated students keep (distill_ffn_keep)")
     return p.parse_args()
 
 
@@ -206,6 +230,161 @@ def _latency(paths: dict[str, Path], args: argparse.Namespace, start: float) -> 
     return out
 
 
+# ---------------------------------------------------------------- (a) federated
+
+FED_FFN_RULE = {"name": "benchmark-central-nodes-narrow-ffns", "match": {"kind": "ffn"}, "grant": {"prune": {"roles": ["central"]}}}
+"""Added to the built-in policy for arm (a): central nodes may ``prune`` FFNs (the built-in policy lets no one)."""
+
+
+def _fed_policy(path: Path) -> Path:
+    """The built-in consent policy plus :data:`FED_FFN_RULE`, written to ``path``."""
+    import yaml
+    from sentinel.governance.policy_file import default_policy_text
+
+    policy = yaml.safe_load(default_policy_text())
+    policy["rules"].append(FED_FFN_RULE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def _fed_config(args: argparse.Namespace, policy: Path) -> Any:
+    """The federation of arm (a): plasticity and distillation on, one pruning cycle every ``--fed-rounds-per-cycle`` rounds."""
+    from sentinel.server.config import FederationConfig, RoleProfile
+
+    cycles = math.ceil(args.fed_target / args.fed_step - 1e-9)
+    rounds = args.fed_rounds_per_cycle * cycles
+    roles = (["edge", "central"] + ["gpu"] * args.fed_nodes)[: args.fed_nodes]
+    profile = {"batch_size": 16, "local_steps": args.fed_local_steps, "learning_rate": args.fed_lr}
+    return FederationConfig(
+        model=args.model, dataset=args.data, partition=args.fed_partition, nodes=args.fed_nodes, roles=roles, rounds=rounds,
+        seed=args.seed, patience=rounds, test_fraction=0.15, max_length=args.max_length, policy=str(policy), contribution="none",
+        profiles={"edge": RoleProfile(lora_rank=max(1, args.rank // 2), **profile), "gpu": RoleProfile(lora_rank=args.rank, **profile),
+                  "central": RoleProfile(lora_rank=args.rank, **profile)},
+        plasticity=True, prune_every=args.fed_rounds_per_cycle, prune_step=args.fed_step, target_sparsity=args.fed_target,
+        prune_rank_share=0.4, prune_vote_share=0.5, prune_tolerance=1.0,
+        distill=True, distill_every=0, distill_steps=args.fed_distill_steps, distill_learning_rate=args.distill_lr,
+        distill_temperature=args.temperature, distill_ffn_keep=args.fed_ffn_keep, distill_precision="fp32",
+    )
+
+
+def _federated(args: argparse.Namespace, test: list[Example], test_batches: list[dict[str, torch.Tensor]], num_labels: int,
+               label_names: list[str], start: float) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Arm (a): run the federation, then read its teacher, students and bundles (evaluated and timed by the caller)."""
+    import shutil
+
+    from rich.console import Console
+    from sentinel.client.data.federated import federated_split
+    from sentinel.models.global_model import materialise
+    from sentinel.server.checkpoints import load_state
+    from sentinel.server.simulate import simulate
+
+    root = args.out / "federated"
+    out = root / "run"
+    if out.exists():
+        shutil.rmtree(out)  # a fresh federation, never a resumed one
+    config = _fed_config(args, _fed_policy(root / "policy.yaml"))
+    split = federated_split(config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed)
+    held, trained = {e.text for e in split.test}, {e.text for part in split.partitions for e in part}
+    _log(start, f"(a) federated: {config.nodes} nodes {config.roles}, {config.rounds} rounds; simulating into {out}")
+    report = simulate(config, out, console=Console(width=120))
+    _log(start, "(a) federation done; federated teacher from the checkpoint")
+    base = load_base_model(args.model, num_labels=num_labels, seed=args.seed)  # fresh: the central teacher merges LoRA into its base
+    state = load_state(out / "checkpoint" / "last")
+    teacher = materialise(base, state.deltas, state.head).eval()
+    paths = {"fed-teacher-fp32": export_bundle(
+        teacher, base.tokenizer, args.out / "bundles" / "fed-teacher-fp32", name=f"{args.model}-federated-teacher",
+        labels=label_names, max_length=args.max_length, precision="fp32", model_card={"teacher": "federated global model"},
+    )}
+    total = int(np.prod(np.shape(report["plasticity"]["importance"]["values"])))
+    students = []
+    for s in report["students"]["distilled"]:
+        share = len(s["pruned_heads"]) / total
+        entry: dict[str, Any] = {"round": s["round"], "share": share, "heads_pruned": len(s["pruned_heads"])}
+        if not s.get("bundle"):
+            students.append(entry | {"rejected": s.get("rejected")})
+            continue
+        name = f"fed-r{s['round']}-{int(round(100 * share))}-{s['precision']}"
+        paths[name] = out / s["bundle"]
+        students.append(entry | {
+            "bundle": name, "ffn_widths": s["ffn_widths"], "kl_before": s["kl_before"], "kl_after": s["kl_after"],
+            "central_student_accuracy": s["student_accuracy"], "central_teacher_accuracy": s["teacher_accuracy"],
+            "student_parameters": s["student_parameters"], "teacher_parameters": s["teacher_parameters"],
+            "coordinator_latency_ms": s["latency_ms"], "steps": s["steps"], "reverted": s["reverted"],
+        })
+    section = {
+        "settings": json.loads(config.model_dump_json()) | {"policy_rule_added": FED_FFN_RULE},
+        "out": str(out),
+        "test_in_federation_holdout": sum(e.text in held for e in test) / len(test),
+        "test_texts_in_node_partitions": sum(e.text in trained for e in test),
+        "teacher": {"accuracy": _accuracy(teacher, test_batches), "round": state.round, "heads": "all (base + final global ΔW)"},
+        "rows": [{k: r.get(k) for k in ("round", "accuracy", "loss", "pruned_heads", "sparsity", "heads_per_layer")} for r in report["rounds"]],
+        "students": students,
+        "heads_png": str(out / "heads.png"),
+    }
+    _log(start, f"(a) federated teacher accuracy {section['teacher']['accuracy']:.3f}; {len(paths) - 1} student bundle(s)")
+    return section, paths
+
+
+def _fed_markdown(report: dict[str, Any]) -> list[str]:
+    fed = report.get("federated")
+    if not fed:
+        return []
+    ref, base = report["bundles"]["fed-teacher-fp32"], report["bundles"]["teacher-fp32"]
+    lines = [
+        "", "## (a) federated plasticity with distillation", "",
+        f"One federation (`server.simulate`): {fed['settings']['nodes']} nodes {fed['settings']['roles']}, {fed['settings']['rounds']} rounds, "
+        f"{fed['settings']['partition']} split, a pruning cycle every {fed['settings']['prune_every']} rounds toward "
+        f"{fed['settings']['target_sparsity']:.0%}, the central node distilling each cycle's student ({fed['settings']['distill_steps']} steps, "
+        f"FFN kept {fed['settings']['distill_ffn_keep']:.0%}). Federated teacher (final global model, all heads): torch "
+        f"{fed['teacher']['accuracy']:.3f}, onnxruntime {ref['accuracy']:.3f} on the test subset "
+        f"({fed['test_in_federation_holdout']:.0%} of it in the federation's held-out set; {fed['test_texts_in_node_partitions']} of its texts "
+        f"also occur in node partitions). Speed-up and size against the unpruned fp32 bundle (`teacher-fp32`); heads per layer: `{fed['heads_png']}`.",
+        "",
+        "| round | heads pruned | FFN widths | student (ort, test) | Δ vs fed teacher | central node: student / teacher | KL before → after | params | size vs fp32 | b1 speed-up | b32 speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in fed["students"]:
+        if "bundle" not in s:
+            lines.append(f"| {s['round']} | {s['share']:.0%} ({s['heads_pruned']}) | rejected: {s.get('rejected')} | | | | | | | | |")
+            continue
+        b = report["bundles"][s["bundle"]]
+        widths = sorted(set(s["ffn_widths"].values())) or "full"
+        lines.append(
+            f"| {s['round']} | {s['share']:.0%} ({s['heads_pruned']}) | {widths} | {b['accuracy']:.3f} | {100 * (b['accuracy'] - ref['accuracy']):+.1f} pt | "
+            f"{s['central_student_accuracy']:.3f} / {s['central_teacher_accuracy']:.3f} | {s['kl_before']:.3f} → {s['kl_after']:.3f} | "
+            f"{b['parameters']:,} | {b['model_bytes'] / base['model_bytes']:.0%} | {base['b1_p50_ms'] / b['b1_p50_ms']:.2f}x | "
+            f"{base['b32_p50_ms'] / b['b32_p50_ms']:.2f}x |"
+        )
+    lines += ["", "Rounds (coordinator's held-out set, the global model with the round's head mask):", "",
+              "| round | accuracy | heads pruned | live heads per layer |", "|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['accuracy']:.3f} | {r['pruned_heads']} | {r['heads_per_layer']} |" for r in fed["rows"]]
+    return lines
+
+
+def _fed_targets(report: dict[str, Any]) -> list[str]:
+    fed = report.get("federated")
+    if not fed:
+        return ["(a) federated: not run (--no-federated)"]
+    ref, base = report["bundles"]["fed-teacher-fp32"], report["bundles"]["teacher-fp32"]
+    done = [(s, report["bundles"][s["bundle"]]) for s in fed["students"] if "bundle" in s]
+    ok = [s for s, b in done if s["share"] >= 0.4 and b["accuracy"] >= ref["accuracy"] - 0.01]
+    best = max((b["accuracy"] for s, b in done if s["share"] >= 0.4), default=None)
+    out = [
+        "(a) federated: ≥40% heads pruned with ≤1 point loss after distillation (vs the federated teacher, onnxruntime): "
+        + (f"MET (at {max(s['share'] for s in ok):.0%})" if ok else f"MISSED (best at ≥40%: {best:.3f} vs {ref['accuracy']:.3f})" if best is not None
+           else "MISSED (no student at ≥40%)")
+    ]
+    hits = [
+        s["bundle"] for s, b in done
+        if base["b1_p50_ms"] / b["b1_p50_ms"] >= 2 and base["b32_p50_ms"] / b["b32_p50_ms"] >= 2
+        and b["model_bytes"] <= 0.4 * base["model_bytes"] and b["accuracy"] >= ref["accuracy"] - 0.01
+    ]
+    out.append("(a) federated edge bundle ≥2x faster at batch 1 and 32, ≤40% of the size, ≤1 point loss: "
+               + (f"MET by {', '.join(hits)}" if hits else "MISSED (see the (a) federated table)"))
+    return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -244,6 +423,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{base['b1_p50_ms'] / b['b1_p50_ms']:.2f}x | {b['b32_p50_ms']:.0f} | {base['b32_p50_ms'] / b['b32_p50_ms']:.2f}x | "
             f"{b['b1_p95_ms']:.1f} | {b['b32_p95_ms']:.0f} |"
         )
+    lines += _fed_markdown(report)
     lines += ["", "## Targets", ""] + [f"- {t}" for t in report["targets"]]
     lines += ["", "## Cut to fit the time budget", ""] + [f"- {c}" for c in report["cuts"]]
     return "\n".join(lines) + "\n"
@@ -261,7 +441,7 @@ def _targets(report: dict[str, Any]) -> list[str]:
     base = report["bundles"]["teacher-fp32"]
     hits = []
     for name, b in report["bundles"].items():
-        if name.startswith("teacher"):
+        if name.startswith(("teacher", "fed-")):
             continue
         fast = base["b1_p50_ms"] / b["b1_p50_ms"] >= 2 and base["b32_p50_ms"] / b["b32_p50_ms"] >= 2
         small = b["model_bytes"] <= 0.4 * base["model_bytes"]
@@ -272,7 +452,7 @@ def _targets(report: dict[str, Any]) -> list[str]:
         "edge bundle ≥2x faster at batch 1 and 32, ≤40% of the size, ≤1 point accuracy loss (onnxruntime): "
         + (f"MET by {', '.join(hits)}" if hits else "MISSED (see the bundle table for which of speed, size, accuracy fell short)")
     )
-    return out
+    return out + _fed_targets(report)
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -287,6 +467,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     for key, label in [("a_distilled", "(a) importance + FFN + distil"), ("b_no_distill", "(b) importance + FFN"),
                        ("c_importance", "(c) importance, heads only"), ("c_magnitude", "(c) magnitude"), ("c_random", "(c) random")]:
         left.plot(shares, [r[key] for r in rows], marker="o", label=label)
+    fed = report.get("federated")
+    if fed:
+        done = [s for s in fed["students"] if "bundle" in s]
+        left.plot([0.0] + [100 * s["share"] for s in done],
+                  [report["bundles"]["fed-teacher-fp32"]["accuracy"]] + [report["bundles"][s["bundle"]]["accuracy"] for s in done],
+                  marker="D", color="black", label="(a) federated + distil (ort)")
     left.axhline(report["teacher"]["accuracy"] - 0.01, color="grey", linestyle=":", label="teacher − 1 pt")
     left.set(xlabel="heads pruned (%)", ylabel="test accuracy", title="accuracy vs heads pruned")
     left.legend(fontsize=8)
@@ -322,6 +508,13 @@ def main() -> None:  # noqa: PLR0915 - one script, read top to bottom
         f"gradient importance on {args.importance_examples} train examples",
         "heads-only (c) students are evaluated in torch only (not exported or timed)",
     ]
+    if args.federated:
+        cuts += [
+            f"(a) federated: {args.fed_nodes} nodes, {args.fed_rounds_per_cycle} rounds per pruning cycle, {args.fed_local_steps} local steps "
+            f"of 16 per node and round, {args.fed_distill_steps} distillation steps per student; contribution scoring off",
+            "(a) federated: one progressive run (each cycle's student recorded) instead of one run per share; prune_tolerance 1.0 "
+            "(no revert/regrowth gate, so every share is reached and measured); one FFN width for every student",
+        ]
     print("Cut to fit 90 minutes on 2 shared cores:\n  " + "\n  ".join(cuts), flush=True)
 
     dataset = load_labelled_dataset(args.data, seed=args.seed)
@@ -332,6 +525,10 @@ def main() -> None:  # noqa: PLR0915 - one script, read top to bottom
     test_batches = _length_batches(base, test, args, labels=True, seed=None)
     _log(start, f"data: {len(train)} train, {len(test)} test; teacher training")
 
+    fed_section, fed_paths = (None, {})
+    if args.federated:
+        fed_section, fed_paths = _federated(args, test, test_batches, len(dataset.label_names), list(dataset.label_names), start)
+
     teacher = _teacher(base, train, args, start)
     teacher_params = count_parameters(teacher)
     report: dict[str, Any] = {
@@ -340,6 +537,7 @@ def main() -> None:  # noqa: PLR0915 - one script, read top to bottom
         "sizes": {"train": len(train), "test": len(test)}, "threads": args.threads, "cuts": cuts,
         "onnxruntime": ort.__version__, "torch": torch.__version__, "machine": platform.machine(),
         "teacher": {"accuracy": _accuracy(teacher, test_batches), "parameters": teacher_params}, "rows": [], "bundles": {},
+        "federated": fed_section,
     }
     _log(start, f"teacher accuracy {report['teacher']['accuracy']:.3f}; head scores")
 
@@ -400,6 +598,7 @@ def main() -> None:  # noqa: PLR0915 - one script, read top to bottom
                 labels=dataset.label_names, max_length=args.max_length, precision=precision, model_card=card,
                 teacher_parameters=teacher_params,
             )
+    paths.update(fed_paths)
     _log(start, "bundles exported; onnxruntime accuracy")
     for name, path in paths.items():
         report["bundles"][name] = _bundle_row(path, test, args.threads)
