@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example, load_examples
@@ -137,7 +138,22 @@ class RoundInputs:
     """The factor to train in the shared frame (``client.frames``); None: a fresh adapter."""
 
 
-def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInstruction, LoadedModel, list[Example], list[Example]]:
+def node_data(ident: NodeIdentity, ins: TrainInstruction) -> tuple[list[Example], list[Example], int]:
+    """This node's train and validation examples and the run's label count (its own dataset, or its partition of the run's)."""
+    if ident.dataset:  # this node's own data (`sentinel node --dataset`): all of it is the node's
+        num_labels = ins.num_labels
+        if num_labels is None:
+            raise ValueError("the coordinator did not send `num-labels`, which a node with its own dataset needs")
+        train_set, val_set = own_train_val(ident.dataset, num_labels, ins.val_fraction, ins.run_seed, ident.partition_id)
+        return train_set, val_set, num_labels
+    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
+    train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+    return train_set, val_set, data.num_labels
+
+
+def node_inputs(
+    msg: Message, context: Context
+) -> tuple[NodeIdentity, TrainInstruction, LoadedModel, list[Example], list[Example]]:
     """Validate the message's config and load (cached) the base model and this node's train and validation data.
 
     The base model is built with the run's seed, as the coordinator builds it, so
@@ -145,15 +161,7 @@ def node_inputs(msg: Message, context: Context) -> tuple[NodeIdentity, TrainInst
     """
     ident = node_identity(context)
     ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
-    if ident.dataset:  # this node's own data (`sentinel node --dataset`): all of it is the node's
-        num_labels = ins.num_labels
-        if num_labels is None:
-            raise ValueError("the coordinator did not send `num-labels`, which a node with its own dataset needs")
-        train_set, val_set = own_train_val(ident.dataset, num_labels, ins.val_fraction, ins.run_seed, ident.partition_id)
-    else:
-        data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
-        train_set, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
-        num_labels = data.num_labels
+    train_set, val_set, num_labels = node_data(ident, ins)
     base = cached_base_model(ins.model, num_labels, ins.run_seed)
     return ident, ins, base, train_set, val_set
 
@@ -288,15 +296,14 @@ def _bundle_runner(directory: str, manifest_sha256: str) -> BundleRunner:
     return BundleRunner(directory)
 
 
-def _bundle_evaluate_reply(msg: Message, ident: NodeIdentity, ins: TrainInstruction, directory: str) -> Message:
-    """The evaluate reply of an edge node from its edge bundle (onnxruntime; the base model is never loaded)."""
+def _bundle_evaluate_reply(msg: Message, ident: NodeIdentity, ins: TrainInstruction, directory: str | Path) -> Message:
+    """The evaluate reply of an edge node from an edge bundle (onnxruntime; the base model is never loaded)."""
     from sentinel.client.edge import evaluate_bundle
     from sentinel.client.evaluation import edge_metric_values
 
-    data = federated_split(ins.dataset, ins.num_partitions, ins.partition, ins.dirichlet_alpha, ins.test_fraction, ins.run_seed)
-    _, val_set = node_train_val(data, ident.partition_id, ins.val_fraction, ins.run_seed)
+    _, val_set, _ = node_data(ident, ins)
     digest = manifest_sha256(directory)
-    result = evaluate_bundle(_bundle_runner(directory, digest), val_set, batch_size=ins.batch_size * 2)
+    result = evaluate_bundle(_bundle_runner(str(directory), digest), val_set, batch_size=ins.batch_size * 2)
     content = RecordDict(
         {
             P.REC_METRICS: MetricRecord(edge_metric_values(result, val_set)),
@@ -304,6 +311,36 @@ def _bundle_evaluate_reply(msg: Message, ident: NodeIdentity, ins: TrainInstruct
         }
     )
     return Message(content, reply_to=msg)
+
+
+@app.evaluate("edge")
+def evaluate_edge(msg: Message, context: Context) -> Message:
+    """Edge nodes only: install the delivered edge bundle when one came with the message, then evaluate it.
+
+    The bundle to evaluate is the one whose manifest hash the config names
+    (``bundle-manifest-sha256``, the hash on the ledger). Delivered files are
+    verified before they are installed (``client.edge_install``); a node asked
+    about a bundle it does not hold and was not sent fails with that reason,
+    and the coordinator sends it the files.
+    """
+    from sentinel.client.edge_install import bundle_store_dir, install_bundle, installed_bundle
+    from sentinel.protos.records import bundle_files_of
+
+    ident = node_identity(context)
+    ins = TrainInstruction.model_validate(dict(msg.content[P.REC_CONFIG]))
+    if (ident.role or ins.role) != "edge":
+        raise PermissionError(f"`{P.MSG_EDGE_EVALUATE}` is for edge nodes; this node's role is {ident.role or ins.role!r}")
+    digest = str(msg.content[P.REC_CONFIG].get(P.C_BUNDLE_SHA256, ""))
+    key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
+    store = bundle_store_dir(ident.edge_bundle_dir, ident.node_keys, ident.partition_id, key_id(key))
+    if P.REC_BUNDLE in msg.content:
+        directory = install_bundle(store, digest, bundle_files_of(cast(ArrayRecord, msg.content[P.REC_BUNDLE])))
+    else:
+        found = installed_bundle(store, digest)
+        if found is None:
+            raise FileNotFoundError(f"edge bundle {digest[:12]} is not installed on this node and was not sent")
+        directory = found
+    return _bundle_evaluate_reply(msg, ident, ins, directory)
 
 
 class DistillInstruction(BaseModel):
@@ -392,4 +429,16 @@ def validate(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-__all__ = ["DistillInstruction", "RoundInputs", "TrainInstruction", "app", "local_update", "node_inputs", "resolve_round", "key_id", "signed_update_reply", "update_reply"]
+__all__ = [
+    "DistillInstruction",
+    "RoundInputs",
+    "TrainInstruction",
+    "app",
+    "local_update",
+    "node_data",
+    "node_inputs",
+    "resolve_round",
+    "key_id",
+    "signed_update_reply",
+    "update_reply",
+]

@@ -52,6 +52,11 @@ class NodeIdentity(BaseModel):
         ge=0,
         description="Training examples this node declares at registration: the most it may claim per round; None: not declared.",
     )
+    edge_bundle_dir: str | None = Field(
+        default=None,
+        alias="edge-bundle-dir",
+        description="Where this edge node keeps the bundles the coordinator delivers; None: beside its key or the user cache.",
+    )
 
 
 SIMULATED_KEYS = "node-keys"

@@ -143,6 +143,16 @@ RUNTIME_ONNX: Final = "onnxruntime"
 NODE_EDGE_BUNDLE: Final = "edge-bundle"
 """Node-config key (the operator's): directory of the edge bundle an edge node answers evaluation from."""
 
+# Edge deployment: the coordinator delivers the newest edge bundle to edge nodes and they evaluate it.
+MSG_EDGE_EVALUATE: Final = "evaluate.edge"
+"""An edge node evaluates the bundle ``C_BUNDLE_SHA256`` names (delivered in ``REC_BUNDLE`` when it may lack it) through onnxruntime."""
+C_BUNDLE_SHA256: Final = "bundle-manifest-sha256"
+"""In an ``evaluate.edge`` config: the manifest hash of the bundle to evaluate (the ledger's ``student_distilled`` hash)."""
+REC_BUNDLE: Final = "bundle"
+"""ArrayRecord of an ``evaluate.edge`` message: the bundle's files as uint8 arrays keyed by relative path (``protos.records.bundle_record``)."""
+NODE_EDGE_BUNDLE_DIR: Final = "edge-bundle-dir"
+"""Node-config key (the operator's): where an edge node keeps the bundles delivered to it (default: beside its key, or the user cache)."""
+
 # Distillation on central nodes: teacher = base + global adapter (the view in REC_ARRAYS), all heads;
 # student = the teacher with the view's head mask applied physically and FFNs narrowed where consent allows.
 MSG_DISTILL: Final = "train.distill"

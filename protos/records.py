@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -40,9 +41,9 @@ def parse_global_view(
     arrays: Mapping[str, np.ndarray],
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray], np.ndarray | None]:
     """Inverse of :func:`global_view_record`: (module → (A, B), head parameters, head mask)."""
-    a = {k[len(KEY_LORA_A):]: v for k, v in arrays.items() if k.startswith(KEY_LORA_A)}
-    b = {k[len(KEY_LORA_B):]: v for k, v in arrays.items() if k.startswith(KEY_LORA_B)}
-    head = {k[len(KEY_HEAD):]: v for k, v in arrays.items() if k.startswith(KEY_HEAD)}
+    a = {k[len(KEY_LORA_A) :]: v for k, v in arrays.items() if k.startswith(KEY_LORA_A)}
+    b = {k[len(KEY_LORA_B) :]: v for k, v in arrays.items() if k.startswith(KEY_LORA_B)}
+    head = {k[len(KEY_HEAD) :]: v for k, v in arrays.items() if k.startswith(KEY_HEAD)}
     mask = arrays.get(KEY_HEAD_MASK)
     unknown = [k for k in arrays if not k.startswith((KEY_LORA_A, KEY_LORA_B, KEY_HEAD)) and k != KEY_HEAD_MASK]
     if unknown:
@@ -68,3 +69,25 @@ def parse_dense_state(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.nd
     deltas = {k[len(KEY_DELTA) :]: v for k, v in arrays.items() if k.startswith(KEY_DELTA)}
     head = {k[len(KEY_HEAD) :]: v for k, v in arrays.items() if k.startswith(KEY_HEAD)}
     return deltas, head
+
+
+def bundle_record(directory: str | Path, paths: Sequence[str]) -> ArrayRecord:
+    """An ArrayRecord carrying an edge bundle's files (``paths``, relative POSIX) as uint8 arrays keyed by path.
+
+    The coordinator delivers the distilled student to edge nodes this way
+    (Flower chunks large arrays on the wire); the node rebuilds the directory
+    and verifies it against the manifest it names (``client.edge_install``).
+    """
+    root = Path(directory)
+    return ArrayRecord({p: Array(np.frombuffer((root / PurePosixPath(p)).read_bytes(), dtype=np.uint8)) for p in paths})
+
+
+def bundle_files_of(record: ArrayRecord) -> dict[str, bytes]:
+    """The files of a bundle record (``bundle_record``): relative path → bytes; non-uint8 or non-1-D arrays are refused."""
+    files: dict[str, bytes] = {}
+    for path, array in record.items():
+        values = array.numpy()
+        if values.dtype != np.uint8 or values.ndim != 1:
+            raise ValueError(f"bundle file {path!r} is not a 1-D uint8 array (dtype {values.dtype}, shape {values.shape})")
+        files[path] = values.tobytes()
+    return files

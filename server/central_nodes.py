@@ -59,6 +59,8 @@ class NodeEvaluation(pydantic.BaseModel):
     domain_examples: dict[str, pydantic.PositiveInt]
     """Domain → how many of the node's examples are of it (the weights of its per-domain accuracies)."""
     runtime: str = P.RUNTIME_TORCH
+    bundle_sha256: str = ""
+    """The manifest hash of the edge bundle that answered (``runtime`` onnxruntime); empty for torch."""
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> NodeEvaluation:
@@ -98,8 +100,13 @@ def _prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
 
 
-def parse_evaluation_reply(reply: Message, max_examples: int | None = None) -> NodeEvaluation:
-    """The checked evaluation in ``reply``, or :class:`MalformedReplyError` naming what is wrong."""
+def parse_evaluation_reply(reply: Message, max_examples: int | None = None, runtime: str = P.RUNTIME_TORCH) -> NodeEvaluation:
+    """The checked evaluation in ``reply``, or :class:`MalformedReplyError` naming what is wrong.
+
+    ``runtime`` is what must have answered: ``torch`` for central evaluation
+    (the global model itself), ``onnxruntime`` for an edge node's bundle.
+    """
+    expected_runtime = runtime
     if reply.has_error():
         raise MalformedReplyError(f"node {reply.metadata.src_node_id} answered with an error: {reply.error.reason}")
     record = reply.content[P.REC_METRICS] if P.REC_METRICS in reply.content else None
@@ -113,9 +120,10 @@ def parse_evaluation_reply(reply: Message, max_examples: int | None = None) -> N
     count = values.get(P.M_EXAMPLES)
     if isinstance(count, float) and count.is_integer():
         count = int(count)
-    runtime = ""
+    runtime, bundle = "", ""
     if P.REC_EVALUATOR in reply.content and isinstance(reply.content[P.REC_EVALUATOR], ConfigRecord):
         runtime = str(reply.content[P.REC_EVALUATOR].get(P.E_RUNTIME, ""))
+        bundle = str(reply.content[P.REC_EVALUATOR].get(P.E_BUNDLE_SHA256, ""))
     try:
         metrics = CentralMetrics(
             num_examples=count,
@@ -125,15 +133,21 @@ def parse_evaluation_reply(reply: Message, max_examples: int | None = None) -> N
             per_domain=_prefixed(values, P.M_DOMAIN_ACCURACY),
             kl_from_base=values.get(P.M_KL_BASE),
         )
-        counts = {d: int(n) if isinstance(n, float) and n.is_integer() else n for d, n in _prefixed(values, P.M_DOMAIN_EXAMPLES).items()}
-        parsed = NodeEvaluation(metrics=metrics, domain_examples=counts, runtime=runtime or P.RUNTIME_TORCH)
+        counts = {
+            d: int(n) if isinstance(n, float) and n.is_integer() else n for d, n in _prefixed(values, P.M_DOMAIN_EXAMPLES).items()
+        }
+        parsed = NodeEvaluation(metrics=metrics, domain_examples=counts, runtime=runtime or P.RUNTIME_TORCH, bundle_sha256=bundle)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise MalformedReplyError(f"evaluate reply: {first['loc']}: {first['msg']}") from e
-    if runtime and runtime != P.RUNTIME_TORCH:
+    if expected_runtime == P.RUNTIME_TORCH and runtime and runtime != P.RUNTIME_TORCH:
         raise MalformedReplyError(f"evaluate reply from runtime {runtime!r}: central evaluation scores the global model itself")
+    if expected_runtime != P.RUNTIME_TORCH and runtime != expected_runtime:
+        raise MalformedReplyError(f"evaluate reply from runtime {runtime or 'unnamed'!r}, expected {expected_runtime!r}")
     if max_examples is not None and metrics.num_examples > max_examples:
-        raise MalformedReplyError(f"evaluate reply claims {metrics.num_examples} examples; the node's held-out split has at most {max_examples}")
+        raise MalformedReplyError(
+            f"evaluate reply claims {metrics.num_examples} examples; the node's held-out split has at most {max_examples}"
+        )
     return parsed
 
 

@@ -140,6 +140,13 @@ class FederationConfig(BaseModel):
     distill_precision: Literal["fp32", "int8"] = Field(
         default="fp32", description="Precision of the exported edge bundle (int8: onnxruntime dynamic quantization)."
     )
+    edge_deploy: bool = Field(
+        default=True,
+        description=(
+            "Once a bundle is exported, edge nodes evaluate it through onnxruntime every round; the coordinator "
+            "delivers its files to any edge node that lacks it (server.edge_deployment). Needs `distill`."
+        ),
+    )
     central_evaluation: Literal["coordinator", "central-nodes"] = Field(
         default="coordinator",
         description="Where central evaluation runs: the coordinator's held-out set, or the central nodes' own data (pooled).",

@@ -27,6 +27,7 @@ from sentinel.server.checkpoints import BEST, BEST_STATE, LAST, PENDING, load_st
 from sentinel.server.config import FederationConfig
 from sentinel.server.contribution import contribution_scores
 from sentinel.server.distill_phase import DistillationPhase
+from sentinel.server.edge_deployment import EdgeDeployment
 from sentinel.server.exceptions import CheckpointError, RunNotFoundError
 from sentinel.server.governance_observer import GovernanceObserver
 from sentinel.server.ledger_observer import LedgerObserver
@@ -62,6 +63,7 @@ class Coordinator:
     ledger_observer: LedgerObserver | None = None
     plasticity: PlasticityPhase | None = None
     distillation: DistillationPhase | None = None
+    edge: EdgeDeployment | None = None
     train_sizes: tuple[int, ...] = ()
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
     val_sizes: tuple[int, ...] = ()
@@ -116,7 +118,13 @@ class Coordinator:
 
             def scorer(outcome: RoundOutcome, previous: GlobalState) -> dict[str, float]:
                 return contribution_scores(
-                    outcome.accepted, previous, cfg.aggregation, scoring_eval, method, cfg.shapley_permutations, cfg.seed + outcome.round
+                    outcome.accepted,
+                    previous,
+                    cfg.aggregation,
+                    scoring_eval,
+                    method,
+                    cfg.shapley_permutations,
+                    cfg.seed + outcome.round,
                 )
 
         governor = self.governance.governor
@@ -255,6 +263,17 @@ class Coordinator:
             require_signature=strategy.require_signatures,
         )
 
+    def edge_phase(self, strategy: SentinelStrategy) -> EdgeDeployment | None:
+        """The edge phase of this run (None unless distillation exports bundles and ``edge_deploy`` is on)."""
+        if self.distillation is None or not self.config.edge_deploy:
+            return None
+        return EdgeDeployment(
+            self.distillation.current_bundle,
+            strategy.node_config,
+            max_examples_fn=self._max_val_examples,
+            timeout=self.config.timeout_s,
+        )
+
     def _max_val_examples(self, node: NodeInfo) -> int:
         """The most held-out examples a central node can evaluate on: its partition's validation split.
 
@@ -289,6 +308,7 @@ class Coordinator:
         self.validation = self.validation_phase(strategy)
         self.plasticity = self.plasticity_phase()
         self.distillation = self.distillation_phase(strategy)
+        self.edge = self.edge_phase(strategy)
         evaluate, evaluator_observers = self.run_evaluator(grid, strategy)
         result = run_federation(
             grid,
@@ -302,6 +322,7 @@ class Coordinator:
             validation=self.validation,
             plasticity=self.plasticity,
             distillation=self.distillation,
+            edge=self.edge,
         )
         if self.ledger_observer is not None:
             self.ledger_observer.publish()
@@ -310,7 +331,7 @@ class Coordinator:
     def report_extra(self) -> dict[str, object]:
         """What observers add to the run report (ledger totals, governance figures, ...)."""
         extra: dict[str, object] = {}
-        phases = [p for p in (self.validation, self.plasticity, self.distillation) if p is not None]
+        phases = [p for p in (self.validation, self.plasticity, self.distillation, self.edge) if p is not None]
         for obs in [*self.observers, *phases]:
             extra.update(obs.report())
         return extra

@@ -42,6 +42,7 @@ from sentinel.models.loading import LoadedModel
 from sentinel.protos.vocabulary import EntryKind, ffn_id, head_id
 from sentinel.server.config import FederationConfig
 from sentinel.server.distillation import DistillationRound, DistillSettings, distill_on_central_nodes
+from sentinel.server.edge_deployment import BundleRef
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
@@ -123,7 +124,9 @@ class DistillationPhase(RoundObserver):
         """The students distilled so far (committed with the round, like the ledger entries)."""
         return {META_KEY: self.students}
 
-    def on_round(self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState) -> dict[str, Any]:
+    def on_round(
+        self, outcome: RoundOutcome, row: Mapping[str, Any], state: GlobalState, previous: GlobalState
+    ) -> dict[str, Any]:
         """The row's ``distilled`` field when this round distilled (the student's figures, bundle, or why none)."""
         return {"distilled": dict(self.last)} if self.last else {}
 
@@ -138,11 +141,25 @@ class DistillationPhase(RoundObserver):
         exported = [s for s in self.students if s.get("bundle")]
         return {
             META_KEY: {
-                "settings": {**self.settings.model_dump(), "distill_every": self.config.distill_every, "precision": self.config.distill_precision},
+                "settings": {
+                    **self.settings.model_dump(),
+                    "distill_every": self.config.distill_every,
+                    "precision": self.config.distill_precision,
+                },
                 "distilled": self.students,
                 "latest": exported[-1] if exported else None,
             }
         }
+
+    def current_bundle(self) -> BundleRef | None:
+        """The newest exported edge bundle (this round's when it distilled one), or None before the first."""
+        exported = [s for s in self.students if s.get("bundle")]
+        if not exported:
+            return None
+        latest = exported[-1]
+        directory = Path(latest["bundle"])
+        directory = directory if directory.is_absolute() else self.out_dir / directory
+        return BundleRef(round=int(latest["round"]), directory=directory, manifest_sha256=str(latest["manifest_sha256"]))
 
     # ------------------------------------------------------------ decide
 
@@ -184,9 +201,15 @@ class DistillationPhase(RoundObserver):
             precision=self.config.distill_precision,
         )
         mask = None if state.head_mask is None else np.asarray(state.head_mask)
-        pruned = [] if mask is None else [head_id(layer, h) for layer, heads in sorted(pruned_of_mask(mask).items()) for h in heads]
+        pruned = (
+            [] if mask is None else [head_id(layer, h) for layer, heads in sorted(pruned_of_mask(mask).items()) for h in heads]
+        )
         if result.chosen is None or result.exported is None:
-            payload: dict[str, Any] = {"round": server_round, "rejected": dict(sorted(result.rejected.items())), "pruned_heads": pruned}
+            payload: dict[str, Any] = {
+                "round": server_round,
+                "rejected": dict(sorted(result.rejected.items())),
+                "pruned_heads": pruned,
+            }
             self.last = dict(payload)
             self.students.append({**payload, "bundle": None})
             if self.record is not None:
@@ -205,7 +228,9 @@ class DistillationPhase(RoundObserver):
             "steps": int(m.steps),
             "reverted": bool(m.reverted),
             "manifest_sha256": exported.manifest_sha256,
-            "bundle": exported.path.relative_to(self.out_dir).as_posix() if exported.path.is_relative_to(self.out_dir) else str(exported.path),
+            "bundle": exported.path.relative_to(self.out_dir).as_posix()
+            if exported.path.is_relative_to(self.out_dir)
+            else str(exported.path),
             "precision": self.config.distill_precision,
             "pruned_heads": pruned,
             "ffn_widths": {str(layer): int(width) for layer, width in sorted(spec.ffn_widths.items())},
@@ -228,4 +253,3 @@ class DistillationPhase(RoundObserver):
 
         runner = BundleRunner(bundle, intra_op_threads=1)
         return round(float(measure_latency(runner, 1, self.config.max_length, runs=10, warmup=2).p50_ms), 4)
-

@@ -14,6 +14,8 @@ function that takes and returns values:
    (6b. plasticity, when on — heads pruned by consensus, reverted or regrown: ``server.plasticity``;)
    (6c. distillation, when on and due — central nodes distil the pruned student, exported as the edge
    bundle: ``server.distill_phase``;)
+   (6d. edge, when a bundle exists and there are edge nodes — they evaluate it through onnxruntime, the
+   files delivered to any that lack it: ``server.edge_deployment``;)
 7. record — observers (ledger, governance, progress) return their fields; early
    stopping is decided; the round's checkpoint is staged, its records committed
    (one ledger transaction), and the checkpoint put in force.
@@ -35,6 +37,7 @@ from flwr.supercore import log
 from sentinel.server.checkpoints import BEST, BEST_STATE, promote_state, save_state, stage_state
 from sentinel.server.config import FederationConfig
 from sentinel.server.distill_phase import DistillationPhase
+from sentinel.server.edge_deployment import EdgeDeployment
 from sentinel.server.handshake import discover_nodes
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import Evaluation, NodeInfo, RoundOutcome
@@ -126,6 +129,7 @@ class RoundContext:
     validation: ValidationPhase | None = None
     plasticity: PlasticityPhase | None = None
     distillation: DistillationPhase | None = None
+    edge: EdgeDeployment | None = None
 
 
 def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) -> dict[str, Any]:
@@ -222,10 +226,14 @@ def run_round(ctx: RoundContext, server_round: int, state: GlobalState) -> tuple
     new_state = ctx.strategy.aggregate_train(state, outcome)  # 5 aggregate
     evaluation = _evaluate(ctx, new_state)  # 6 evaluate
     if ctx.plasticity is not None:  # 6b prune, revert or regrow heads; the next round's configure sends the new mask
-        new_state, evaluation = ctx.plasticity.decide(server_round, outcome, state, new_state, evaluation, lambda s: _evaluate(ctx, s))
+        new_state, evaluation = ctx.plasticity.decide(
+            server_round, outcome, state, new_state, evaluation, lambda s: _evaluate(ctx, s)
+        )
     cycle = ctx.plasticity is not None and ctx.plasticity.pruned_in(server_round)
     if ctx.distillation is not None and ctx.distillation.due(server_round, new_state, cycle):  # 6c distil the student
         ctx.distillation.run(ctx.grid, server_round, new_state)
+    if ctx.edge is not None:  # 6d edge nodes evaluate the bundle in force (delivered to them when they lack it)
+        ctx.edge.run(ctx.grid, server_round)
     row = _record(ctx, outcome, evaluation, new_state, state, started)  # 7 record
     return new_state, row
 
@@ -270,12 +278,14 @@ def run_federation(
     validation: ValidationPhase | None = None,
     plasticity: PlasticityPhase | None = None,
     distillation: DistillationPhase | None = None,
+    edge: EdgeDeployment | None = None,
 ) -> RunResult:
     """Run rounds from ``initial`` (round 0 or a resumed checkpoint) up to ``config.rounds``.
 
     ``validation`` is the validate phase (None: updates are aggregated once they pass the check phase);
     ``plasticity`` the plasticity phase (None: the head mask never changes);
-    ``distillation`` the distillation phase (None: no student is distilled).
+    ``distillation`` the distillation phase (None: no student is distilled);
+    ``edge`` the edge phase (None: edge nodes are not sent the bundle).
     """
     handshake = discover_nodes(grid, config, config.timeout_s)
     nodes = handshake.nodes
@@ -285,14 +295,18 @@ def run_federation(
         observers = [plasticity, *observers]
     if distillation is not None:  # last: it names the newest bundle once the round's ledger entries are committed
         observers = [*observers, distillation]
+    if edge is not None:
+        observers = [*observers, edge]
     for obs in observers:
         obs.restore(initial.meta)
         obs.on_nodes(nodes)
-    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation, plasticity, distillation)
+    ctx = RoundContext(grid, config, strategy, evaluate, nodes, observers, validation, plasticity, distillation, edge)
     state, progress = initial, RunProgress.from_meta(initial.meta)
     if state.round == 0 and not progress.history:
         first = _evaluate(ctx, state)
-        progress = RunProgress(({"round": 0, "accuracy": first.accuracy, "loss": first.loss, **first.row_fields()},), 0, first.accuracy)
+        progress = RunProgress(
+            ({"round": 0, "accuracy": first.accuracy, "loss": first.loss, **first.row_fields()},), 0, first.accuracy
+        )
         state = _with_meta(state, progress.to_meta())
         _save_best(state, checkpoint_dir, export_best)
     for rnd in range(state.round + 1, config.rounds + 1):

@@ -178,3 +178,25 @@ def test_a_round_redone_after_a_crash_before_its_commit_distils_once_into_its_ow
     assert load_bundle(out / "edge-bundle" / "round-1").manifest_sha256 == entry.payload["manifest_sha256"]
     assert json.loads((out / "edge-bundle" / "latest.json").read_text())["manifest_sha256"] == entry.payload["manifest_sha256"]
     assert resumed.ledger.verify().ok
+
+
+def test_the_edge_node_is_delivered_each_new_bundle_and_answers_from_it(run: dict) -> None:
+    from sentinel.client.edge import evaluate_bundle
+    from sentinel.models.edge_bundle import BundleRunner
+
+    out, result = run["out"], run["result"]
+    edge = next(n for n in result.nodes if n.role == "edge")
+    config = _config()
+    data = federated_split(config.dataset, config.nodes, config.partition, config.dirichlet_alpha, config.test_fraction, config.seed)
+    val = node_train_val(data, edge.partition_id, config.val_fraction, config.seed)[1]
+    rows = [r for r in result.history if r["round"] > 0]
+    for row in rows:
+        e = row["edge"]
+        assert e["manifest_sha256"] == row["distilled"]["manifest_sha256"] and e["bundle_round"] == row["round"]
+        assert e["delivered"] == [edge.key_id] and e["bytes_down"] > 0 and e["rejected"] == {}  # a new bundle every round here
+        installed = out / "node-bundles" / f"partition-{edge.partition_id}" / e["manifest_sha256"]
+        assert load_bundle(installed).manifest_sha256 == e["manifest_sha256"]  # on the node, verified
+        expected = evaluate_bundle(BundleRunner(out / row["distilled"]["bundle"]), val)
+        assert e["nodes"][edge.key_id]["accuracy"] == pytest.approx(expected.accuracy, abs=1e-12)
+    section = run["coordinator"].report_extra()["edge"]
+    assert [r["round"] for r in section["rounds"]] == [1, 2] and section["latest"]["round"] == 2
