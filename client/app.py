@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -64,6 +64,7 @@ class TrainInstruction(BaseModel):
     num_labels: int | None = Field(alias=P.C_NUM_LABELS, default=None, ge=2)
     boost_heads: list[str] = Field(alias=P.C_BOOST_HEADS, default_factory=list)
     boost_factor: float | None = Field(alias=P.C_BOOST_FACTOR, default=None, ge=1.0, le=MAX_BOOST_FACTOR)
+    adapter_start: Literal["", "continue"] = Field(alias=P.C_ADAPTER_START, default="")
 
     @field_validator("boost_heads")
     @classmethod
@@ -201,6 +202,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         permitted=set(ins.permitted) if ins.consent_restricted else None,
         device=resolve_device(inputs.identity.device),
         frame=inputs.train_factor,
+        continued=ins.adapter_start == "continue",
         frame_seed=ins.run_seed,
         server_round=ins.server_round,
         boost=ins.boost(),
@@ -354,6 +356,14 @@ class DistillInstruction(BaseModel):
     ffn_keep: float = Field(alias=P.C_FFN_KEEP, gt=0, le=1.0, default=1.0)
     ffn_layers: list[int] = Field(alias=P.C_FFN_LAYERS, default_factory=list)
     revert_if_worse: bool = Field(alias=P.C_REVERT_IF_WORSE, default=True)
+    frozen: list[str] = Field(alias=P.C_DISTILL_FROZEN, default_factory=list)
+
+    @field_validator("frozen")
+    @classmethod
+    def _components(cls, value: list[str]) -> list[str]:
+        for cid in value:
+            parse_component(cid)  # a component id, or a clear error naming it
+        return value
 
 
 @app.train("distill")
@@ -385,6 +395,7 @@ def train_distill(msg: Message, context: Context) -> Message:
             ffn_keep=settings.ffn_keep,
             ffn_layers=tuple(settings.ffn_layers),
             revert_if_worse=settings.revert_if_worse,
+            frozen=tuple(settings.frozen),
         ),
         batch_size=ins.batch_size,
         max_length=ins.max_length,

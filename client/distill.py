@@ -9,7 +9,8 @@ outputs on the node's own training texts (labels are not used: unlabelled text
 is enough), for a configured number of steps (``models.distill_train.distill``);
 KL(teacher ‖ student) on the node's validation split is measured before and
 after. The input embeddings stay frozen (the teacher's, which the coordinator
-has), so the reply carries only the weights distillation changed. No Flower here.
+has), and so do the components consent does not let this node ``distill``
+(``models.distill_consent``), so the reply carries only the weights distillation changed. No Flower here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.client.training import GlobalView, materialise_global
+from sentinel.models.components import model_layout
+from sentinel.models.distill_consent import frozen_parameter_names, kept_heads
 from sentinel.models.distill_train import distill, with_teacher_logits
 from sentinel.models.global_model import evaluate_classifier
 from sentinel.models.loading import LoadedModel
@@ -45,6 +48,8 @@ class DistillSettings:
     ffn_layers: tuple[int, ...] = ()
     """Layers whose FFN consent lets the student narrow; others keep their width."""
     revert_if_worse: bool = True
+    frozen: tuple[str, ...] = ()
+    """Components this node may not ``distill``: their student weights stay the teacher's (``models.distill_consent``)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,11 @@ def distill_student(
     for p in model.parameters():
         p.requires_grad_(True)
     model.get_input_embeddings().weight.requires_grad_(False)
+    names = [n for n, _ in model.named_parameters()]
+    frozen = set(frozen_parameter_names(model_layout(teacher).family, names, settings.frozen, kept_heads(view.head_mask, model_layout(teacher))))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
     held_out = _inputs_only(iter_batches(base.tokenizer, val, batch_size, max_length)) if val else None
     result = distill(
         teacher,

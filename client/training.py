@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from sentinel.client.continued import ContinuedStart, continued_start, update_factors
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.client.frames import Factor, frame_columns, frame_rows
 from sentinel.models.components import model_layout
-from sentinel.models.consent import restrict_lora_to_heads
-from sentinel.models.global_model import evaluate_classifier, materialise_factors
+from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
+from sentinel.models.global_model import evaluate_classifier, materialise, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
 from sentinel.models.loading import LoadedModel
@@ -112,6 +113,7 @@ def train_local(
     frame_seed: int = 0,
     server_round: int = 0,
     boost: HeadBoost | None = None,
+    continued: bool = False,
 ) -> LocalUpdate:
     """Train a LoRA on top of the global model for ``steps`` steps and report the update.
 
@@ -124,13 +126,22 @@ def train_local(
     update. Deterministic for a given ``seed``. ``boost`` (regrown heads, from
     federated plasticity) multiplies those heads' own LoRA updates by its factor
     during training (``models.regrowth.HeadLRBoost``); its ids are checked against the model first.
+    ``continued`` resumes the global adapter instead (``client.continued``): the
+    update is the change of the adapter, sent as exact factors of rank 2r.
     """
+    if continued and frame is not None:
+        raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
     boost_heads = boosted_heads(boost.heads, model_layout(base.model)) if boost is not None else {}
     torch.manual_seed(seed)
-    model = materialise_global(base, view)
+    start = continued_start(view.factors, rank, LORA_ALPHA_PER_RANK) if continued else None
+    model = materialise(base, start.residual, view.head) if start is not None else materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
     frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round) if frame is not None else []
-    mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
+    initial = _start_continued(peft_model, start) if start is not None else {}
+    if start is not None:
+        mask = restrict_lora_changes_to_heads(peft_model, permitted) if permitted is not None else None
+    else:
+        mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
     for param in frozen:  # after the consent mask: it zeroes the frame's forbidden slices too
         param.requires_grad_(False)
     gates = apply_head_mask(peft_model, view.head_mask) if view.head_mask is not None else None
@@ -159,14 +170,17 @@ def train_local(
         gates.remove()
     for param in frozen:
         param.requires_grad_(True)
+    arrays = adapter_arrays(peft_model)
+    if start is not None:
+        arrays = _continued_update(arrays, initial)
     return LocalUpdate(
-        arrays=adapter_arrays(peft_model),
+        arrays=arrays,
         num_examples=len(train),
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         val_accuracy=val_acc,
         val_loss=val_loss,
         scaling=lora_scaling(peft_model),
-        rank=rank,
+        rank=2 * rank if start is not None else rank,
         entropy=np.asarray(importance.entropy, dtype=np.float32),
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(normalised, dtype=np.float32),
@@ -201,3 +215,39 @@ def _start_in_frame(
                 a.zero_()
                 frozen.append(b)
     return frozen
+
+
+def _lora_modules(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
+    adapter = peft_model.active_adapter
+    return [(path, m) for path, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
+
+
+def _start_continued(peft_model: PeftModel, start: ContinuedStart) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Set every LoRA module to the global adapter's top factors (``client.continued``); the rest of A stays PEFT's.
+
+    Returns each module's starting (A, B), by PEFT module path, which the change is measured from.
+    """
+    adapter = peft_model.active_adapter
+    initial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for path, module in _lora_modules(peft_model):
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        name = module_path(path)
+        with torch.no_grad():
+            b.zero_()
+            if name in start.a0:
+                k = start.a0[name].shape[0]
+                a[:k].copy_(torch.from_numpy(start.a0[name]))
+                b[:, :k].copy_(torch.from_numpy(start.b0[name]))
+        initial[path] = (a.detach().cpu().numpy().copy(), b.detach().cpu().numpy().copy())
+    return initial
+
+
+def _continued_update(arrays: dict[str, np.ndarray], initial: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The adapter arrays with each module's pair replaced by the exact rank-2r factors of its change."""
+    out = dict(arrays)
+    for path, (a_init, b_init) in initial.items():
+        key_a, key_b = f"{path}.lora_A.weight", f"{path}.lora_B.weight"
+        if key_a not in out or key_b not in out:
+            raise KeyError(f"adapter arrays lack the pair of {path}")
+        out[key_a], out[key_b] = update_factors(out[key_a], out[key_b], a_init, b_init)
+    return out

@@ -176,6 +176,70 @@ def restrict_lora_to_heads(peft_model: PeftModel, permitted: Iterable[str]) -> C
     return mask
 
 
+def _hook_only(param: torch.nn.Parameter, mask: torch.Tensor, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """Make `param`'s gradient exactly zero outside `mask`, leaving its values as they are."""
+    handles.append(param.register_hook(lambda grad: grad.masked_fill(~mask, 0.0)))
+
+
+def _freeze(param: torch.nn.Parameter, mask: ConsentMask, name: str) -> None:
+    if param.requires_grad:
+        param.requires_grad_(False)
+        mask._frozen_params.append(param)
+        mask.frozen.append(name)
+
+
+def restrict_lora_changes_to_heads(peft_model: PeftModel, permitted: Iterable[str]) -> ConsentMask:
+    """Confine the *change* of a LoRA that does not start at zero (a continued adapter) to the permitted components.
+
+    `restrict_lora_to_heads` zeroes forbidden entries, which is right for an
+    adapter whose product starts at zero; a continued adapter (B₀, A₀ ≠ 0)
+    must keep its starting values, and its change B₁A₁ − B₀A₀ must vanish on
+    forbidden features. With both factors free that fails (a forbidden row of
+    B₀ times a changed A is a change), so in a module with forbidden features
+    only one factor trains: for q/k/v (output features, rows of B) A is frozen
+    and B's forbidden rows get zero gradient; for o (input features, columns
+    of A) B is frozen and A's forbidden columns get zero gradient; a module of
+    a forbidden non-head component is frozen whole; fully permitted modules
+    train both factors. The classification head is frozen unless ``classifier``
+    is permitted. `remove()` undoes hooks and freezes.
+    """
+    layout = model_layout(peft_model)
+    allowed = frozenset(permitted)
+    for cid in allowed:
+        check_component(layout, cid)
+    adapter = peft_model.active_adapter
+    params = {id(p): name for name, p in peft_model.named_parameters()}
+    mask = ConsentMask(permitted=allowed, trainable={}, frozen=[])
+    for path, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            a = module.lora_A[adapter].weight
+            b = module.lora_B[adapter].weight
+            base_path = module_path(path)
+            located = projection_role(layout.family, base_path)
+            if located is None:
+                if _non_head_component(layout, base_path) not in allowed:
+                    _freeze(a, mask, params[id(a)])
+                    _freeze(b, mask, params[id(b)])
+                continue
+            layer, role = located
+            ranges = _forbidden_ranges(layout, role, layer, allowed)
+            if not ranges:
+                continue
+            trained, fixed, dim = (a, b, 1) if role == "o" else (b, a, 0)
+            _freeze(fixed, mask, params[id(fixed)])
+            trainable = _mask_rows(trained, ranges, dim)
+            if bool(trainable.any()):
+                _hook_only(trained, trainable, mask._handles)
+                mask.trainable[params[id(trained)]] = trainable
+            else:
+                _freeze(trained, mask, params[id(trained)])
+        elif isinstance(module, ModulesToSaveWrapper) and CLASSIFIER not in allowed:
+            if path.split(".")[-1] == HEAD_MODULES[layout.family]:
+                for name, param in module.modules_to_save[adapter].named_parameters():
+                    _freeze(param, mask, f"{path}.modules_to_save.{adapter}.{name}")
+    return mask
+
+
 def _layout(layout_or_model: ModelLayout | torch.nn.Module) -> ModelLayout:
     return layout_or_model if isinstance(layout_or_model, ModelLayout) else model_layout(layout_or_model)
 

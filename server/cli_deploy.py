@@ -87,6 +87,9 @@ def node_command(
     lora_rank: Annotated[Optional[int], typer.Option(help="LoRA rank this node trains at (node config `lora-rank`).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's runtime API (one per node on a host).")] = 9094,
+    edge_bundle_dir: Annotated[
+        Optional[Path], typer.Option(help="Edge nodes: where to keep delivered edge bundles (default ~/.cache/sentinel/edge-bundles/<key id>).", file_okay=False)
+    ] = None,
 ) -> None:
     """Start a SuperNode for this machine (this process becomes it). Refuses to start without a key file."""
     from sentinel.server.deploy_node import NodeSettings
@@ -95,6 +98,7 @@ def node_command(
         settings = NodeSettings(
             key_file=key_file, superlink=superlink, ca=ca, insecure=insecure, auth_key=auth_key, role=role,
             partition_id=partition_id, num_partitions=num_partitions, dataset=dataset, lora_rank=lora_rank, device=device, port=port,
+            edge_bundle_dir=edge_bundle_dir,
         ).checked()
     except ValueError as e:
         raise fail(console, str(e)) from e

@@ -16,7 +16,7 @@ from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
-TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora"]
+TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora", "continued"]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
 

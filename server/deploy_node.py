@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sentinel.protos.messages import NODE_EDGE_BUNDLE_DIR
 from sentinel.protos.vocabulary import ROLES
 from sentinel.server.processes import flower_bin, flower_env
 
@@ -37,6 +38,7 @@ class NodeSettings:
     device: str = "auto"
     port: int = 9094
     home: Path | None = None
+    edge_bundle_dir: Path | None = None
 
     def checked(self) -> NodeSettings:
         """These settings, validated (``ValueError`` names the problem); the default auth key filled in."""
@@ -80,6 +82,8 @@ class NodeSettings:
             items["dataset"] = self.dataset
         if self.lora_rank is not None:
             items["lora-rank"] = self.lora_rank
+        if self.edge_bundle_dir is not None:
+            items[NODE_EDGE_BUNDLE_DIR] = str(Path(self.edge_bundle_dir).expanduser().resolve())
         return " ".join(f"{k}={_toml(v)}" for k, v in items.items())
 
     def argv(self) -> list[str]:

@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
+from sentinel.models.components import list_components
 from sentinel.models.edge_bundle import BundleRunner, load_bundle
 from sentinel.models.fileio import write_text_atomically
 from sentinel.models.head_mask import pruned_of_mask
 from sentinel.models.loading import LoadedModel
-from sentinel.protos.vocabulary import EntryKind, ffn_id, head_id
+from sentinel.protos.vocabulary import EMBEDDINGS, EntryKind, ffn_id, head_id
 from sentinel.server.config import FederationConfig
 from sentinel.server.distillation import DistillationRound, DistillSettings, distill_on_central_nodes
 from sentinel.server.edge_deployment import BundleRef
@@ -101,6 +102,7 @@ class DistillationPhase(RoundObserver):
         self.record = record
         self.require_signature = require_signature
         self.settings = settings_of(config)
+        self.components = list_components(base.model)
         self.nodes: list[NodeInfo] = []
         self.students: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
@@ -182,13 +184,24 @@ class DistillationPhase(RoundObserver):
             return list(layers)
         return [i for i in layers if central and all(self.may(node, "prune", ffn_id(i)) for node in central)]
 
+    def frozen_of(self, node: NodeInfo) -> list[str]:
+        """The components ``node`` may not ``distill``: the student keeps the teacher's weights there (``models.distill_consent``)."""
+        if self.may is None:
+            return []
+        return [c for c in self.components if not self.may(node.key_id, "distill", c)]
+
+    def distillers(self) -> list[NodeInfo]:
+        """The nodes asked to distil: central nodes that may ``distill`` at least one component a student trains."""
+        trainable = set(self.components) - {EMBEDDINGS}  # the student's input embeddings are always the teacher's
+        return [n for n in self.nodes if n.role == "central" and not trainable <= set(self.frozen_of(n))]
+
     def run(self, grid: Grid, server_round: int, state: GlobalState) -> DistillationRound:
         """Distil on the central nodes now, export the chosen student, and queue the ledger entry."""
         result = distill_on_central_nodes(
             grid,
             server_round,
             state,
-            self.nodes,
+            self.distillers(),
             lambda node: self.config_of(node, server_round),
             self.base,
             bundle_dir_of(self.out_dir, server_round),
@@ -199,7 +212,12 @@ class DistillationPhase(RoundObserver):
             max_length=self.config.max_length,
             require_signature=self.require_signature,
             precision=self.config.distill_precision,
+            frozen_of=self.frozen_of,
         )
+        distillers = {n.node_id for n in self.distillers()}
+        for node in self.nodes:
+            if node.role == "central" and node.node_id not in distillers:
+                result.rejected[node.key_id] = "its consent contracts let it distill no component a student trains"
         mask = None if state.head_mask is None else np.asarray(state.head_mask)
         pruned = (
             [] if mask is None else [head_id(layer, h) for layer, heads in sorted(pruned_of_mask(mask).items()) for h in heads]

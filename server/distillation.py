@@ -29,6 +29,8 @@ from flwr.serverapp import Grid
 from sentinel.client.distill import student_payload
 from sentinel.ledger.recorder import content_hash_of_arrays
 from sentinel.ledger.signing import payload_signature_valid
+from sentinel.models.components import model_layout
+from sentinel.models.distill_consent import frozen_parameter_names, kept_heads
 from sentinel.models.edge_bundle import Precision, manifest_sha256
 from sentinel.models.edge_export import export_bundle
 from sentinel.models.ffn import widths_for
@@ -59,6 +61,8 @@ __all__ = [
 ]
 
 ConfigOf = Callable[[NodeInfo], ConfigRecord]
+FrozenFn = Callable[[NodeInfo], Iterable[str]]
+"""central node → the component ids it may not ``distill`` (consent)."""
 """node → its train-message config for this round (``SentinelStrategy.node_config``), which the node validates."""
 
 Share = Annotated[float, pydantic.Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -87,6 +91,8 @@ class DistillPlan:
     head_mask: np.ndarray | None
     ffn_layers: tuple[int, ...]
     settings: DistillSettings
+    frozen: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Node id → the components it may not ``distill`` (their weights must not be in its reply)."""
 
 
 def exact_view_record(state: GlobalState, tolerance: float = 1e-6) -> ArrayRecord:
@@ -103,14 +109,17 @@ def configure_distill(
     config_of: ConfigOf,
     settings: DistillSettings,
     ffn_layers: Iterable[int] = (),
+    frozen_of: FrozenFn | None = None,
 ) -> DistillPlan:
     """One ``train.distill`` message per central node (others get none): the exact view and the settings.
 
     ``ffn_layers`` are the layers whose ``layer.{i}.ffn`` contract allows
     ``prune`` (``models.ffn.ffn_layers_of`` over the permitted components);
-    with ``settings.ffn_keep < 1`` only they are narrowed.
+    with ``settings.ffn_keep < 1`` only they are narrowed. ``frozen_of`` gives
+    each node the components it may not ``distill`` (``models.distill_consent``).
     """
     central = [n for n in sorted(nodes, key=lambda n: n.partition_id) if n.role == "central"]
+    frozen = {n.node_id: tuple(sorted(frozen_of(n))) if frozen_of is not None else () for n in central}
     layers = tuple(sorted({int(i) for i in ffn_layers})) if settings.ffn_keep < 1.0 else ()
     view = exact_view_record(state)
     messages = []
@@ -123,10 +132,12 @@ def configure_distill(
         config[P.C_FFN_KEEP] = settings.ffn_keep
         config[P.C_FFN_LAYERS] = list(layers)
         config[P.C_REVERT_IF_WORSE] = settings.revert_if_worse
+        config[P.C_DISTILL_FROZEN] = list(frozen[node.node_id])
         content = RecordDict({P.REC_ARRAYS: view, P.REC_CONFIG: config})
         messages.append(Message(content=content, message_type=P.MSG_DISTILL, dst_node_id=node.node_id))
     mask = None if state.head_mask is None else np.asarray(state.head_mask).copy()
-    return DistillPlan(server_round, messages, {n.node_id: n for n in central}, mask, layers, settings)
+    return DistillPlan(server_round, messages, {n.node_id: n for n in central}, mask, layers, settings, {n.node_id: frozen[n.node_id] for n in central})
+
 
 
 class StudentReplyMetrics(pydantic.BaseModel):
@@ -227,9 +238,12 @@ def check_distill_reply(
     arrays = from_array_record(content[P.REC_ARRAYS])
     if not arrays:
         raise MalformedReplyError("distill reply carries no weights")
+    frozen = set(frozen_parameter_names(model_layout(teacher).family, shapes, plan.frozen.get(src, ()), kept_heads(plan.head_mask, model_layout(teacher))))
     for name, value in arrays.items():
         if name not in shapes:
             raise MalformedReplyError(f"distill reply: `{name}` is not a weight of the student")
+        if name in frozen:
+            raise MalformedReplyError(f"distill reply changes `{name}`, which belongs to a component this node may not distill")
         if tuple(value.shape) != shapes[name]:
             raise MalformedReplyError(f"distill reply: `{name}` has shape {tuple(value.shape)}, the student's is {shapes[name]}")
         if value.dtype != np.float32:
@@ -333,6 +347,7 @@ def distill_on_central_nodes(
     max_length: int | None = None,
     require_signature: bool = True,
     precision: Precision = "fp32",
+    frozen_of: FrozenFn | None = None,
 ) -> DistillationRound:
     """Send ``train.distill`` to the central nodes, check the replies, export the student closest to its teacher.
 
@@ -340,7 +355,7 @@ def distill_on_central_nodes(
     after distillation on its node's held-out data; with ``bundle_dir`` it is
     exported there as the edge bundle.
     """
-    plan = configure_distill(server_round, state, nodes, config_of, settings, ffn_layers)
+    plan = configure_distill(server_round, state, nodes, config_of, settings, ffn_layers, frozen_of)
     result = DistillationRound()
     if not plan.messages:
         return result

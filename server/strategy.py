@@ -198,13 +198,16 @@ class SentinelStrategy:
             rank = ranks[node.node_id]
             permitted = self.permitted_fn(node, server_round) if self.permitted_fn else None
             max_examples = self.max_examples_fn(node) if self.max_examples_fn else UNBOUNDED_EXAMPLES
-            expected = ExpectedUpdate(rank, modules, head_shapes, self.importance_shape, max_examples, version)
-            sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected)
+            uplink = self.design.uplink_rank(rank)  # a continued adapter sends its change at rank 2r
+            expected = ExpectedUpdate(uplink, modules, head_shapes, self.importance_shape, max_examples, version)
+            sent[node.node_id] = SentView(node, uplink, permitted, dict(state.head), expected)
             key = self.design.view_key(rank)
             bytes_down += views.bytes_of(key)
             config = self.node_config(node, server_round, permitted, version)
             if factor is not None:
                 config[P.C_TRAIN_FACTOR] = factor
+            if self.design.adapter == "continue":
+                config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
         residuals = {rank: views.errors[self.design.view_key(rank)] for rank in sorted(set(ranks.values()))}

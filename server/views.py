@@ -42,7 +42,7 @@ from sentinel.server.state import GlobalState
 VIEW_TOLERANCE = 1e-6
 """Relative residual per module an exact view may drop (float32 factors carry ~1e-7 anyway)."""
 
-AdapterStart = Literal["fresh", "frame"]
+AdapterStart = Literal["fresh", "frame", "continue"]
 ViewKind = Literal["exact", "truncated"]
 Schedule = Literal["b", "alternate"]
 
@@ -57,7 +57,8 @@ class TrainingDesign:
     """
 
     adapter: AdapterStart = "frame"
-    """``frame``: train one factor in the shared frame (``client.frames``); ``fresh``: a fresh LoRA (B = 0)."""
+    """``frame``: train one factor in the shared frame (``client.frames``); ``fresh``: a fresh LoRA (B = 0);
+    ``continue``: resume the global adapter's top-r factors, both trained, the change sent at rank 2r (``client.continued``)."""
     schedule: Schedule = "alternate"
     """For ``frame``: ``alternate`` trains B in odd rounds and A in even ones; ``b`` always trains B (A fixed)."""
     view: ViewKind = "exact"
@@ -65,8 +66,8 @@ class TrainingDesign:
     tolerance: float = VIEW_TOLERANCE
 
     def __post_init__(self) -> None:
-        if self.adapter not in ("frame", "fresh"):
-            raise ValueError(f"`adapter` must be 'frame' or 'fresh', got {self.adapter!r}")
+        if self.adapter not in ("frame", "fresh", "continue"):
+            raise ValueError(f"`adapter` must be 'frame', 'fresh' or 'continue', got {self.adapter!r}")
         if self.view not in ("exact", "truncated"):
             raise ValueError(f"`view` must be 'exact' or 'truncated', got {self.view!r}")
         factor_of_round(1, self.schedule)  # validates the schedule
@@ -76,6 +77,10 @@ class TrainingDesign:
     def train_factor(self, server_round: int) -> Factor | None:
         """The factor nodes train in ``server_round`` (None: a fresh adapter, both factors)."""
         return factor_of_round(server_round, self.schedule) if self.adapter == "frame" else None
+
+    def uplink_rank(self, rank: int) -> int:
+        """The rank of the update a node of ``rank`` sends: 2r for a continued adapter (its change), else r."""
+        return 2 * rank if self.adapter == "continue" else rank
 
     def view_key(self, rank: int) -> int | None:
         """Which view a node of ``rank`` receives: None is the one exact view every node shares."""
@@ -90,11 +95,13 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame": TrainingDesign(),
     "frame-b": TrainingDesign(schedule="b"),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
+    "continued": TrainingDesign(adapter="continue", view="truncated"),
 }
 """The designs a run can select by name (``FederationConfig.training_design``):
 ``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
 A/B, exact view), ``frame-b`` (shared frame, always B), ``flora`` (fresh
-adapter on the exact view: FLoRA's stacked factors, compressed to their rank)."""
+adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
+(the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 
 
 def design_named(name: str) -> TrainingDesign:

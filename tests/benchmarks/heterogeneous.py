@@ -17,7 +17,9 @@ held-out test set (20%) for every setting of a seed:
   global ΔW truncated at the node's rank;
 - (c) ``flora`` — a fresh LoRA each round on the *exact* global ΔW (FLoRA's
   stacked factors, compressed to the rank they have);
-- (d) ``chosen`` — the shared-frame design (``training_design = "frame"``).
+- (d) ``chosen`` — the shared-frame design (``training_design = "frame"``);
+- ``continued`` — nodes resume the global adapter's top-r factors and send
+  their change at rank 2r (``training_design = "continued"``, ``client.continued``).
 
 (a) and (d) run over every seed, (d) with 2 edge nodes at rank 4 and 4 gpu
 nodes at rank 16, (a) at rank 16 everywhere. (b), (c), (d) also run with all
@@ -92,6 +94,8 @@ def settings(seeds: Sequence[int]) -> list[Setting]:
               (("chosen", "sentinel", MIXED, "frame"), ("flower-fedavg", "flower", ALL16, "frame"))]
     first = [
         Setting("today", "sentinel", MIXED, s0, design="legacy"),
+        Setting("continued", "sentinel", MIXED, s0, design="continued"),
+        Setting("continued-all16", "sentinel", ALL16, s0, design="continued"),
         Setting("chosen-all16", "sentinel", ALL16, s0),
         Setting("today-all16", "sentinel", ALL16, s0, design="legacy"),
         Setting("flora-all16", "sentinel", ALL16, s0, design="flora"),

@@ -93,3 +93,11 @@ def test_the_submitted_app_declares_every_key_and_the_report_travels_in_one_line
     report = {"final": {"round": 2, "accuracy": 0.5}, "rounds": [{"round": 1}]}
     lines = ["noise", "\x1b[92mINFO \x1b[0m:      " + report_line(report), "after"]
     assert marked(lines, REPORT_MARK) == report_line(report).removeprefix(REPORT_MARK)
+
+
+def test_an_edge_node_names_where_it_keeps_delivered_bundles(tmp_path: Path, tls: TlsFiles) -> None:
+    bundle = make_node_keys(tmp_path, "edge-0")
+    node = NodeSettings(bundle.key, ca=tls.ca, role="edge", edge_bundle_dir=tmp_path / "bundles").checked()
+    argv = node.argv()
+    config = tomllib.loads(argv[argv.index("--node-config") + 1].replace(" ", "\n"))
+    assert config["edge-bundle-dir"] == str((tmp_path / "bundles").resolve())

@@ -182,3 +182,51 @@ def test_the_coordinator_checks_every_part_of_a_distill_reply(federation) -> Non
     other = {node_id: NodeInfo(n.node_id, n.partition_id, n.role, f["nodes"][0].public_key) for node_id, n in plan.nodes.items()}
     with pytest.raises(MalformedReplyError, match="signature"):
         check_distill_reply(reply, dataclasses.replace(plan, nodes=other), f["base"], f["state"])
+
+
+def test_components_consent_does_not_let_the_node_distill_keep_the_teachers_weights(federation) -> None:  # noqa: ANN001
+    f = federation
+    central = [n for n in f["nodes"] if n.role == "central"]
+    forbidden = ["classifier", "layer.1.ffn", "layer.0.head.3"]  # a kept head of layer 0: its projections are shared
+    settings = DistillSettings(steps=3, learning_rate=1e-3)
+    plan = configure_distill(5, f["state"], central, lambda n: f["strategy"].node_config(n, 5), settings, frozen_of=lambda n: forbidden)
+    assert list(plan.messages[0].content[P.REC_CONFIG][P.C_DISTILL_FROZEN]) == sorted(forbidden)
+    (reply,) = f["grid"].send_and_receive(plan.messages)
+    good = check_distill_reply(reply, plan, f["base"], f["state"])
+    names = set(good.arrays)
+    assert not any(k.startswith(("classifier.", "bert.pooler.")) for k in names)  # outside the layers: the classifier's
+    assert not any(".layer.1." in k and (".intermediate." in k or k.endswith("output.dense.weight") and "attention" not in k) for k in names)
+    assert not any(".layer.0.attention.self." in k or ".layer.0.attention.output.dense." in k for k in names)  # head 3's layer
+    assert any(".layer.1.attention.self.query." in k for k in names) and any(".layer.0.intermediate." in k for k in names)
+    teacher = materialise(f["base"], f["state"].deltas, f["state"].head)
+    student = load_student(teacher, good.spec, good.arrays)
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)  # the teacher's, exactly
+    # A reply that changes a frozen component anyway is refused, naming it.
+    classifier = {"classifier.weight": student.classifier.weight.detach().numpy() + np.float32(0.5)}
+    with pytest.raises(MalformedReplyError, match="may not distill"):
+        check_distill_reply(_tampered(reply, arrays={**good.arrays, **classifier}), plan, f["base"], f["state"])
+
+
+def test_a_central_node_that_may_distill_nothing_is_not_asked_and_the_decision_says_why(federation, tmp_path) -> None:  # noqa: ANN001
+    from sentinel.models.components import list_components
+    from sentinel.server.distill_phase import DistillationPhase
+
+    f = federation
+    config = f["config"].model_copy(update={"distill": True, "distill_steps": 2})
+    records: list[tuple[object, dict]] = []
+    phase = DistillationPhase(
+        config, f["base"], tmp_path, f["strategy"].node_config, 2, may=lambda node, op, c: op != "distill",
+        record=lambda kind, payload: records.append((kind, payload)), require_signature=False,
+    )
+    phase.on_nodes(f["nodes"])
+    assert phase.frozen_of(f["nodes"][1]) == list_components(f["base"].model) and phase.distillers() == []
+    sent: list[Message] = []
+    real = f["grid"].send_and_receive
+    f["grid"].send_and_receive = lambda messages, **kw: sent.extend(messages) or real(messages, **kw)  # type: ignore[method-assign]
+    try:
+        result = phase.run(f["grid"], 6, f["state"])
+    finally:
+        del f["grid"].send_and_receive
+    assert sent == [] and result.chosen is None
+    ((kind, payload),) = records
+    assert kind.value == "student_rejected" and "distill no component" in payload["rejected"][f["nodes"][1].key_id]
