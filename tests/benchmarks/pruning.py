@@ -114,6 +114,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--fed-lr", type=float, default=2e-3, help="nodes' LoRA learning rate")
     p.add_argument("--fed-distill-steps", type=int, default=60, help="distillation steps on the central node per student")
     p.add_argument("--fed-ffn-keep", type=float, default=0.5, help="FFN width the federated students keep (distill_ffn_keep)")
+    p.add_argument("--fed-precision", choices=("fp32", "int8"), default="fp32", help="precision of the federation's edge bundles (distill_precision)")
     return p.parse_args()
 
 
@@ -248,6 +249,38 @@ def _fed_policy(path: Path) -> Path:
     return path
 
 
+def _int8_copy(source: Path, target: Path) -> Path:
+    """An int8 copy of the fp32 bundle ``source`` in ``target``: its ONNX dynamically quantized as ``export_bundle`` does, manifest rehashed.
+
+    For the federation's students, whose torch weights stay on the central node:
+    ``export_bundle(precision="int8")`` quantizes the fp32 ONNX it exports the
+    same way (``models.edge_export.quantize_int8``).
+    """
+    import shutil
+
+    from sentinel.models.edge_bundle import MANIFEST_FILE, BundleFile, sha256_file
+    from sentinel.models.edge_export import quantize_int8
+
+    manifest = load_bundle(source).manifest
+    if manifest.precision != "fp32":
+        raise ValueError(f"{source} is already {manifest.precision}")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    model = target / "model.onnx"
+    quantize_int8(source / "model.onnx", model)
+    files = tuple(
+        BundleFile(path=p.relative_to(target).as_posix(), sha256=sha256_file(p), bytes=p.stat().st_size)
+        for p in sorted(target.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE
+    )
+    updated = manifest.model_copy(update={
+        "precision": "int8", "files": files, "model_bytes": model.stat().st_size, "total_bytes": sum(f.bytes for f in files),
+    })
+    (target / MANIFEST_FILE).write_text(updated.model_dump_json(indent=2), encoding="utf-8")
+    load_bundle(target)  # every hash checks
+    return target
+
+
 def _fed_config(args: argparse.Namespace, policy: Path) -> Any:
     """The federation of arm (a): plasticity and distillation on, one pruning cycle every ``--fed-rounds-per-cycle`` rounds."""
     from sentinel.server.config import FederationConfig, RoleProfile
@@ -264,7 +297,7 @@ def _fed_config(args: argparse.Namespace, policy: Path) -> Any:
         plasticity=True, prune_every=args.fed_rounds_per_cycle, prune_step=args.fed_step, target_sparsity=args.fed_target,
         prune_rank_share=0.4, prune_vote_share=0.5, prune_tolerance=1.0,
         distill=True, distill_every=0, distill_steps=args.fed_distill_steps, distill_learning_rate=args.distill_lr,
-        distill_temperature=args.temperature, distill_ffn_keep=args.fed_ffn_keep, distill_precision="fp32",
+        distill_temperature=args.temperature, distill_ffn_keep=args.fed_ffn_keep, distill_precision=args.fed_precision,
     )
 
 
@@ -306,7 +339,12 @@ def _federated(args: argparse.Namespace, test: list[Example], test_batches: list
             continue
         name = f"fed-r{s['round']}-{int(round(100 * share))}-{s['precision']}"
         paths[name] = out / s["bundle"]
-        students.append(entry | {
+        extra = {}
+        if s["precision"] == "fp32":  # and its int8 copy, as the other arms export both
+            int8 = name.removesuffix("fp32") + "int8"
+            paths[int8] = _int8_copy(out / s["bundle"], args.out / "bundles" / int8)
+            extra = {"bundle_int8": int8}
+        students.append(entry | extra | {
             "bundle": name, "ffn_widths": s["ffn_widths"], "kl_before": s["kl_before"], "kl_after": s["kl_after"],
             "central_student_accuracy": s["student_accuracy"], "central_teacher_accuracy": s["teacher_accuracy"],
             "student_parameters": s["student_parameters"], "teacher_parameters": s["teacher_parameters"],
@@ -341,21 +379,25 @@ def _fed_markdown(report: dict[str, Any]) -> list[str]:
         f"({fed['test_in_federation_holdout']:.0%} of it in the federation's held-out set; {fed['test_texts_in_node_partitions']} of its texts "
         f"also occur in node partitions). Speed-up and size against the unpruned fp32 bundle (`teacher-fp32`); heads per layer: `{fed['heads_png']}`.",
         "",
-        "| round | heads pruned | FFN widths | student (ort, test) | Δ vs fed teacher | central node: student / teacher | KL before → after | params | size vs fp32 | b1 speed-up | b32 speed-up |",
+        "| round | heads pruned | FFN widths | bundle: student (ort, test) | Δ vs fed teacher | central node: student / teacher | KL before → after | params | size vs fp32 | b1 speed-up | b32 speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in fed["students"]:
         if "bundle" not in s:
             lines.append(f"| {s['round']} | {s['share']:.0%} ({s['heads_pruned']}) | rejected: {s.get('rejected')} | | | | | | | | |")
             continue
-        b = report["bundles"][s["bundle"]]
         widths = sorted(set(s["ffn_widths"].values())) or "full"
-        lines.append(
-            f"| {s['round']} | {s['share']:.0%} ({s['heads_pruned']}) | {widths} | {b['accuracy']:.3f} | {100 * (b['accuracy'] - ref['accuracy']):+.1f} pt | "
-            f"{s['central_student_accuracy']:.3f} / {s['central_teacher_accuracy']:.3f} | {s['kl_before']:.3f} → {s['kl_after']:.3f} | "
-            f"{b['parameters']:,} | {b['model_bytes'] / base['model_bytes']:.0%} | {base['b1_p50_ms'] / b['b1_p50_ms']:.2f}x | "
-            f"{base['b32_p50_ms'] / b['b32_p50_ms']:.2f}x |"
-        )
+        for key in ("bundle", "bundle_int8"):
+            if key not in s:
+                continue
+            b = report["bundles"][s[key]]
+            lines.append(
+                f"| {s['round']} | {s['share']:.0%} ({s['heads_pruned']}) | {widths} | {s[key]}: {b['accuracy']:.3f} | "
+                f"{100 * (b['accuracy'] - ref['accuracy']):+.1f} pt | "
+                f"{s['central_student_accuracy']:.3f} / {s['central_teacher_accuracy']:.3f} | {s['kl_before']:.3f} → {s['kl_after']:.3f} | "
+                f"{b['parameters']:,} | {b['model_bytes'] / base['model_bytes']:.0%} | {base['b1_p50_ms'] / b['b1_p50_ms']:.2f}x | "
+                f"{base['b32_p50_ms'] / b['b32_p50_ms']:.2f}x |"
+            )
     lines += ["", "Rounds (coordinator's held-out set, the global model with the round's head mask):", "",
               "| round | accuracy | heads pruned | live heads per layer |", "|---|---|---|---|"]
     lines += [f"| {r['round']} | {r['accuracy']:.3f} | {r['pruned_heads']} | {r['heads_per_layer']} |" for r in fed["rows"]]
@@ -369,6 +411,7 @@ def _fed_targets(report: dict[str, Any]) -> list[str]:
     ref, base = report["bundles"]["fed-teacher-fp32"], report["bundles"]["teacher-fp32"]
     done = [(s, report["bundles"][s["bundle"]]) for s in fed["students"] if "bundle" in s]
     ok = [s for s, b in done if s["share"] >= 0.4 and b["accuracy"] >= ref["accuracy"] - 0.01]
+    both = [(s | {"bundle": s[k]}, report["bundles"][s[k]]) for s in fed["students"] for k in ("bundle", "bundle_int8") if k in s]
     best = max((b["accuracy"] for s, b in done if s["share"] >= 0.4), default=None)
     out = [
         "(a) federated: ≥40% heads pruned with ≤1 point loss after distillation (vs the federated teacher, onnxruntime): "
@@ -376,7 +419,7 @@ def _fed_targets(report: dict[str, Any]) -> list[str]:
            else "MISSED (no student at ≥40%)")
     ]
     hits = [
-        s["bundle"] for s, b in done
+        s["bundle"] for s, b in both
         if base["b1_p50_ms"] / b["b1_p50_ms"] >= 2 and base["b32_p50_ms"] / b["b32_p50_ms"] >= 2
         and b["model_bytes"] <= 0.4 * base["model_bytes"] and b["accuracy"] >= ref["accuracy"] - 0.01
     ]
