@@ -22,7 +22,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from sentinel.server.coordinator import Coordinator
-from sentinel.server.deploy_run import RESULT_MARK, LogProgress, report_line, resolve_out, wait_for_nodes
+from sentinel.server.deploy_run import RESULT_MARK, LogProgress, database_urls, report_line, resolve_out, wait_for_nodes
 from sentinel.server.report import write_report
 from sentinel.server.run_config import RUN_KEYS, split_keys, to_federation_config
 
@@ -43,7 +43,8 @@ def main(grid: Grid, context: Context) -> None:
         out = resolve_out(str(run["out"]))
         _say(f"run directory {out}; {config.nodes} nodes, {config.rounds} rounds, model {config.model}")
         wait_for_nodes(lambda: len(list(grid.get_node_ids())), config.nodes, float(run["node-wait-s"]), _say)
-        coordinator = Coordinator.build(config, out)
+        ledger_url, governance_url = database_urls(run)
+        coordinator = Coordinator.build(config, out, ledger_url=ledger_url, governance_url=governance_url)
         result = coordinator.run(grid, resume=bool(run["resume"]), extra_observers=[LogProgress(_say)])
         report = write_report(out, config, result, coordinator.report_extra())
     except Exception as e:

@@ -68,11 +68,27 @@ class Coordinator:
     """Training examples of each partition: the most a node can claim (its aggregation weight's bound)."""
     val_sizes: tuple[int, ...] = ()
     """Validation examples of each partition: the most a central node can evaluate on."""
+    ledger_url: str | None = None
+    """Where the run's ledger lives (a database URL); None: ``<out>/ledger.db`` (SQLite)."""
+    governance_url: str | None = None
+    """Where the run's governance store lives (a database URL); None: ``<out>/governance.db`` (SQLite)."""
 
     @classmethod
-    def build(cls, config: FederationConfig, out_dir: Path, *, accountable: bool = True) -> Coordinator:
-        """Load the base model and held-out test set; open the ledger and governance in ``out_dir``.
+    def build(
+        cls,
+        config: FederationConfig,
+        out_dir: Path,
+        *,
+        accountable: bool = True,
+        ledger_url: str | None = None,
+        governance_url: str | None = None,
+    ) -> Coordinator:
+        """Load the base model and held-out test set; open the ledger and governance (SQLite files in ``out_dir`` by default).
 
+        ``ledger_url`` / ``governance_url`` put them in a database instead
+        (``postgresql+psycopg://...``: the one the coordinator server's ledger and
+        governance services serve, ``sentinel server --ledger-db/--governance-db``);
+        the coordinator's signing key and trust anchor stay in ``out_dir``.
         With ``accountable=False`` the run keeps no ledger and enforces no consent
         (benchmarks that only measure learning).
         """
@@ -90,7 +106,10 @@ class Coordinator:
         train_sizes = tuple(len(train) for train, _ in splits)
         val_sizes = tuple(len(val) for _, val in splits)
         evaluator = CentralEvaluator(base, data.test, config.max_length)
-        coordinator = cls(config, out_dir, base, evaluator, train_sizes=train_sizes, val_sizes=val_sizes)
+        coordinator = cls(
+            config, out_dir, base, evaluator, train_sizes=train_sizes, val_sizes=val_sizes, ledger_url=ledger_url or None,
+            governance_url=governance_url or None,
+        )
         if accountable:
             coordinator._open_accountability(data.test[: config.contribution_examples])
         coordinator.observers.append(RoleFigures(config))  # after the ledger's: it reads contributions and tokens from the row
@@ -99,9 +118,9 @@ class Coordinator:
     def _open_accountability(self, contribution_set: Sequence[Example]) -> None:
         """Open the ledger and governance stores and register their observers."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger.open(f"sqlite:///{self.out_dir / LEDGER_FILE}", self.out_dir / COORDINATOR_KEY)
+        self.ledger = Ledger.open(self.ledger_url or f"sqlite:///{self.out_dir / LEDGER_FILE}", self.out_dir / COORDINATOR_KEY)
         self.governance = GovernanceObserver.open(
-            self.out_dir / GOVERNANCE_FILE,
+            self.governance_url or self.out_dir / GOVERNANCE_FILE,
             self.ledger,
             list_components(self.base.model),
             self.config.model,

@@ -98,6 +98,16 @@ def resolve_out(out: str, default_name: str = "run") -> Path:
     return Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
+def database_urls(run: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(ledger URL, governance URL) of a run: its run config's ``ledger-db``/``governance-db``, else the coordinator
+    server's (``SENTINEL_LEDGER_URL``/``SENTINEL_GOVERNANCE_URL``), else None (SQLite files in the run directory)."""
+    from sentinel.server.deploy_server import GOVERNANCE_URL_ENV, LEDGER_URL_ENV
+
+    ledger = str(run.get("ledger-db") or "") or os.environ.get(LEDGER_URL_ENV) or None
+    governance = str(run.get("governance-db") or "") or os.environ.get(GOVERNANCE_URL_ENV) or None
+    return ledger, governance
+
+
 def report_line(report: Mapping[str, Any]) -> str:
     """The report as one marked log line."""
     return REPORT_MARK + json.dumps(report, default=str, separators=(",", ":"))

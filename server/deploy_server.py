@@ -38,6 +38,10 @@ from sentinel.server.processes import Child, flower_bin, flower_env, wait_until
 log = logging.getLogger("sentinel.server")
 
 DATA_DIR_ENV = "SENTINEL_DATA_DIR"
+LEDGER_URL_ENV = "SENTINEL_LEDGER_URL"
+"""Set for the ServerApp when the server was given ``--ledger-db``: runs keep their ledger in the database the LedgerService serves."""
+GOVERNANCE_URL_ENV = "SENTINEL_GOVERNANCE_URL"
+"""Set for the ServerApp when the server was given ``--governance-db`` (the GovernanceService's database)."""
 RUN_DIR = "run"
 CARDS_DIR = "node-cards"
 STARTUP_TIMEOUT_S = 90.0
@@ -99,6 +103,15 @@ class ServerSettings:
     def governance_url(self) -> str:
         return self.governance_db or str(self.run_dir / "governance.db")
 
+    def database_env(self) -> dict[str, str]:
+        """What tells the ServerApp (a child of the SuperLink) where the services' databases are, when they were given."""
+        env: dict[str, str] = {}
+        if self.ledger_db:
+            env[LEDGER_URL_ENV] = str(self.ledger_db)
+        if self.governance_db:
+            env[GOVERNANCE_URL_ENV] = str(self.governance_db)
+        return env
+
     def superlink_argv(self) -> list[str]:
         argv = [flower_bin("flower-superlink"), "--host", self.host, "--port", str(self.port)]
         argv += ["--database", str(self.superlink_db or self.data_dir / "superlink.db")]
@@ -128,7 +141,7 @@ class CoordinatorServer:
         s = self.settings
         for d in (s.data_dir, s.run_dir, s.cards_dir, s.data_dir / "logs"):
             d.mkdir(parents=True, exist_ok=True)
-        env = {**flower_env(s.data_dir / "flwr-home"), DATA_DIR_ENV: str(s.data_dir.resolve())}
+        env = {**flower_env(s.data_dir / "flwr-home"), DATA_DIR_ENV: str(s.data_dir.resolve()), **s.database_env()}
         started = time.monotonic()
         self.superlink = Child("SuperLink", s.superlink_argv(), s.data_dir / "logs" / "superlink.log", env).start()
         try:
@@ -202,4 +215,4 @@ class CoordinatorServer:
             log.info("SuperLink stopped (exit %s)", code)
 
 
-__all__ = ["CoordinatorServer", "DATA_DIR_ENV", "RUN_DIR", "ServerSettings", "TlsFiles"]
+__all__ = ["CoordinatorServer", "DATA_DIR_ENV", "GOVERNANCE_URL_ENV", "LEDGER_URL_ENV", "RUN_DIR", "ServerSettings", "TlsFiles"]

@@ -29,6 +29,8 @@ RUN_KEYS: dict[str, FlatValue] = {
     "out": "",  # output directory of the run (deployment: on the coordinator's host); "": runs/<timestamp>
     "resume": False,  # continue from the last checkpoint in `out`
     "node-wait-s": 600.0,  # how long the coordinator waits for the run's nodes to connect
+    "ledger-db": "",  # database URL of the run's ledger; "": the coordinator server's --ledger-db, else <out>/ledger.db
+    "governance-db": "",  # database URL of the run's governance store; "": the server's --governance-db, else <out>/governance.db
 }
 """Keys of the run itself (not ``FederationConfig`` fields), with their defaults."""
 
