@@ -37,7 +37,10 @@ What it does, on ``uci-sentiment:../shared/data/sentiment-labelled-sentences`` w
    the federated teacher (the final global model, all heads, from the
    checkpoint) and every cycle's edge bundle (``<out>/federated/run/edge-bundle/round-N``),
    evaluated by onnxruntime on the same held-out test subset as the other arms
-   (a subset of the federation's own held-out set: checked) and timed with them.
+   (a subset of the federation's own held-out set: checked) and timed with them,
+   with an int8 copy of each (quantized as ``export_bundle`` does). It adds
+   about 8-12 minutes on 2 shared cores (6 rounds); ``heads.png`` of the run
+   shows the heads per layer over rounds.
 
 Writes ``results.json``, ``results.md`` (tables, targets, what was cut) and
 ``pruning.png`` under ``--out``. Every size that was reduced to fit 90 minutes
