@@ -10,11 +10,14 @@ change of loss and accuracy, the per-head attention-entropy shift and the KL
 divergence of the outputs (``models.validation``), and decides:
 
 - **loss gate**: reject when validation loss rises significantly (by more than
-  the tolerance plus two standard errors of the paired per-example change);
+  the tolerance plus two standard errors of the paired per-example change; the
+  coordinator may re-read a rejection against the round, ``server.validation``);
 - **entropy gate**: reject when the candidate's entropy shift is an outlier
   among this message's candidates (robust z-score of its log above the
-  threshold; with too few candidates to calibrate, the coordinator's round-wide
-  gate decides alone).
+  threshold and at least ``DEFAULT_MIN_RATIO`` × their median,
+  ``models.entropy_calibration``; with too few candidates to calibrate, the
+  coordinator's round-wide gate, calibrated over all of the round's authors,
+  decides alone).
 
 Each verdict is signed by the node over the ledger's ``validation_verdict``
 payload, so the coordinator cannot forge or alter it.
@@ -35,6 +38,7 @@ from sentinel.ledger.crypto import Ed25519PrivateKey
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.components import model_layout
+from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, log_shift_z
 from sentinel.models.global_model import materialise
 from sentinel.models.head_mask import apply_head_mask, check_mask
 from sentinel.models.loading import LoadedModel
@@ -45,7 +49,6 @@ from sentinel.models.validation import (
     CandidateMeasurement,
     ModelReading,
     compare,
-    entropy_shift_z,
     loss_gate_fails,
     read_model,
 )
@@ -65,14 +68,18 @@ class GateSettings(BaseModel):
     max_length: int = Field(alias=P.C_MAX_LENGTH, ge=4)
 
 
-def candidate_model(base: LoadedModel, deltas: dict[str, np.ndarray], head: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+def candidate_model(
+    base: LoadedModel, deltas: dict[str, np.ndarray], head: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> torch.nn.Module:
     """The global model with one candidate update applied: ΔW + s·B·A per module, the candidate's head."""
     pairs, cand_head = split_adapter_arrays(arrays)
     merged = dict(deltas)
     for module, (a, b) in pairs.items():
         if module not in merged:
             raise ValueError(f"candidate adapts module `{module}`, which the global model does not have")
-        merged[module] = (merged[module].astype(np.float64) + P.LORA_ALPHA_PER_RANK * (b.astype(np.float64) @ a.astype(np.float64))).astype(np.float32)
+        merged[module] = (
+            merged[module].astype(np.float64) + P.LORA_ALPHA_PER_RANK * (b.astype(np.float64) @ a.astype(np.float64))
+        ).astype(np.float32)
     return materialise(base, merged, {**head, **cand_head})
 
 
@@ -93,7 +100,8 @@ def masked_reading(model: torch.nn.Module, batches: Sequence[Batch], mask: np.nd
 def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) -> dict[str, str]:
     """Author → '' (accept) or the reason for rejecting, by the loss gate and the local entropy gate."""
     authors = sorted(measurements)
-    z = dict(zip(authors, entropy_shift_z([measurements[a].entropy_shift_norm for a in authors]), strict=True))
+    shifts = [measurements[a].entropy_shift_norm for a in authors]
+    z = dict(zip(authors, log_shift_z(shifts, gates.entropy_z, DEFAULT_MIN_RATIO), strict=True))
     reasons: dict[str, str] = {}
     for author in authors:
         m = measurements[author]

@@ -6,15 +6,23 @@ validator carries much more than its share — which apply it to the exact globa
 model on their own data (``evaluate.validate``) and answer with signed verdicts
 and measurements. The coordinator then
 
-1. applies the round-wide **entropy gate**: a vote whose entropy shift is an
-   outlier among all of the round's measurements (robust z-score above the
-   governance threshold) counts as a rejection;
+1. applies the round-wide **entropy gate**: the votes on an update whose
+   entropy shift is an outlier among the round's *authors* (robust z-score of
+   its validators' log-shifts, each validator centred on its own median, above
+   the governance threshold and at least ``entropy_min_ratio`` × the round's
+   median; ``models.entropy_calibration``) count as rejections;
 2. takes **consensus**: a candidate is accepted iff the reputation-weighted share
    of accepting validators reaches the quorum;
-3. updates **reputation**: each validator's reputation moves toward its agreement
-   with consensus, so a validator that keeps disagreeing is assigned less and
-   weighs less; an author whose updates are rejected twice in a row sits out a
-   cool-down.
+3. rejects **coordinated updates** among the accepted ones: a minority of
+   updates far more similar to each other than the round's updates are to one
+   another (robust z-score of pairwise cosines above ``coordination_z``;
+   ``server.coordination``) — what nodes training toward one hidden objective,
+   such as a backdoor, look like, which validators on clean data cannot see;
+   their authors sit out a cool-down at once;
+4. updates **reputation**: each validator's reputation moves toward its agreement
+   with consensus (step 2; step 3 judges the updates, not the validators), so a
+   validator that keeps disagreeing is assigned less and weighs less; an author
+   whose updates are rejected twice in a row sits out a cool-down.
 
 The pure functions (assignment, consensus, reputation) take and return values;
 :class:`ValidationPhase` builds the messages and reads the replies, and the
@@ -35,9 +43,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore import log
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import payload_signature_valid
-from sentinel.models.validation import entropy_shift_z
+from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_z
+from sentinel.models.lora import split_adapter_arrays
+from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE, loss_allowance
 from sentinel.protos import messages as P
 from sentinel.protos.records import dense_state_arrays, to_array_record
+from sentinel.server.coordination import coordinated_groups, lora_cosines
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome, Verdict
 from sentinel.server.state import GlobalState
@@ -95,15 +106,60 @@ def updated_reputation(reputation: Mapping[K, float], agreement: Mapping[K, floa
     return new
 
 
-def round_entropy_gate(shifts: Mapping[tuple[int, int], float], z_threshold: float) -> dict[tuple[int, int], float]:
-    """(validator, author) → z-score, for the measurements whose shift is an outlier among the round's.
+def round_entropy_gate(
+    shifts: Mapping[tuple[K, K], float], z_threshold: float, min_ratio: float = DEFAULT_MIN_RATIO
+) -> dict[tuple[K, K], float]:
+    """(validator, author) → the author's z-score, for every measurement of an author whose shift is an outlier.
 
-    One-sided (only shifts above the median are suspicious), on a log scale, and
-    silent below the calibration minimum (:func:`models.validation.entropy_shift_z`).
+    The z-score is the author's among the round's authors
+    (:func:`models.entropy_calibration.author_shift_z`): one-sided, on a log
+    scale, each validator centred on its own median, the spread floored so an
+    outlier is at least ``min_ratio`` × the round's median shift, and silent
+    below the calibration minimum.
     """
-    keys = sorted(shifts)
-    z = entropy_shift_z([shifts[k] for k in keys])
-    return {k: float(zk) for k, zk in zip(keys, z, strict=True) if zk > z_threshold}
+    z = author_shift_z(shifts, z_threshold, min_ratio)
+    return {k: float(z[k[1]]) for k in sorted(shifts) if z[k[1]] > z_threshold}
+
+
+def rescinded_loss_rejections(
+    verdicts: Sequence[Verdict], cosines: Mapping[str, float | None], tolerance: float, share: float
+) -> dict[tuple[str, str], str]:
+    """(validator, author) → why, for the loss-gate rejections the round-relative allowance takes back.
+
+    A validator's rejection by the (absolute) loss gate is counted as an accept
+    when the update's direction is confirmed by the round (its check-phase
+    cosine to the median of the other updates is known and positive) and its
+    loss change is within :func:`models.loss_calibration.loss_allowance` of the
+    changes that validator measured this round. Updates whose direction was not
+    checked, or points against the round, keep the absolute gate
+    (``models.loss_calibration`` says why). ``share`` 0: nothing is taken back.
+    """
+    if share <= 0:
+        return {}
+    by_validator: dict[str, list[float]] = {}
+    for v in verdicts:
+        by_validator.setdefault(v.validator, []).append(v.loss_change)
+    allowance = {val: loss_allowance(changes, tolerance, share) for val, changes in by_validator.items()}
+    out: dict[tuple[str, str], str] = {}
+    for v in verdicts:
+        cosine = cosines.get(v.author)
+        if v.accept or not v.reason.startswith("loss gate") or cosine is None or not cosine > 0:
+            continue
+        if v.loss_change <= allowance[v.validator]:
+            out[(v.validator, v.author)] = (
+                f"loss gate (round): {v.loss_change:+.4f} nats is within {share:g} × the validator's median gain this round "
+                f"({allowance[v.validator]:.4f}) for an update the round's direction confirms (cosine {cosine:.3f})"
+            )
+    return out
+
+
+def coordinated_updates(arrays: Mapping[K, Mapping[str, np.ndarray]], z_threshold: float) -> dict[K, str]:
+    """Author → reason, for the updates (their LoRA factors) in a coordinated minority (``server.coordination``)."""
+    if z_threshold <= 0 or not arrays:
+        return {}
+    pairs = {author: split_adapter_arrays(dict(a))[0] for author, a in arrays.items()}
+    modules = set.intersection(*(set(p) for p in pairs.values()))
+    return coordinated_groups(lora_cosines({n: {m: p[m] for m in modules} for n, p in pairs.items()}), z_threshold)
 
 
 def global_arrays(state: GlobalState) -> dict[str, np.ndarray]:
@@ -131,6 +187,12 @@ class GateParameters:
     loss_tolerance: float = 0.0
     reputation_learning_rate: float = 0.2
     cooldown_rounds: int = 2
+    entropy_min_ratio: float = DEFAULT_MIN_RATIO
+    """An entropy outlier is at least this many times the round's median shift (the calibration's floor)."""
+    coordination_z: float = 5.0
+    """Reject accepted updates in a coordinated minority above this pairwise-cosine z-score (0: off)."""
+    loss_allowance_share: float = DEFAULT_ALLOWANCE_SHARE
+    """A direction-confirmed update may cost a validator this share of its median gain this round (0: absolute gate)."""
 
 
 @dataclass
@@ -226,7 +288,9 @@ class ValidationPhase(RoundObserver):
         validators = [n for n, info in self.nodes.items() if info.role in self.validator_roles and n not in excluded]
         reputation = {n: self.reputation_of(n) for n in validators}
         digest = hashlib.sha256(f"validators:{self.seed}:{server_round}".encode()).digest()
-        assignment = assign_validators(list(candidates), validators, reputation, params.validators_per_update, int.from_bytes(digest[:4], "little"))
+        assignment = assign_validators(
+            list(candidates), validators, reputation, params.validators_per_update, int.from_bytes(digest[:4], "little")
+        )
         by_validator: dict[int, list[int]] = {}
         for author, chosen in assignment.items():
             for v in chosen:
@@ -251,7 +315,12 @@ class ValidationPhase(RoundObserver):
         validator = reply.metadata.src_node_id
         info = self.nodes.get(validator)
         if info is None or reply.has_error():
-            log(WARNING, "validate reply from %s failed: %s", validator, reply.error.reason if reply.has_error() else "unknown node")
+            log(
+                WARNING,
+                "validate reply from %s failed: %s",
+                validator,
+                reply.error.reason if reply.has_error() else "unknown node",
+            )
             return []
         verdicts: list[Verdict] = []
         try:
@@ -273,7 +342,9 @@ class ValidationPhase(RoundObserver):
                 if not all(math.isfinite(x) for x in [shift, *values]):
                     log(WARNING, "verdict of %s on %s dropped: non-finite measurements", validator, author)
                     continue
-                verdicts.append(Verdict(info.key_id, author_id, accept, reason, signature, values[0], values[1], values[2], shift))
+                verdicts.append(
+                    Verdict(info.key_id, author_id, accept, reason, signature, values[0], values[1], values[2], shift)
+                )
         except (KeyError, TypeError, ValueError) as e:
             log(WARNING, "validate reply from %s is malformed: %s", validator, e)
             return []
@@ -283,10 +354,24 @@ class ValidationPhase(RoundObserver):
         """The outcome with each candidate accepted or rejected by consensus, verdicts attached, reputation updated."""
         params = self.parameters_fn()
         verdicts = [v for reply in replies for v in self._read(plan, reply)]
-        flagged = round_entropy_gate({(v.validator, v.author): v.entropy_shift for v in verdicts}, params.entropy_z)
+        flagged = round_entropy_gate(
+            {(v.validator, v.author): v.entropy_shift for v in verdicts}, params.entropy_z, params.entropy_min_ratio
+        )
+        rescinded = rescinded_loss_rejections(
+            verdicts,
+            {r.node.key_id: r.direction_cosine for r in outcome.results},
+            params.loss_tolerance,
+            params.loss_allowance_share,
+        )
         effective = [
-            replace(v, effective=False, effective_reason=f"entropy gate (round): shift z-score {flagged[(v.validator, v.author)]:.1f} > {params.entropy_z:g}")
+            replace(
+                v,
+                effective=False,
+                effective_reason=f"entropy gate (round): shift z-score {flagged[(v.validator, v.author)]:.1f} > {params.entropy_z:g}",
+            )
             if (v.validator, v.author) in flagged
+            else replace(v, effective=True, effective_reason=rescinded[(v.validator, v.author)])
+            if (v.validator, v.author) in rescinded
             else replace(v, effective=v.accept, effective_reason=v.reason)
             for v in verdicts
         ]
@@ -308,34 +393,85 @@ class ValidationPhase(RoundObserver):
             weights = {v.validator: self.reputation_of(by_key[v.validator]) for v in votes}
             accepted, share = consensus({v.validator: bool(v.effective) for v in votes}, weights, params.quorum)
             decisions[author] = accepted
-            reason = "" if accepted else f"rejected by validators: weighted accept share {share:.2f} < quorum {params.quorum:.2f} ({'; '.join(sorted({v.effective_reason for v in votes if not v.effective}))})"
+            reason = (
+                ""
+                if accepted
+                else f"rejected by validators: weighted accept share {share:.2f} < quorum {params.quorum:.2f} ({'; '.join(sorted({v.effective_reason for v in votes if not v.effective}))})"
+            )
             results.append(replace(result, accepted=accepted, reason=reason, verdicts=votes))
-        self._update_state(plan.server_round, effective, decisions, params)
+        coordinated = coordinated_updates(
+            {r.node.key_id: r.arrays for r in results if r.accepted and r.verdicts}, params.coordination_z
+        )
+        if coordinated:
+            log(
+                WARNING,
+                "round %s: %s updates rejected as coordinated: %s",
+                plan.server_round,
+                len(coordinated),
+                ", ".join(sorted(coordinated)),
+            )
+        results = [
+            replace(r, accepted=False, reason=coordinated[r.node.key_id]) if r.node.key_id in coordinated else r for r in results
+        ]
+        self._update_state(plan.server_round, effective, decisions, params, set(coordinated), set(rescinded))
         agreement = [v.accept == decisions[v.author] for v in effective if v.author in decisions]
         return replace(
             outcome,
             results=results,
             validator_agreement=float(np.mean(agreement)) if agreement else None,
-            reputation={self.nodes[n].key_id: round(self.reputation_of(n), 4) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles},
+            reputation={
+                self.nodes[n].key_id: round(self.reputation_of(n), 4)
+                for n in sorted(self.nodes)
+                if self.nodes[n].role in self.validator_roles
+            },
             excluded=[self.nodes[n].key_id for n in sorted(self.excluded(plan.server_round))],
         )
 
-    def _update_state(self, server_round: int, verdicts: Sequence[Verdict], decisions: Mapping[str, bool], params: GateParameters) -> None:
-        """Reputation toward agreement with consensus; a cool-down for authors rejected twice in a row (all by key id)."""
+    def _update_state(
+        self,
+        server_round: int,
+        verdicts: Sequence[Verdict],
+        decisions: Mapping[str, bool],
+        params: GateParameters,
+        coordinated: set[str] | frozenset[str] = frozenset(),
+        rescinded: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
+        """Reputation toward agreement with consensus; a cool-down for authors rejected twice in a row (all by key id).
+
+        ``coordinated`` authors were accepted by consensus but rejected as coordinated:
+        the validators agreed with consensus (their reputation is not touched by it),
+        and the author's cool-down starts at once. A coordinated update is evidence of
+        nodes pursuing one hidden objective, and it shows most clearly while the
+        objective is not yet in the global model (measured: pairwise z 6–11 in the
+        round a backdoor is first sent, ≤ 3 in the round after, when the honest
+        direction dominates every update); letting the group back the next round
+        would let it in.
+        """
         agree: dict[str, list[float]] = {}
         for v in verdicts:
             if v.author in decisions:
-                agree.setdefault(v.validator, []).append(float(v.accept == decisions[v.author]))
+                vote = v.accept or (v.validator, v.author) in rescinded
+                agree.setdefault(v.validator, []).append(float(vote == decisions[v.author]))
         current = {k: self.state.reputation.get(k, 1.0) for k in agree}
         new = updated_reputation(current, {k: float(np.mean(a)) for k, a in agree.items()}, params.reputation_learning_rate)
         self.state.reputation.update(new)
         for author, accepted in decisions.items():
-            count = 0 if accepted else self.state.consecutive_rejections.get(author, 0) + 1
+            if author in coordinated:  # evidence of collusion, not of a bad round: the cool-down starts now
+                count = REJECTIONS_BEFORE_COOLDOWN
+            else:
+                count = 0 if accepted else self.state.consecutive_rejections.get(author, 0) + 1
             self.state.consecutive_rejections[author] = count
             if count >= REJECTIONS_BEFORE_COOLDOWN and params.cooldown_rounds > 0:
                 self.state.excluded_until[author] = server_round + params.cooldown_rounds
                 self.state.consecutive_rejections[author] = 0
-                log(WARNING, "node %s sits out rounds %s-%s: its updates were rejected %s times in a row", author, server_round + 1, server_round + params.cooldown_rounds, count)
+                log(
+                    WARNING,
+                    "node %s sits out rounds %s-%s: its updates were rejected %s times in a row",
+                    author,
+                    server_round + 1,
+                    server_round + params.cooldown_rounds,
+                    count,
+                )
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Reputation and cool-downs travel with every checkpoint, so a resumed run decides the same."""
@@ -343,4 +479,12 @@ class ValidationPhase(RoundObserver):
 
     def report(self) -> dict[str, Any]:
         """Final reputations for the run report."""
-        return {"validation": {"reputation": {self.nodes[n].key_id: self.reputation_of(n) for n in sorted(self.nodes) if self.nodes[n].role in self.validator_roles}}}
+        return {
+            "validation": {
+                "reputation": {
+                    self.nodes[n].key_id: self.reputation_of(n)
+                    for n in sorted(self.nodes)
+                    if self.nodes[n].role in self.validator_roles
+                }
+            }
+        }

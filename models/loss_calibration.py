@@ -1,0 +1,49 @@
+"""Calibration of the loss gate to the round: how much worse one update may make a validator's loss.
+
+A validator judges each candidate on its own data, and in a non-IID federation
+an honest update from another domain can raise that validator's loss while the
+round's updates together still lower it. The absolute gate (reject when the
+loss rises by more than the tolerance plus two standard errors,
+``models.validation.loss_gate_fails``) calls such an update harmful. The
+round-relative allowance lets an update cost a validator up to a share of what
+the validator's *typical* candidate this round gains it:
+
+    max(tolerance, share × (−median of the loss changes it measured this round))
+
+(over the candidates it judged, when there are at least
+:data:`MIN_ROUND_CANDIDATES`). The governance tolerance is the floor, so in a
+round where most candidates make the loss worse (median ≥ 0) the gate is the
+absolute one. Attackers cannot widen the allowance by making things worse —
+that raises the median and shrinks it.
+
+Loss alone cannot tell an honest cross-domain cost from a sign flip: a flipped
+update costs about what it would have gained, and a small update's flip costs
+less than the round's median gain (measured: an honest cross-domain update on
+the robustness benchmark cost 0.52–0.64 × the validator's median gain; the
+sign-flipping node of the tiny-bert federation test cost 0.45–0.65 ×). So the
+coordinator applies the allowance only to updates whose *direction* the round's
+majority confirms (the check phase's cosine to the coordinate-wise median of
+the others is positive, ``server.update_checks.direction_cosines``); any other
+update keeps the absolute gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_ALLOWANCE_SHARE = 0.75
+"""Default share of the round's median gain a direction-confirmed update may cost a validator."""
+MIN_ROUND_CANDIDATES = 3
+"""Fewest candidates one validator judged from which the allowance is calibrated (else: the tolerance)."""
+
+
+def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float = DEFAULT_ALLOWANCE_SHARE) -> float:
+    """The most an update may raise this validator's loss (nats) this round, given all the changes it measured."""
+    if tolerance < 0 or share < 0:
+        raise ValueError(f"`tolerance` and `share` must be >= 0, got {tolerance}, {share}")
+    finite = [float(x) for x in loss_changes if np.isfinite(x)]
+    if len(finite) < MIN_ROUND_CANDIDATES:
+        return float(tolerance)
+    return float(max(tolerance, -share * float(np.median(finite))))
