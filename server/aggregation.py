@@ -8,6 +8,14 @@ for one adapted weight is the pair (A, B) with A of shape (r, in) and B of shape
 weighted mean of the clients' updates whatever each client's rank. *Naive*
 aggregation (FedIT) averages A and B separately (zero-padded to the largest rank,
 as in HetLoRA) and multiplies the averages, which is not the mean of the products.
+
+*Clipping* (off unless a caller asks for it) bounds each update's influence
+before the exact aggregate: ``clip_updates`` scales an update whose ‖ΔW‖_F
+exceeds a bound (e.g. the round's median norm, ``median_norm``) down to it
+through its scaling, so ΣwᵢsᵢBᵢAᵢ stays exact for what is aggregated and an
+update within the bound is left as it is (Sun et al. 2019, "Can You Really
+Backdoor Federated Learning?"; FLAME, Nguyen et al. 2022, with
+``gaussian_noise`` added to the aggregate).
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ __all__ = [
     "numerical_rank",
     "exact_factorise",
     "exact_factorise_all",
+    "update_norm",
+    "median_norm",
+    "clip_factors",
+    "clip_updates",
+    "gaussian_noise",
 ]
 
 
@@ -82,9 +95,7 @@ def _common_modules(updates: Sequence[LoraUpdate]) -> list[str]:
             raise ValueError(f"update {i} adapts different modules than update 0")
         for m in modules:
             if u.a[m].shape[0] != u.b[m].shape[1]:
-                raise ValueError(
-                    f"update {i}, module `{m}`: rank of A ({u.a[m].shape[0]}) != rank of B ({u.b[m].shape[1]})"
-                )
+                raise ValueError(f"update {i}, module `{m}`: rank of A ({u.a[m].shape[0]}) != rank of B ({u.b[m].shape[1]})")
     return modules
 
 
@@ -214,3 +225,55 @@ def exact_factorise_all(
     dropped = sum(p.dropped_sq for p in parts.values())
     total = sum(p.total_sq for p in parts.values())
     return parts, (float(np.sqrt(dropped / total)) if total > 0 else 0.0)
+
+
+def update_norm(update: LoraUpdate) -> float:
+    """‖ΔW‖_F of one update over all its modules, s·‖BA‖ without forming BA (‖BA‖² = Σ (BᵀB) ∘ (AAᵀ))."""
+    total = 0.0
+    for m in update.a:
+        a, b = update.a[m].astype(np.float64), update.b[m].astype(np.float64)
+        total += float(np.sum((b.T @ b) * (a @ a.T)))
+    return float(abs(update.scaling) * np.sqrt(max(total, 0.0)))
+
+
+def median_norm(norms: Sequence[float]) -> float:
+    """The median of the round's update norms: the clipping bound a minority cannot move far."""
+    if len(norms) == 0:
+        raise ValueError("`norms` is empty")
+    return float(np.median(np.asarray(norms, dtype=np.float64)))
+
+
+def clip_factors(norms: Sequence[float], bound: float) -> np.ndarray:
+    """Per update min(1, bound / norm): 1 for an update within the bound (and for a zero update)."""
+    if bound < 0:
+        raise ValueError(f"`bound` must be >= 0, got {bound}")
+    n = np.asarray(norms, dtype=np.float64)
+    return np.where(n > bound, bound / np.where(n > 0, n, 1.0), 1.0)
+
+
+def clip_updates(updates: Sequence[LoraUpdate], bound: float) -> list[LoraUpdate]:
+    """Each update with ‖ΔW‖ above ``bound`` scaled down to it (its scaling times bound/‖ΔW‖); the rest unchanged.
+
+    The updates within the bound are returned as the same objects, so with a
+    bound no update exceeds the aggregate is exactly the unclipped one.
+    """
+    factors = clip_factors([update_norm(u) for u in updates], bound)
+    return [u if f >= 1.0 else LoraUpdate(u.a, u.b, u.scaling * float(f), u.weight) for u, f in zip(updates, factors)]
+
+
+def gaussian_noise(
+    deltas: Mapping[str, np.ndarray], multiplier: float, bound: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``deltas`` plus i.i.d. Gaussian noise of total expected norm ``multiplier × bound`` (0: unchanged).
+
+    Per coordinate σ = multiplier · bound / √D over all D coordinates of all
+    modules, so the multiplier is relative to the clipping bound whatever the
+    model's size (FLAME's adaptive noise, λ·S_t).
+    """
+    if multiplier < 0:
+        raise ValueError(f"`multiplier` must be >= 0, got {multiplier}")
+    if multiplier == 0 or bound == 0:
+        return dict(deltas)
+    size = sum(int(np.asarray(d).size) for d in deltas.values())
+    sigma = multiplier * bound / np.sqrt(size)
+    return {m: (np.asarray(d, np.float64) + rng.normal(0.0, sigma, np.shape(d))) for m, d in sorted(deltas.items())}

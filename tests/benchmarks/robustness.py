@@ -19,6 +19,11 @@ sees exactly the same local training):
   consensus, cool-downs), exact aggregation ΣwᵢsBᵢAᵢ of the accepted updates;
 - ``sentinel-noval`` (clean run only): the same coordinator with ``validation=False``,
   for the round-time overhead of validation;
+- ablations, run only when named in ``--methods``: ``sentinel-nocoord`` (the
+  coordination check off, ``coordination_z=0``) and ``sentinel-clip`` (the
+  coordination check off and instead the accepted updates clipped to the round's
+  median norm before the exact aggregate, plus ``--clip-noise`` × that bound of
+  Gaussian noise on the new global ΔW);
 - Flower's ``FedAvg``, ``Krum``, ``MultiKrum``, ``FedTrimmedAvg``, ``FedMedian`` and
   ``Bulyan`` from ``flwr.serverapp.strategy``: the Sentinel coordinator with
   ``validation=False`` and the norm bound off (``update_norm_factor=1e30``), whose
@@ -36,6 +41,11 @@ the target that the final global model classifies as the target once the trigger
 is appended (only sentences whose triggered text fits in ``max_length`` tokens, so
 truncation never drops the trigger). Accuracy per round is measured on a subset of
 the test set (``--eval-subset``); the final accuracy on all of it.
+
+A reduced run (what fits beside other work): ``--rounds 2 --methods sentinel
+--attacks sign-flip,scale,label-flip,backdoor --other-fractions ''``. Every
+Sentinel run records each verdict with its measurements (``verdicts`` in
+``runs/*.json``), to calibrate the gates offline.
 
 Speed (2 shared cores): one base model and one data split per worker process,
 round-1 train replies replayed across methods of a scenario (a node's reply is a
@@ -65,9 +75,15 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / 
 ATTACKS = ("sign-flip", "scale", "label-flip", "backdoor")
 FLOWER = ("fedavg", "krum", "multikrum", "trimmedavg", "median", "bulyan")
 ROBUST = FLOWER[1:]
+SENTINEL_VALIDATED = ("sentinel", "sentinel-nocoord", "sentinel-clip")
+"""Sentinel variants with validation on: as is, without the coordination check, with median-norm clipping."""
+CLIP_NOISE = 0.0
+"""Gaussian noise of ``sentinel-clip`` added to the aggregate, × the clipping bound (``--clip-noise``)."""
 LABELS = {
     "sentinel": "Sentinel validators",
     "sentinel-noval": "Sentinel, no validation",
+    "sentinel-nocoord": "Sentinel, no coordination check",
+    "sentinel-clip": "Sentinel, clipping instead of coordination check",
     "fedavg": "FedAvg (Flower)",
     "krum": "Krum",
     "multikrum": "MultiKrum",
@@ -114,7 +130,7 @@ class Setting:
             profiles={"edge": profile, "gpu": profile, "central": profile},
             contribution="none",
             consent=False,
-            validation=method == "sentinel",
+            validation=method in SENTINEL_VALIDATED,
             # Flower rules see every well-formed update: no norm bound, no direction check.
             update_norm_factor=1e30 if method in FLOWER else 10.0,
             update_min_cosine=-1.0 if method in FLOWER else 0.0,
@@ -181,6 +197,68 @@ class FlowerAggregation:
         one = NodeResult(node=NodeInfo(0, 0, "gpu"), accepted=True, num_examples=1, arrays=merged)
         deltas, head = aggregate_updates([one], "exact", state.deltas, state.head)
         return GlobalState(deltas=deltas, head=head, head_mask=state.head_mask, round=outcome.round)
+
+
+class ClippedAggregation:
+    """A SentinelStrategy whose accepted updates are clipped to the round's median norm before its exact aggregate.
+
+    An update's norm is ‖ΔW‖ (``aggregation.update_norm``) and its head change
+    together; one above the median is scaled down to it (B and the head change
+    by the same factor), the rest aggregate unchanged; then ``noise`` × the bound
+    of Gaussian noise is added to the new global ΔW (FLAME; 0: none).
+    """
+
+    def __init__(self, inner: Any, noise: float, seed: int) -> None:
+        self._inner, self._noise, self._seed = inner, noise, seed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def aggregate_train(self, state: Any, outcome: Any) -> Any:
+        """Clip, aggregate exactly (the inner strategy), add noise."""
+        from sentinel.models.lora import head_module_keys, lora_pairs, module_path
+        from sentinel.protos import messages as P
+        from sentinel.server.aggregation import LoraUpdate, clip_factors, gaussian_noise, median_norm, update_norm
+
+        accepted = outcome.accepted
+        if not accepted:
+            return self._inner.aggregate_train(state, outcome)
+        norms = []
+        for r in accepted:
+            pairs = lora_pairs(r.arrays)
+            lora = update_norm(
+                LoraUpdate(
+                    {m: r.arrays[p.a_key] for m, p in pairs.items()},
+                    {m: r.arrays[p.b_key] for m, p in pairs.items()},
+                    P.LORA_ALPHA_PER_RANK,
+                    1.0,
+                )
+            )
+            head = sum(
+                float(np.sum((r.arrays[k].astype(np.float64) - state.head[module_path(k)]) ** 2))
+                for k in head_module_keys(r.arrays)
+            )
+            norms.append(float(np.sqrt(lora**2 + head)))
+        bound = median_norm(norms)
+        factors = dict(zip((id(r) for r in accepted), clip_factors(norms, bound), strict=True))
+        results = []
+        for r in outcome.results:
+            f = factors.get(id(r), 1.0)
+            if f < 1.0:
+                arrays = dict(r.arrays)
+                for p in lora_pairs(arrays).values():
+                    arrays[p.b_key] = (f * arrays[p.b_key].astype(np.float64)).astype(np.float32)
+                for k in head_module_keys(arrays):
+                    sent = state.head[module_path(k)].astype(np.float64)
+                    arrays[k] = (sent + f * (arrays[k].astype(np.float64) - sent)).astype(np.float32)
+                r = dataclasses.replace(r, arrays=arrays)
+            results.append(r)
+        new = self._inner.aggregate_train(state, dataclasses.replace(outcome, results=results))
+        if self._noise > 0:
+            rng = np.random.default_rng([self._seed, outcome.round])
+            deltas = {m: d.astype(np.float32) for m, d in gaussian_noise(new.deltas, self._noise, bound, rng).items()}
+            new = dataclasses.replace(new, deltas=deltas)
+        return new
 
 
 def _content_digest(content: Any) -> str:
@@ -264,6 +342,7 @@ def gate_of(reason: str) -> list[str]:
             ("loss gate", "loss gate"),
             ("entropy gate (round)", "entropy gate (round)"),
             ("entropy gate (validator)", "entropy gate:"),
+            ("coordinated", "coordinated update"),
         )
         if needle in reason
     ]
@@ -332,11 +411,19 @@ def run_one(setting: Setting, method: str, attack: str | None, fraction: float, 
     class BenchCoordinator(Coordinator):
         def strategy(self):  # noqa: ANN202
             inner = super().strategy()
+            if method == "sentinel-clip":
+                return ClippedAggregation(inner, setting_noise, setting.seed)
             return FlowerAggregation(inner, flower) if flower is not None else inner
+
+        def gate_parameters(self):  # noqa: ANN202
+            params = super().gate_parameters()
+            off = method in ("sentinel-nocoord", "sentinel-clip")  # clipping measured instead of the coordination check
+            return dataclasses.replace(params, coordination_z=0.0) if off else params
 
         def export_best(self, state, directory):  # noqa: ANN001, ANN202 - no adapters needed here
             return None
 
+    setting_noise = float(os.environ.get("SENTINEL_BENCH_CLIP_NOISE", CLIP_NOISE))
     work = out / "work" / name
     coord = BenchCoordinator(config=cfg, out_dir=work, base=base.base, evaluator=shared["subset"], train_sizes=base.train_sizes)
     scenario = AttackScenario(kind=attack, fraction=fraction if attack else 0.0, seed=setting.seed)
@@ -365,12 +452,34 @@ def run_one(setting: Setting, method: str, attack: str | None, fraction: float, 
         round_s=[r["duration_s"] for r in rounds],
         validate_s=validate_seconds_per_round(grid.calls),
         accuracy_by_round=[r["accuracy"] for r in result.history],
+        verdicts=_verdict_rows(rounds, malicious),
     )
     if method.startswith("sentinel"):
         record.update(_detection(rounds, malicious, n))
+    if method == "sentinel-clip":
+        record["clip_noise"] = setting_noise
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "runs" / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
     return record
+
+
+def _verdict_rows(rounds: Sequence[Mapping[str, Any]], malicious: set[int]) -> list[dict[str, Any]]:
+    """Every validator verdict of the run with its measurements (for calibrating the gates offline)."""
+    partition = {n["node_id"]: n["partition_id"] for row in rounds for n in row["per_node"]}
+    return [
+        {
+            "round": row["round"],
+            "author": node["partition_id"],
+            "malicious": node["partition_id"] in malicious,
+            "accepted": node["accepted"],
+            "cosine": node.get("direction_cosine"),
+            "validator": partition.get(v["validator"], v["validator"]),
+            **{k: v.get(k) for k in ("accept", "counted", "reason", "loss_change", "loss_change_se", "kl", "entropy_shift")},
+        }
+        for row in rounds
+        for node in row["per_node"]
+        for v in node.get("validators", [])
+    ]
 
 
 def _detection(rounds: Sequence[Mapping[str, Any]], malicious: set[int], n: int) -> dict[str, Any]:
@@ -482,7 +591,7 @@ def summarise(results: Mapping[tuple, Mapping[str, Any]], setting: Setting, best
         + " | mean over attacks | backdoor success (backdoor attack) | backdoor success (clean) |",
         "|---|" + "---|" * (len(A) + 4),
     ]
-    for m in [*methods, "sentinel-noval"]:
+    for m in [*methods, "sentinel-noval", "sentinel-nocoord", "sentinel-clip"]:
         if not any(get(a, F, m) for a in ("clean", *A)):
             continue
         cells = [_fmt(get(a, F, m).get("accuracy")) for a in ("clean", *A)]
@@ -497,13 +606,13 @@ def summarise(results: Mapping[tuple, Mapping[str, Any]], setting: Setting, best
         "| scenario | TPR | FPR | tp/fp/tn/fn | attackers rejected by | honest rejected by | cool-down node-rounds (malicious/honest) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for a in ("clean", *A):
-        r = get(a, F, "sentinel")
+    for m, a in [(m, a) for m in ("sentinel", "sentinel-nocoord", "sentinel-clip") for a in ("clean", *A)]:
+        r = get(a, F, m)
         if "detection" not in r:
             continue
         d, g = r["detection"], r["rejections_by_gate"]
         lines.append(
-            f"| {a} | {_fmt(r['tpr'], False)} | {_fmt(r['fpr'], False)} | {d['tp']}/{d['fp']}/{d['tn']}/{d['fn']} | "
+            f"| {a}{'' if m == 'sentinel' else f' ({LABELS[m]})'} | {_fmt(r['tpr'], False)} | {_fmt(r['fpr'], False)} | {d['tp']}/{d['fp']}/{d['tn']}/{d['fn']} | "
             f"{_gates(g['tp'])} | {_gates(g['fp'])} | {r['excluded_node_rounds']['malicious']}/{r['excluded_node_rounds']['honest']} |"
         )
     lines += [
@@ -663,6 +772,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers", type=int, default=None, help="Worker processes, one torch thread each (default 2; 1 with --quick)."
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="Comma-separated subset of methods (sentinel, sentinel-noval, fedavg, krum, ...); default all.",
+    )
+    parser.add_argument("--attacks", default=None, help=f"Comma-separated subset of attacks (default {','.join(ATTACKS)}).")
+    parser.add_argument(
+        "--other-fractions", default=None, help="Comma-separated other attacker fractions (default 0.1,0.2; '' for none)."
+    )
+    parser.add_argument("--no-clean", action="store_true", help="Skip the clean (no attack) runs.")
+    parser.add_argument(
+        "--clip-noise",
+        type=float,
+        default=None,
+        help="sentinel-clip: Gaussian noise on the aggregate, × the clipping bound (default 0).",
+    )
     parser.add_argument("--resume", action="store_true", help="Reuse finished runs found in --out/runs.")
     parser.add_argument("--report-only", action="store_true", help="Only write the report from the runs in --out/runs.")
     args = parser.parse_args(argv)
@@ -675,6 +800,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "rounds": args.rounds,
             "local_steps": args.local_steps,
             "eval_subset": args.eval_subset,
+            "attacks": tuple(a for a in args.attacks.split(",") if a) if args.attacks is not None else None,
+            "other_fractions": tuple(float(x) for x in args.other_fractions.split(",") if x)
+            if args.other_fractions is not None
+            else None,
         }.items()
         if v is not None
     }
@@ -684,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")
+    if args.clip_noise is not None:  # read by the worker processes
+        os.environ["SENTINEL_BENCH_CLIP_NOISE"] = str(args.clip_noise)
     started = time.perf_counter()
     log = lambda s: print(f"[{time.perf_counter() - started:7.0f} s] {s}", flush=True)  # noqa: E731
     F = setting.fraction
@@ -701,7 +832,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = [task("sentinel", None, F), task("sentinel-noval", None, F)]
     tasks += [task(m, a, F) for a in setting.attacks for m in order]
     tasks += [task(m, None, F) for m in order[1:]]
+    variants = [m for m in ("sentinel-nocoord", "sentinel-clip") if args.methods and m in args.methods.split(",")]
+    tasks += [task(m, a, F) for m in variants for a in (None, *setting.attacks)]  # ablations: only when asked for
     tasks += [task("sentinel", a, fr) for fr in setting.other_fractions for a in setting.attacks]
+    chosen = set(args.methods.split(",")) if args.methods else None
+    tasks = [t for t in tasks if (chosen is None or t[1] in chosen) and not (args.no_clean and t[2] is None)]
     results: dict[tuple, dict[str, Any]] = {}
     if args.report_only:
         found = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
@@ -713,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     best = best_flower(results, setting)
     log(f"best Flower strategy at {round(100 * F)} %: {LABELS[best]}")
     more = [task(best, a, fr) for fr in setting.other_fractions for a in setting.attacks] if tasks else []
+    more = [t for t in more if chosen is None or t[1] in chosen]
     for r in _run_all(more, workers, log):
         results[(r["attack"], r["fraction"], r["method"])] = r
     summary, report = summarise(results, setting, best)
