@@ -102,7 +102,7 @@ class DistillationPhase(RoundObserver):
         self.record = record
         self.require_signature = require_signature
         self.settings = settings_of(config)
-        self.components = list_components(base.model)
+        self._components: list[str] | None = None
         self.nodes: list[NodeInfo] = []
         self.students: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
@@ -184,6 +184,13 @@ class DistillationPhase(RoundObserver):
             return list(layers)
         return [i for i in layers if central and all(self.may(node, "prune", ffn_id(i)) for node in central)]
 
+    @property
+    def components(self) -> list[str]:
+        """The model's consent components (listed once, when first asked)."""
+        if self._components is None:
+            self._components = list_components(self.base.model)
+        return self._components
+
     def frozen_of(self, node: NodeInfo) -> list[str]:
         """The components ``node`` may not ``distill``: the student keeps the teacher's weights there (``models.distill_consent``)."""
         if self.may is None:
@@ -192,6 +199,8 @@ class DistillationPhase(RoundObserver):
 
     def distillers(self) -> list[NodeInfo]:
         """The nodes asked to distil: central nodes that may ``distill`` at least one component a student trains."""
+        if self.may is None:
+            return [n for n in self.nodes if n.role == "central"]
         trainable = set(self.components) - {EMBEDDINGS}  # the student's input embeddings are always the teacher's
         return [n for n in self.nodes if n.role == "central" and not trainable <= set(self.frozen_of(n))]
 

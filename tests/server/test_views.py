@@ -106,4 +106,4 @@ def test_every_design_a_config_can_name_exists_and_the_default_is_the_configs() 
     assert DEFAULT_DESIGN == design_named(FederationConfig().training_design)
     assert design_named("frame") == TrainingDesign() and design_named("legacy") == LEGACY_DESIGN
     with pytest.raises(ValueError, match="unknown training design"):
-        design_named("continued")
+        design_named("resumed")
