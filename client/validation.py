@@ -14,7 +14,7 @@ divergence of the outputs (``models.validation``), and decides:
   coordinator may re-read a rejection against the round, ``server.validation``);
 - **entropy gate**: reject when the candidate's entropy shift is an outlier
   among this message's candidates (robust z-score of its log above the
-  threshold and at least ``DEFAULT_MIN_RATIO`` × their median,
+  threshold and at least ``entropy_min_ratio`` (governance) × their median,
   ``models.entropy_calibration``; with too few candidates to calibrate, the
   coordinator's round-wide gate, calibrated over all of the round's authors,
   decides alone).
@@ -38,7 +38,7 @@ from sentinel.ledger.crypto import Ed25519PrivateKey
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import sign_payload
 from sentinel.models.components import model_layout
-from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, log_shift_z
+from sentinel.models.entropy_calibration import log_shift_z
 from sentinel.models.global_model import materialise
 from sentinel.models.head_mask import apply_head_mask, check_mask
 from sentinel.models.loading import LoadedModel
@@ -63,6 +63,7 @@ class GateSettings(BaseModel):
 
     loss_tolerance: float = Field(alias=P.C_LOSS_TOLERANCE, ge=0)
     entropy_z: float = Field(alias=P.C_ENTROPY_Z, gt=0)
+    entropy_min_ratio: float = Field(alias=P.C_ENTROPY_MIN_RATIO, ge=1)
     server_round: int = Field(alias=P.C_ROUND, ge=1)
     batch_size: int = Field(alias=P.C_BATCH, ge=1)
     max_length: int = Field(alias=P.C_MAX_LENGTH, ge=4)
@@ -101,7 +102,7 @@ def judge(measurements: dict[str, CandidateMeasurement], gates: GateSettings) ->
     """Author → '' (accept) or the reason for rejecting, by the loss gate and the local entropy gate."""
     authors = sorted(measurements)
     shifts = [measurements[a].entropy_shift_norm for a in authors]
-    z = dict(zip(authors, log_shift_z(shifts, gates.entropy_z, DEFAULT_MIN_RATIO), strict=True))
+    z = dict(zip(authors, log_shift_z(shifts, gates.entropy_z, gates.entropy_min_ratio), strict=True))
     reasons: dict[str, str] = {}
     for author in authors:
         m = measurements[author]

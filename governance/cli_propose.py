@@ -20,6 +20,7 @@ from sentinel.governance.cli_common import (
     friendly_errors,
     make_client,
 )
+from sentinel.governance.parameters import FederationParameters
 from sentinel.governance.proposals import (
     ContractChangeSpec,
     ProposalSpec,
@@ -117,7 +118,7 @@ def propose_remove_node(
 @propose_app.command("set-parameter")
 @friendly_errors
 def propose_set_parameter(
-    name: Annotated[str, typer.Argument(help="validator_quorum, validators_per_update, entropy_gate_z, loss_gate_tolerance, token_budget, ...")],
+    name: Annotated[str, typer.Argument(help=", ".join(FederationParameters.settable()))],
     value: Annotated[float, typer.Argument(help="New value.")],
     node_id: NodeId, key: KeyPath,
     title: Title = "", voting_period: VotingPeriod = None, target: Target = DEFAULT_TARGET, root_cert: RootCert = None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.limits import MAX_VOTING_PERIOD
+from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO
+from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE
 
 MAX_TOKEN_BUDGET = 1e12
 """The most tokens one round may distribute."""
@@ -41,6 +43,27 @@ class FederationParameters(BaseModel):
         le=10.0,
         description="Loss gate: reject an update that raises a validator's validation loss by more than this (nats) "
         "plus two standard errors of the paired per-example change.",
+    )
+    entropy_min_ratio: float = Field(
+        default=DEFAULT_MIN_RATIO,
+        ge=1.0,
+        le=1000.0,
+        description="Entropy gate's floor: an outlying shift is also at least this many times the round's median "
+        "shift, so a round of near-identical honest shifts (tiny MAD) does not flag the largest of them.",
+    )
+    loss_allowance_share: float = Field(
+        default=DEFAULT_ALLOWANCE_SHARE,
+        ge=0.0,
+        le=10.0,
+        description="Loss gate's allowance for a direction-confirmed update: it may cost a validator this share of "
+        "that validator's median gain this round (0: the absolute gate alone).",
+    )
+    coordination_z: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=100.0,
+        description="Coordinated-minority check: reject accepted updates far more similar to each other than the "
+        "round's updates are (robust z-score of pairwise cosines above this; 0: off).",
     )
     reputation_learning_rate: float = Field(
         default=0.2, gt=0.0, le=1.0, description="How fast a validator's reputation follows its agreement with consensus."

@@ -55,6 +55,7 @@ V_EXAMPLES: Final = "num-examples"
 KEY_SHIFT: Final = "shift"
 C_LOSS_TOLERANCE: Final = "loss-gate-tolerance"
 C_ENTROPY_Z: Final = "entropy-gate-z"
+C_ENTROPY_MIN_RATIO: Final = "entropy-gate-min-ratio"
 
 # Importance arrays (layers × heads).
 KEY_ENTROPY: Final = "entropy"

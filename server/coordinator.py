@@ -229,14 +229,7 @@ class Coordinator:
     def gate_parameters(self) -> GateParameters:
         """The validate phase's parameters, read from governance now (defaults without governance)."""
         params = self.governance.governor.parameters() if self.governance is not None else FederationParameters()
-        return GateParameters(
-            validators_per_update=params.validators_per_update,
-            quorum=params.validator_quorum,
-            entropy_z=params.entropy_gate_z,
-            loss_tolerance=params.loss_gate_tolerance,
-            reputation_learning_rate=params.reputation_learning_rate,
-            cooldown_rounds=int(params.rejection_cooldown_rounds),
-        )
+        return GateParameters.from_federation(params)
 
     def validation_phase(self, strategy: SentinelStrategy) -> ValidationPhase | None:
         """The validate phase of this run (None when validation is off)."""

@@ -41,11 +41,12 @@ from typing import Any, TypeVar
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore import log
+from sentinel.governance.parameters import FederationParameters
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_z
 from sentinel.models.lora import split_adapter_arrays
-from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE, loss_allowance
+from sentinel.models.loss_calibration import loss_allowance
 from sentinel.protos import messages as P
 from sentinel.protos.records import dense_state_arrays, to_array_record
 from sentinel.server.coordination import coordinated_groups, lora_cosines
@@ -177,22 +178,44 @@ def global_arrays(state: GlobalState) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- the phase
 
 
+_FEDERATION_DEFAULTS = FederationParameters()
+
+
 @dataclass(frozen=True)
 class GateParameters:
-    """The federation parameters the validate phase reads from governance each round."""
+    """The federation parameters the validate phase reads from governance each round.
 
-    validators_per_update: int = 3
-    quorum: float = 2 / 3
-    entropy_z: float = 3.5
-    loss_tolerance: float = 0.0
-    reputation_learning_rate: float = 0.2
-    cooldown_rounds: int = 2
-    entropy_min_ratio: float = DEFAULT_MIN_RATIO
+    Defaults are :class:`~sentinel.governance.parameters.FederationParameters`'
+    (their one home); :meth:`from_federation` maps the governance names.
+    """
+
+    validators_per_update: int = _FEDERATION_DEFAULTS.validators_per_update
+    quorum: float = _FEDERATION_DEFAULTS.validator_quorum
+    entropy_z: float = _FEDERATION_DEFAULTS.entropy_gate_z
+    loss_tolerance: float = _FEDERATION_DEFAULTS.loss_gate_tolerance
+    reputation_learning_rate: float = _FEDERATION_DEFAULTS.reputation_learning_rate
+    cooldown_rounds: int = int(_FEDERATION_DEFAULTS.rejection_cooldown_rounds)
+    entropy_min_ratio: float = _FEDERATION_DEFAULTS.entropy_min_ratio
     """An entropy outlier is at least this many times the round's median shift (the calibration's floor)."""
-    coordination_z: float = 5.0
+    coordination_z: float = _FEDERATION_DEFAULTS.coordination_z
     """Reject accepted updates in a coordinated minority above this pairwise-cosine z-score (0: off)."""
-    loss_allowance_share: float = DEFAULT_ALLOWANCE_SHARE
+    loss_allowance_share: float = _FEDERATION_DEFAULTS.loss_allowance_share
     """A direction-confirmed update may cost a validator this share of its median gain this round (0: absolute gate)."""
+
+    @classmethod
+    def from_federation(cls, params: FederationParameters) -> GateParameters:
+        """The gate parameters of a governance parameter set (``Governor.parameters()``)."""
+        return cls(
+            validators_per_update=params.validators_per_update,
+            quorum=params.validator_quorum,
+            entropy_z=params.entropy_gate_z,
+            loss_tolerance=params.loss_gate_tolerance,
+            reputation_learning_rate=params.reputation_learning_rate,
+            cooldown_rounds=int(params.rejection_cooldown_rounds),
+            entropy_min_ratio=params.entropy_min_ratio,
+            coordination_z=params.coordination_z,
+            loss_allowance_share=params.loss_allowance_share,
+        )
 
 
 @dataclass
@@ -301,6 +324,7 @@ class ValidationPhase(RoundObserver):
             config = ConfigRecord(dict(self.node_config_fn(self.nodes[validator], server_round)))
             config[P.C_LOSS_TOLERANCE] = params.loss_tolerance
             config[P.C_ENTROPY_Z] = params.entropy_z
+            config[P.C_ENTROPY_MIN_RATIO] = params.entropy_min_ratio
             content = RecordDict({P.REC_CONFIG: config, P.REC_GLOBAL: global_record})
             for author in sorted(authors):
                 content[P.REC_CANDIDATE + self.nodes[author].key_id] = to_array_record(candidates[author].arrays)

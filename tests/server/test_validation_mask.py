@@ -137,7 +137,7 @@ def test_a_head_mask_that_does_not_fit_the_model_is_refused(
 ) -> None:
     content = RecordDict(
         {
-            P.REC_CONFIG: ConfigRecord({P.C_LOSS_TOLERANCE: 0.0, P.C_ENTROPY_Z: 3.5, P.C_ROUND: ROUND, P.C_BATCH: BATCH, P.C_MAX_LENGTH: MAX_LENGTH}),
+            P.REC_CONFIG: ConfigRecord({P.C_LOSS_TOLERANCE: 0.0, P.C_ENTROPY_Z: 3.5, P.C_ENTROPY_MIN_RATIO: 4.0, P.C_ROUND: ROUND, P.C_BATCH: BATCH, P.C_MAX_LENGTH: MAX_LENGTH}),
             P.REC_GLOBAL: to_array_record({**dense_state_arrays(state.deltas, state.head), P.KEY_HEAD_MASK: bad}),
             P.REC_CANDIDATE + AUTHOR.key_id: to_array_record(adapter_arrays(candidate)),
         }
