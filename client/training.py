@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from sentinel.client.continued import ContinuedStart, continued_start, update_factors
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.client.frames import Factor, frame_columns, frame_rows
 from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
+from sentinel.models.continued import start_factors
 from sentinel.models.global_model import evaluate_classifier, materialise, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
@@ -126,19 +126,19 @@ def train_local(
     update. Deterministic for a given ``seed``. ``boost`` (regrown heads, from
     federated plasticity) multiplies those heads' own LoRA updates by its factor
     during training (``models.regrowth.HeadLRBoost``); its ids are checked against the model first.
-    ``continued`` resumes the global adapter instead (``client.continued``): the
-    update is the change of the adapter, sent as exact factors of rank 2r.
+    ``continued`` resumes the global adapter instead (``models.continued``): the
+    view's factors are the adapter's start, and the trained adapter (rank r) is
+    sent; the coordinator rebuilds the change from the start it sent.
     """
     if continued and frame is not None:
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
     boost_heads = boosted_heads(boost.heads, model_layout(base.model)) if boost is not None else {}
     torch.manual_seed(seed)
-    start = continued_start(view.factors, rank, LORA_ALPHA_PER_RANK) if continued else None
-    model = materialise(base, start.residual, view.head) if start is not None else materialise_global(base, view)
+    model = materialise(base, {}, view.head) if continued else materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
     frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round) if frame is not None else []
-    initial = _start_continued(peft_model, start) if start is not None else {}
-    if start is not None:
+    if continued:
+        _start_continued(peft_model, view)
         mask = restrict_lora_changes_to_heads(peft_model, permitted) if permitted is not None else None
     else:
         mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
@@ -171,8 +171,6 @@ def train_local(
     for param in frozen:
         param.requires_grad_(True)
     arrays = adapter_arrays(peft_model)
-    if start is not None:
-        arrays = _continued_update(arrays, initial)
     return LocalUpdate(
         arrays=arrays,
         num_examples=len(train),
@@ -180,7 +178,7 @@ def train_local(
         val_accuracy=val_acc,
         val_loss=val_loss,
         scaling=lora_scaling(peft_model),
-        rank=2 * rank if start is not None else rank,
+        rank=rank,
         entropy=np.asarray(importance.entropy, dtype=np.float32),
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(normalised, dtype=np.float32),
@@ -222,32 +220,22 @@ def _lora_modules(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
     return [(path, m) for path, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
 
 
-def _start_continued(peft_model: PeftModel, start: ContinuedStart) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Set every LoRA module to the global adapter's top factors (``client.continued``); the rest of A stays PEFT's.
+def _start_continued(peft_model: PeftModel, view: GlobalView) -> None:
+    """Set every LoRA module to the start the view's factors give (``models.continued.start_factors``).
 
-    Returns each module's starting (A, B), by PEFT module path, which the change is measured from.
+    A₀'s sent rows and all of B₀ are copied; rows of A for directions not sent
+    keep PEFT's random start. The adapter then computes exactly the view's
+    top-r part on the base weights: the model the node was sent.
     """
     adapter = peft_model.active_adapter
-    initial: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for path, module in _lora_modules(peft_model):
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         name = module_path(path)
+        if name not in view.factors:
+            raise KeyError(f"the view has no factors for adapted module `{name}`")
+        a_sent, b_sent = view.factors[name]
+        a0, b0, live = start_factors(a_sent, b_sent, LORA_ALPHA_PER_RANK, a.shape[0])
         with torch.no_grad():
-            b.zero_()
-            if name in start.a0:
-                k = start.a0[name].shape[0]
-                a[:k].copy_(torch.from_numpy(start.a0[name]))
-                b[:, :k].copy_(torch.from_numpy(start.b0[name]))
-        initial[path] = (a.detach().cpu().numpy().copy(), b.detach().cpu().numpy().copy())
-    return initial
-
-
-def _continued_update(arrays: dict[str, np.ndarray], initial: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The adapter arrays with each module's pair replaced by the exact rank-2r factors of its change."""
-    out = dict(arrays)
-    for path, (a_init, b_init) in initial.items():
-        key_a, key_b = f"{path}.lora_A.weight", f"{path}.lora_B.weight"
-        if key_a not in out or key_b not in out:
-            raise KeyError(f"adapter arrays lack the pair of {path}")
-        out[key_a], out[key_b] = update_factors(out[key_a], out[key_b], a_init, b_init)
-    return out
+            b.copy_(torch.from_numpy(b0))
+            rows = torch.from_numpy(live)
+            a[rows] = torch.from_numpy(a0[live]).to(a.dtype)

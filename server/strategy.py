@@ -17,7 +17,7 @@ federated-evaluation steps would only leave methods that are never called.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -27,6 +27,7 @@ from flwr.supercore import log
 from sentinel.governance.enforcement import check_update_consent
 from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import payload_signature_valid
+from sentinel.models.continued import change_arrays
 from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
@@ -65,6 +66,8 @@ class SentView:
     permitted: frozenset[str] | None
     head: dict[str, np.ndarray]
     expected: ExpectedUpdate
+    start: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+    """A continued adapter's view factors (A, B) per module, from which the coordinator rebuilds its change."""
 
 
 @dataclass(frozen=True)
@@ -198,10 +201,10 @@ class SentinelStrategy:
             rank = ranks[node.node_id]
             permitted = self.permitted_fn(node, server_round) if self.permitted_fn else None
             max_examples = self.max_examples_fn(node) if self.max_examples_fn else UNBOUNDED_EXAMPLES
-            uplink = self.design.uplink_rank(rank)  # a continued adapter sends its change at rank 2r
-            expected = ExpectedUpdate(uplink, modules, head_shapes, self.importance_shape, max_examples, version)
-            sent[node.node_id] = SentView(node, uplink, permitted, dict(state.head), expected)
+            expected = ExpectedUpdate(rank, modules, head_shapes, self.importance_shape, max_examples, version)
             key = self.design.view_key(rank)
+            start = views.factors[key] if self.design.adapter == "continue" else None
+            sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected, start)
             bytes_down += views.bytes_of(key)
             config = self.node_config(node, server_round, permitted, version)
             if factor is not None:
@@ -296,6 +299,8 @@ class SentinelStrategy:
             or claims_problem(result.num_examples, result.contract_version, view.expected)
             or importance_problem(_importance_reports(result), view.expected)
         )
+        if not problem and view.start is not None:
+            problem = _rebuild_continued_change(result, view.start)
         if problem:
             result.accepted = False
             result.reason = problem
@@ -341,6 +346,19 @@ class SentinelStrategy:
         for role, prof in self.config.profiles.items():
             log(INFO, "\t├── %s: rank %s, %s local steps", role, prof.lora_rank, prof.local_steps)
         log(INFO, "\t└── Consent enforcement: %s", "on" if self.permitted_fn else "off")
+
+
+def _rebuild_continued_change(result: NodeResult, start: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """Replace a continued adapter's arrays (rank r, as signed) by its change (rank 2r); why not ('' when done).
+
+    Runs after the structure check, so the arrays already have the sent
+    modules and shapes; what is checked and aggregated from here on is the change.
+    """
+    try:
+        result.arrays = change_arrays(result.arrays, start, P.LORA_ALPHA_PER_RANK)
+    except (KeyError, ValueError) as e:
+        return f"malformed update: {e}"
+    return ""
 
 
 def _rank_problem(result: NodeResult, expected: int) -> str:

@@ -28,12 +28,14 @@ configure step and the per-role report share one factorisation.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 from flwr.app import ArrayRecord
 from sentinel.client.frames import Factor, factor_of_round
+from sentinel.models.continued import continued_view_factors
+from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 from sentinel.protos.records import global_view_record
 from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
 from sentinel.server.config import FederationConfig, TrainingDesignName
@@ -58,7 +60,8 @@ class TrainingDesign:
 
     adapter: AdapterStart = "frame"
     """``frame``: train one factor in the shared frame (``client.frames``); ``fresh``: a fresh LoRA (B = 0);
-    ``continue``: resume the global adapter's top-r factors, both trained, the change sent at rank 2r (``client.continued``)."""
+    ``continue``: resume the global adapter's top-r factors, both trained; the node sends its adapter at rank r and the
+    coordinator rebuilds the change at rank 2r from the start it sent (``models.continued``)."""
     schedule: Schedule = "alternate"
     """For ``frame``: ``alternate`` trains B in odd rounds and A in even ones; ``b`` always trains B (A fixed)."""
     view: ViewKind = "exact"
@@ -77,10 +80,6 @@ class TrainingDesign:
     def train_factor(self, server_round: int) -> Factor | None:
         """The factor nodes train in ``server_round`` (None: a fresh adapter, both factors)."""
         return factor_of_round(server_round, self.schedule) if self.adapter == "frame" else None
-
-    def uplink_rank(self, rank: int) -> int:
-        """The rank of the update a node of ``rank`` sends: 2r for a continued adapter (its change), else r."""
-        return 2 * rank if self.adapter == "continue" else rank
 
     def view_key(self, rank: int) -> int | None:
         """Which view a node of ``rank`` receives: None is the one exact view every node shares."""
@@ -143,6 +142,8 @@ class RoundViews:
     errors: dict[int | None, float]
     ranks: dict[int | None, dict[str, int]] = field(default_factory=dict)
     """View key → module → rank of the factors sent."""
+    factors: dict[int | None, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    """View key → module → the (A, B) sent (a continued adapter's start is read off them)."""
 
     def bytes_of(self, key: int | None) -> int:
         """Bytes of the view with ``key`` on the wire (Flower's count: array data plus keys)."""
@@ -150,6 +151,12 @@ class RoundViews:
 
 
 _memo: dict[str, object] = {}
+
+
+def _continued_split(part: Factorised) -> Factorised:
+    """The same product split as a continued adapter's start reads it (``models.continued.continued_view_factors``)."""
+    a, b = continued_view_factors(part.a, part.b, LORA_ALPHA_PER_RANK)
+    return replace(part, a=a, b=b)
 
 
 def round_views(state: GlobalState, design: TrainingDesign, ranks: Iterable[int]) -> RoundViews:
@@ -164,13 +171,16 @@ def round_views(state: GlobalState, design: TrainingDesign, ranks: Iterable[int]
     if _memo.get("state") is state and _memo.get("design") == design and isinstance(cached, RoundViews):
         if all(k in cached.records for k in keys):
             return cached
-    records, errors, sent_ranks = {}, {}, {}
+    records, errors, sent_ranks, factors = {}, {}, {}, {}
     for key in keys:
         parts = factorise_view(state.deltas, key, design.tolerance)
-        records[key] = global_view_record({m: (f.a, f.b) for m, f in parts.items()}, state.head, state.head_mask)
+        if design.adapter == "continue":  # split so the node's start is read off the factors exactly
+            parts = {m: _continued_split(f) for m, f in parts.items()}
+        factors[key] = {m: (f.a, f.b) for m, f in parts.items()}
+        records[key] = global_view_record(factors[key], state.head, state.head_mask)
         errors[key] = view_error(state.deltas, parts)
         sent_ranks[key] = {m: int(f.a.shape[0]) for m, f in parts.items()}
-    views = RoundViews(records, errors, sent_ranks)
+    views = RoundViews(records, errors, sent_ranks, factors)
     _memo.update(state=state, design=design, views=views)
     return views
 

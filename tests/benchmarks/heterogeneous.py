@@ -19,7 +19,8 @@ held-out test set (20%) for every setting of a seed:
   stacked factors, compressed to the rank they have);
 - (d) ``chosen`` — the shared-frame design (``training_design = "frame"``);
 - ``continued`` — nodes resume the global adapter's top-r factors and send
-  their change at rank 2r (``training_design = "continued"``, ``client.continued``).
+  their adapter at rank r, the coordinator rebuilding the change at rank 2r (``training_design = "continued"``,
+  ``models.continued``).
 
 (a) and (d) run over every seed, (d) with 2 edge nodes at rank 4 and 4 gpu
 nodes at rank 16, (a) at rank 16 everywhere. (b), (c), (d) also run with all

@@ -39,7 +39,10 @@ sees exactly the same local training):
 Backdoor success is the share of held-out test sentences whose true label is not
 the target that the final global model classifies as the target once the trigger
 is appended (only sentences whose triggered text fits in ``max_length`` tokens, so
-truncation never drops the trigger). Accuracy per round is measured on a subset of
+truncation never drops the trigger). It includes the model's own errors on those
+sentences, which a clean model makes too; *trigger flips* counts only the
+sentences the model gets right without the trigger and that the trigger turns
+into the target. Accuracy per round is measured on a subset of
 the test set (``--eval-subset``); the final accuracy on all of it.
 
 A reduced run (what fits beside other work): ``--rounds 2 --methods sentinel
@@ -371,11 +374,10 @@ def _shared(setting: Setting) -> dict[str, Any]:
         cached_base_model(setting.model, built.evaluator.base.model.config.num_labels, setting.seed)  # the nodes' copy
         test = list(built.evaluator.test)
         tok = built.base.tokenizer
-        backdoor = [
-            dataclasses.replace(e, text=add_trigger(e.text), label=BACKDOOR_TARGET)
-            for e in test
-            if e.label != BACKDOOR_TARGET and len(tok(add_trigger(e.text))["input_ids"]) <= setting.max_length
+        eligible = [
+            e for e in test if e.label != BACKDOOR_TARGET and len(tok(add_trigger(e.text))["input_ids"]) <= setting.max_length
         ]
+        backdoor = [dataclasses.replace(e, text=add_trigger(e.text), label=BACKDOOR_TARGET) for e in eligible]
         subset = [test[i] for i in np.random.default_rng(setting.seed).permutation(len(test))[: setting.eval_subset]]
         _SHARED.update(
             coordinator=built,
@@ -385,8 +387,30 @@ def _shared(setting: Setting) -> dict[str, Any]:
             if backdoor
             else lambda state: (float("nan"), 0.0),
             backdoor_n=len(backdoor),
+            flips=lambda state: trigger_flip_rate(built.base, state, eligible, backdoor, setting.max_length),
         )
     return _SHARED
+
+
+def trigger_flip_rate(base: Any, state: Any, clean: Sequence[Any], triggered: Sequence[Any], max_length: int) -> float:
+    """Share of the sentences the model gets right without the trigger that the trigger turns into the target.
+
+    The raw backdoor success also counts the model's own errors on those
+    sentences (a clean model has them too); this counts only what the trigger does.
+    """
+    from sentinel.client.attacks import BACKDOOR_TARGET
+    from sentinel.client.data.batching import iter_batches
+    from sentinel.models.global_model import materialise
+    from sentinel.models.predictions import classifier_logits
+
+    if not clean:
+        return float("nan")
+    model = materialise(base, state.deltas, state.head).eval()
+    plain, labels = classifier_logits(model, iter_batches(base.tokenizer, list(clean), 64, max_length))
+    with_trigger, _ = classifier_logits(model, iter_batches(base.tokenizer, list(triggered), 64, max_length))
+    right = plain.argmax(axis=1) == labels
+    flipped = with_trigger.argmax(axis=1) == BACKDOOR_TARGET
+    return float(flipped[right].mean()) if right.any() else float("nan")
 
 
 def run_one(setting: Setting, method: str, attack: str | None, fraction: float, out: Path) -> dict[str, Any]:
@@ -446,6 +470,7 @@ def run_one(setting: Setting, method: str, attack: str | None, fraction: float, 
         accuracy=accuracy,
         loss=loss,
         backdoor_success=shared["backdoor"](result.state)[0],
+        backdoor_flips=shared["flips"](result.state) if "flips" in shared else float("nan"),
         wall_s=wall,
         malicious_partitions=sorted(malicious),
         validator_partitions=[p for p in range(n) if cfg.role_of_partition(p) in cfg.validator_roles],
@@ -588,15 +613,18 @@ def summarise(results: Mapping[tuple, Mapping[str, Any]], setting: Setting, best
         "",
         "| method | clean | "
         + " | ".join(A)
-        + " | mean over attacks | backdoor success (backdoor attack) | backdoor success (clean) |",
-        "|---|" + "---|" * (len(A) + 4),
+        + " | mean over attacks | backdoor success (backdoor attack) | backdoor success (clean) "
+        + "| trigger flips (backdoor attack) | trigger flips (clean) |",
+        "|---|" + "---|" * (len(A) + 6),
     ]
     for m in [*methods, "sentinel-noval", "sentinel-nocoord", "sentinel-clip"]:
         if not any(get(a, F, m) for a in ("clean", *A)):
             continue
         cells = [_fmt(get(a, F, m).get("accuracy")) for a in ("clean", *A)]
         cells.append(_fmt(mean_acc.get(m)))
-        cells += [_fmt(get("backdoor", F, m).get("backdoor_success")), _fmt(get("clean", F, m).get("backdoor_success"))]
+        cells += [_fmt(get("backdoor", F, m).get(k)) for k in ("backdoor_success",)]
+        cells += [_fmt(get("clean", F, m).get("backdoor_success"))]
+        cells += [_fmt(get("backdoor", F, m).get("backdoor_flips")), _fmt(get("clean", F, m).get("backdoor_flips"))]
         skipped = get("clean", F, m).get("skipped")
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |" + (f" ({skipped})" if skipped else ""))
     lines += [
@@ -687,6 +715,8 @@ def _targets(
     fprs = {a: ours[a].get("fpr") for a in model}
     robust = {m: mean_acc[m] for m in ROBUST if mean_acc.get(m) is not None}
     bd = ours.get("backdoor", {}).get("backdoor_success")
+    bd_clean = ours["clean"].get("backdoor_success")
+    flips, flips_clean = ours.get("backdoor", {}).get("backdoor_flips"), ours["clean"].get("backdoor_flips")
     return [
         {
             "target": "accuracy within 1 point of the clean run under every attack",
@@ -703,7 +733,12 @@ def _targets(
             "met": all(x is not None and x <= 0.02 for x in fprs.values()),
             "measured": ", ".join(f"{a} {_fmt(x, False)}" for a, x in fprs.items()),
         },
-        {"target": "backdoor success <= 5 %", "met": bd is not None and bd <= 0.05, "measured": f"{_fmt(bd)} %"},
+        {
+            "target": "backdoor success <= 5 %",
+            "met": bd is not None and bd <= 0.05,
+            "measured": f"{_fmt(bd)} % (the clean run's model: {_fmt(bd_clean)} %); the trigger flips {_fmt(flips)} % of the "
+            f"sentences the model gets right without it (clean run: {_fmt(flips_clean)} %)",
+        },
         {
             "target": "better than every Flower robust strategy on the mean accuracy over attacks",
             "met": mean_acc.get("sentinel") is not None and all(mean_acc["sentinel"] > v for v in robust.values()),

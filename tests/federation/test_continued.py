@@ -1,4 +1,4 @@
-"""The continued adapter: a node resumes the global adapter, its change is sent exactly, consent holds on the change."""
+"""The continued adapter: a node resumes the global adapter, sends it at its own rank, the coordinator rebuilds the exact change, consent holds on it."""
 
 from __future__ import annotations
 
@@ -7,32 +7,44 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sentinel.client.continued import continued_start, update_factors
 from sentinel.client.data import load_examples
 from sentinel.client.data.batching import iter_batches
 from sentinel.client.training import GlobalView, _start_continued, materialise_global, train_local
 from sentinel.models.consent import touched_heads
+from sentinel.models.continued import change_arrays, change_factors, continued_view_factors, start_factors, update_factors
 from sentinel.models.global_model import evaluate_classifier, materialise
 from sentinel.models.loading import load_base_model
 from sentinel.models.lora import attach_lora, split_adapter_arrays
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
+from sentinel.server.aggregation import svd_factorise
 from sentinel.server.central import initial_state
+from sentinel.server.state import GlobalState
+from sentinel.server.views import design_named, round_views
 
 S = LORA_ALPHA_PER_RANK
 
 
-def test_the_start_reproduces_the_view_and_the_factors_of_the_change_are_exact() -> None:
+def test_the_view_is_split_so_the_start_is_read_off_it_exactly() -> None:
     rng = np.random.default_rng(0)
-    b, a = rng.normal(size=(12, 6)), rng.normal(size=(6, 10))  # a rank-6 view
-    start = continued_start({"m": (a, b)}, rank=4, scaling=S)
-    assert start.a0["m"].shape == (4, 10) and start.b0["m"].shape == (12, 4)
-    np.testing.assert_allclose(S * start.b0["m"] @ start.a0["m"] + start.residual["m"], b @ a, atol=1e-5)
-    low = continued_start({"m": (a[:2], b[:, :2])}, rank=4, scaling=S)  # rank 2 < r: two directions only
-    assert low.a0["m"].shape == (2, 10) and np.abs(low.residual["m"]).max() < 1e-5
-    none = continued_start({"m": (np.zeros((0, 10)), np.zeros((12, 0)))}, rank=4, scaling=S)  # round 1: fresh
-    assert none.a0["m"].shape == (0, 10) and not none.residual["m"].any()
-    a_init = np.concatenate([start.a0["m"], rng.normal(size=(0, 10))]).astype(np.float32)
-    b_init = start.b0["m"]
+    delta = rng.normal(size=(12, 6)) @ rng.normal(size=(6, 10))  # a rank-6 ΔW
+    top = svd_factorise(delta, 4)
+    a_sent, b_sent = continued_view_factors(top.a, top.b, S)
+    np.testing.assert_allclose(b_sent.astype(np.float64) @ a_sent, top.b.astype(np.float64) @ top.a, rtol=1e-5, atol=1e-5)
+    a0, b0, live = start_factors(a_sent, b_sent, S, rank=4)
+    assert live.all() and a0.dtype == b0.dtype == np.float32
+    np.testing.assert_array_equal(S * b0, b_sent)  # the division by s = 2 is exact: both sides hold the same bits
+    np.testing.assert_allclose(np.linalg.norm(a0, axis=1), np.linalg.norm(b0, axis=0), rtol=1e-5)  # balanced
+    low = svd_factorise(delta[:, :2] @ rng.normal(size=(2, 10)), 4)  # rank 2 < r: two directions sent, two fresh
+    assert start_factors(*continued_view_factors(low.a, low.b, S), S, rank=4)[2].tolist() == [True, True, False, False]
+    none = start_factors(*continued_view_factors(np.zeros((4, 10)), np.zeros((12, 4)), S), S, rank=4)  # round 1
+    assert not none[2].any() and not none[1].any()
+    with pytest.raises(ValueError, match="more than the adapter's rank"):
+        start_factors(a_sent, b_sent, S, rank=3)
+
+
+def test_the_change_factors_are_exact_and_a_frozen_factor_changes_nothing() -> None:
+    rng = np.random.default_rng(1)
+    a_init, b_init = rng.normal(size=(4, 10)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
     a1, b1 = rng.normal(size=(4, 10)), rng.normal(size=(12, 4))
     a_new, b_new = update_factors(a1, b1, a_init, b_init)
     assert a_new.shape == (8, 10) and b_new.shape == (12, 8)
@@ -43,6 +55,8 @@ def test_the_start_reproduces_the_view_and_the_factors_of_the_change_are_exact()
     assert not (b_new @ a_new)[0].any()
     with pytest.raises(ValueError, match="changed shape"):
         update_factors(a1[:3], b1, a_init, b_init)
+    # The coordinator's side gives the same factors from what it sent (B_sent = s·B₀).
+    np.testing.assert_array_equal(np.hstack(change_factors(a1, b1, a_init, S * b_init, S)[1:]), np.hstack(update_factors(a1, b1, a_init, b_init)[1:]))
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +65,17 @@ def tiny() -> dict:
     examples = load_examples("builtin:reviews?n=64", seed=0)
     start = initial_state(base)
     rng = np.random.default_rng(1)
-    factors = {m: (rng.normal(scale=0.05, size=(6, d.shape[1])), rng.normal(scale=0.05, size=(d.shape[0], 6))) for m, d in start.deltas.items()}
-    view = GlobalView(factors={m: (a.astype(np.float32), b.astype(np.float32)) for m, (a, b) in factors.items()}, head=start.head)
+    deltas = {m: (rng.normal(scale=0.05, size=(d.shape[0], 6)) @ rng.normal(scale=0.05, size=(6, d.shape[1]))).astype(np.float32) for m, d in start.deltas.items()}
+    state = GlobalState(deltas=deltas, head=start.head, round=1)  # a rank-6 ΔW; nodes of rank 4 get its top 4
+    views = round_views(state, design_named("continued"), [4])
+    view = GlobalView(factors=views.factors[4], head=start.head)
     return {"base": base, "train": examples[:48], "val": examples[48:], "view": view}
 
 
 def test_the_node_starts_from_exactly_the_model_it_was_sent(tiny: dict) -> None:
     base, view = tiny["base"], tiny["view"]
-    start = continued_start(view.factors, rank=4, scaling=S)  # the view has rank 6 > 4: a residual is merged
-    peft_model = attach_lora(materialise(base, start.residual, view.head), rank=4, alpha=S * 4, seed=0)
-    _start_continued(peft_model, start)
+    peft_model = attach_lora(materialise(base, {}, view.head), rank=4, alpha=S * 4, seed=0)
+    _start_continued(peft_model, view)
     batch = next(iter(iter_batches(base.tokenizer, tiny["val"], 16, 24)))
     with torch.no_grad():
         got = peft_model(**batch).logits
@@ -68,11 +83,13 @@ def test_the_node_starts_from_exactly_the_model_it_was_sent(tiny: dict) -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_the_update_is_the_change_the_node_made(tiny: dict) -> None:
+def test_the_node_sends_its_own_rank_and_the_rebuilt_change_is_what_it_made(tiny: dict) -> None:
     base, view = tiny["base"], tiny["view"]
     update = train_local(base, view, tiny["train"], tiny["val"], rank=4, steps=6, batch_size=8, learning_rate=5e-3, max_length=24, seed=3, continued=True)
-    assert update.rank == 8
-    pairs, head = split_adapter_arrays(update.arrays)
+    assert update.rank == 4
+    sent_pairs, _ = split_adapter_arrays(update.arrays)
+    assert all(a.shape[0] == 4 and b.shape[1] == 4 for a, b in sent_pairs.values())  # the uplink is at rank r
+    pairs, head = split_adapter_arrays(change_arrays(update.arrays, view.factors, S))
     assert all(a.shape[0] == 8 and b.shape[1] == 8 for a, b in pairs.values())
     view_deltas = {m: b.astype(np.float64) @ a for m, (a, b) in view.factors.items()}
     new = {m: (view_deltas[m] + S * b.astype(np.float64) @ a).astype(np.float32) for m, (a, b) in pairs.items()}
@@ -80,9 +97,11 @@ def test_the_update_is_the_change_the_node_made(tiny: dict) -> None:
     accuracy, loss = evaluate_classifier(trained, iter_batches(base.tokenizer, tiny["val"], 16, 24))
     assert loss == pytest.approx(update.val_loss, abs=1e-4) and accuracy == pytest.approx(update.val_accuracy)
     assert max(float(np.abs(S * b @ a).max()) for a, b in pairs.values()) > 1e-4  # it did learn something
+    with pytest.raises(KeyError, match="was not in the view"):
+        change_arrays(update.arrays, dict(list(view.factors.items())[1:]), S)
 
 
-def test_forbidden_heads_get_no_change_although_the_adapter_started_nonzero(tiny: dict) -> None:
+def test_forbidden_heads_get_exactly_no_change_although_the_adapter_started_nonzero(tiny: dict) -> None:
     base, view = tiny["base"], tiny["view"]
     from sentinel.models.components import list_components
 
@@ -92,7 +111,7 @@ def test_forbidden_heads_get_no_change_although_the_adapter_started_nonzero(tiny
         base, view, tiny["train"], tiny["val"], rank=4, steps=6, batch_size=8, learning_rate=5e-3, max_length=24, seed=3,
         continued=True, permitted=permitted,
     )
-    touched = touched_heads(base.model, update.arrays, atol=1e-6)
+    touched = touched_heads(base.model, change_arrays(update.arrays, view.factors, S), atol=0.0)  # as the coordinator reads it
     assert "layer.0.head.1" not in touched and "layer.1.head.0" not in touched
     assert "layer.0.head.0" in touched  # the permitted ones did change
 
@@ -105,5 +124,7 @@ def test_a_federation_trains_with_continued_adapters_and_accepts_every_update(tm
     result = coordinator.run(local_grid(config.nodes))
     rows = [r for r in result.history if r["round"] > 0]
     assert all(r["accepted"] == config.nodes for r in rows), [[(n["role"], n["reason"]) for n in r["per_node"]] for r in rows]
-    assert {n["rank"] for r in rows for n in r["per_node"]} == {2 * coordinator.strategy().rank_of(n) for n in result.nodes}
+    assert {n["rank"] for r in rows for n in r["per_node"]} == {coordinator.strategy().rank_of(n) for n in result.nodes}
+    legacy = Coordinator.build(tiny_config(rounds=1), tmp_path / "legacy").run(local_grid(config.nodes)).history[-1]
+    assert rows[0]["bytes_up"] == legacy["bytes_up"]  # the uplink is each node's adapter at its own rank
     assert np.isfinite(rows[-1]["accuracy"])
