@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sentinel.governance.exceptions import InvalidRequestError
 from sentinel.governance.limits import MAX_VOTING_PERIOD
 from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO
-from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE
+from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE, DEFAULT_LOSS_Z
 
 MAX_TOKEN_BUDGET = 1e12
 """The most tokens one round may distribute."""
@@ -57,6 +57,13 @@ class FederationParameters(BaseModel):
         le=10.0,
         description="Loss gate's allowance for a direction-confirmed update: it may cost a validator this share of "
         "that validator's median gain this round (0: the absolute gate alone).",
+    )
+    loss_gate_z: float = Field(
+        default=DEFAULT_LOSS_Z,
+        ge=0.0,
+        le=100.0,
+        description="Loss gate's round calibration: a direction-confirmed update whose cost is no outlier among the "
+        "round's authors (robust z-score at most this) is not rejected for it (0: off).",
     )
     coordination_z: float = Field(
         default=5.0,

@@ -29,14 +29,24 @@ update keeps the absolute gate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
+
+V = TypeVar("V", bound=Hashable)
+A = TypeVar("A", bound=Hashable)
 
 DEFAULT_ALLOWANCE_SHARE = 0.75
 """Default share of the round's median gain a direction-confirmed update may cost a validator."""
 MIN_ROUND_CANDIDATES = 3
 """Fewest candidates one validator judged from which the allowance is calibrated (else: the tolerance)."""
+DEFAULT_LOSS_Z = 3.5
+"""Default threshold of the author loss z-score: a cost above it is not typical of the round."""
+MIN_ROUND_AUTHORS = 4
+"""Fewest authors from which the round's typical cost is calibrated (else every author is atypical: the absolute gate)."""
+MIN_VALIDATOR_CANDIDATES = 3
+"""A validator's loss changes are centred on its own median only when it judged at least this many candidates."""
 
 
 def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float = DEFAULT_ALLOWANCE_SHARE) -> float:
@@ -47,3 +57,38 @@ def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float
     if len(finite) < MIN_ROUND_CANDIDATES:
         return float(tolerance)
     return float(max(tolerance, -share * float(np.median(finite))))
+
+
+def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
+    """Author → robust z-score of its loss cost among the round's authors (``inf``: not calibrated).
+
+    ``changes`` maps (validator, author) to the loss change the validator
+    measured. Each validator's changes are centred on its own median (when it
+    judged at least :data:`MIN_VALIDATOR_CANDIDATES`; else on the round's), so a
+    validator whose domain every update hurts does not make its candidates look
+    worse than others'; an author's score is the median of its centred changes,
+    and its z-score is against the median and MAD of the authors' scores.
+
+    Near a non-IID federation's optimum every node's update costs the other
+    domains' validators something (their gradients sum to about zero), so the
+    absolute gate rejects honest updates round after round; what sets an
+    attacker apart is a cost far above the round's typical one.
+    """
+    finite = {k: float(x) for k, x in changes.items() if np.isfinite(x)}
+    authors = sorted({a for _, a in changes}, key=repr)
+    judged = sorted({a for _, a in finite}, key=repr)
+    if len(judged) < MIN_ROUND_AUTHORS:
+        return {a: float("inf") for a in authors}
+    overall = float(np.median(list(finite.values())))
+    by_validator: dict[V, list[float]] = {}
+    for (v, _), x in finite.items():
+        by_validator.setdefault(v, []).append(x)
+    centre = {v: float(np.median(xs)) if len(xs) >= MIN_VALIDATOR_CANDIDATES else overall for v, xs in by_validator.items()}
+    per_author: dict[A, list[float]] = {}
+    for (v, a), x in finite.items():
+        per_author.setdefault(a, []).append(x - centre[v] + overall)
+    scores = np.array([float(np.median(per_author[a])) for a in judged])
+    median = float(np.median(scores))
+    scale = max(1.4826 * float(np.median(np.abs(scores - median))), 1e-9)
+    z = dict(zip(judged, ((scores - median) / scale).tolist(), strict=True))
+    return {a: z.get(a, float("inf")) for a in authors}

@@ -46,7 +46,7 @@ from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_z
 from sentinel.models.lora import split_adapter_arrays
-from sentinel.models.loss_calibration import loss_allowance
+from sentinel.models.loss_calibration import author_loss_z, loss_allowance
 from sentinel.protos import messages as P
 from sentinel.protos.records import dense_state_arrays, to_array_record
 from sentinel.server.coordination import coordinated_groups, lora_cosines
@@ -123,33 +123,41 @@ def round_entropy_gate(
 
 
 def rescinded_loss_rejections(
-    verdicts: Sequence[Verdict], cosines: Mapping[str, float | None], tolerance: float, share: float
+    verdicts: Sequence[Verdict], cosines: Mapping[str, float | None], tolerance: float, share: float, z_threshold: float = 0.0
 ) -> dict[tuple[str, str], str]:
-    """(validator, author) → why, for the loss-gate rejections the round-relative allowance takes back.
+    """(validator, author) → why, for the loss-gate rejections the round's calibration takes back.
 
     A validator's rejection by the (absolute) loss gate is counted as an accept
     when the update's direction is confirmed by the round (its check-phase
-    cosine to the median of the other updates is known and positive) and its
-    loss change is within :func:`models.loss_calibration.loss_allowance` of the
-    changes that validator measured this round. Updates whose direction was not
-    checked, or points against the round, keep the absolute gate
-    (``models.loss_calibration`` says why). ``share`` 0: nothing is taken back.
+    cosine to the median of the other updates is known and positive) and either
+    its loss change is within :func:`models.loss_calibration.loss_allowance` of
+    the changes that validator measured this round (``share``), or its cost is
+    typical of the round's authors (:func:`models.loss_calibration.author_loss_z`
+    at most ``z_threshold``). Updates whose direction was not checked, or points
+    against the round, keep the absolute gate (``models.loss_calibration`` says
+    why). ``share`` and ``z_threshold`` 0: nothing is taken back.
     """
-    if share <= 0:
+    if share <= 0 and z_threshold <= 0:
         return {}
     by_validator: dict[str, list[float]] = {}
     for v in verdicts:
         by_validator.setdefault(v.validator, []).append(v.loss_change)
-    allowance = {val: loss_allowance(changes, tolerance, share) for val, changes in by_validator.items()}
+    allowance = {val: loss_allowance(changes, tolerance, share) if share > 0 else tolerance for val, changes in by_validator.items()}
+    typical = author_loss_z({(v.validator, v.author): v.loss_change for v in verdicts}) if z_threshold > 0 else {}
     out: dict[tuple[str, str], str] = {}
     for v in verdicts:
         cosine = cosines.get(v.author)
         if v.accept or not v.reason.startswith("loss gate") or cosine is None or not cosine > 0:
             continue
-        if v.loss_change <= allowance[v.validator]:
+        if share > 0 and v.loss_change <= allowance[v.validator]:
             out[(v.validator, v.author)] = (
                 f"loss gate (round): {v.loss_change:+.4f} nats is within {share:g} × the validator's median gain this round "
                 f"({allowance[v.validator]:.4f}) for an update the round's direction confirms (cosine {cosine:.3f})"
+            )
+        elif z_threshold > 0 and typical.get(v.author, float("inf")) <= z_threshold:
+            out[(v.validator, v.author)] = (
+                f"loss gate (round): {v.loss_change:+.4f} nats is a typical cost this round (author z-score "
+                f"{typical[v.author]:.1f} <= {z_threshold:g}) for an update the round's direction confirms (cosine {cosine:.3f})"
             )
     return out
 
@@ -201,6 +209,8 @@ class GateParameters:
     """Reject accepted updates in a coordinated minority above this pairwise-cosine z-score (0: off)."""
     loss_allowance_share: float = _FEDERATION_DEFAULTS.loss_allowance_share
     """A direction-confirmed update may cost a validator this share of its median gain this round (0: absolute gate)."""
+    loss_gate_z: float = _FEDERATION_DEFAULTS.loss_gate_z
+    """A direction-confirmed update whose cost is no outlier among the round's authors (z at most this) passes (0: off)."""
 
     @classmethod
     def from_federation(cls, params: FederationParameters) -> GateParameters:
@@ -215,6 +225,7 @@ class GateParameters:
             entropy_min_ratio=params.entropy_min_ratio,
             coordination_z=params.coordination_z,
             loss_allowance_share=params.loss_allowance_share,
+            loss_gate_z=params.loss_gate_z,
         )
 
 
@@ -386,6 +397,7 @@ class ValidationPhase(RoundObserver):
             {r.node.key_id: r.direction_cosine for r in outcome.results},
             params.loss_tolerance,
             params.loss_allowance_share,
+            params.loss_gate_z,
         )
         effective = [
             replace(

@@ -478,6 +478,11 @@ def run_one(setting: Setting, method: str, attack: str | None, fraction: float, 
         validate_s=validate_seconds_per_round(grid.calls),
         accuracy_by_round=[r["accuracy"] for r in result.history],
         verdicts=_verdict_rows(rounds, malicious),
+        checks=[
+            {"round": row["round"], "partition": n["partition_id"], "malicious": n["partition_id"] in malicious,
+             "cosine": n.get("direction_cosine"), "accepted": n["accepted"], "reason": n["reason"]}
+            for row in rounds for n in row["per_node"]
+        ],
     )
     if method.startswith("sentinel"):
         record.update(_detection(rounds, malicious, n))

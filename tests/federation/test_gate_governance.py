@@ -17,7 +17,7 @@ from sentinel.server.coordinator import Coordinator
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.validation import GateParameters
 
-ROUND_GATES = {"entropy_min_ratio": 6.0, "coordination_z": 0.0, "loss_allowance_share": 0.2}
+ROUND_GATES = {"entropy_min_ratio": 6.0, "coordination_z": 0.0, "loss_allowance_share": 0.2, "loss_gate_z": 2.0}
 
 
 def _set(coordinator: Coordinator, name: str, value: float) -> None:
@@ -61,7 +61,7 @@ def test_a_passed_proposal_changes_the_gates_of_the_next_round(tmp_path: Path, t
     for name, value in ROUND_GATES.items():
         _set(coordinator, name, value)
     gates = coordinator.gate_parameters()
-    assert (gates.entropy_min_ratio, gates.coordination_z, gates.loss_allowance_share) == tuple(ROUND_GATES.values())
+    assert {name: getattr(gates, name) for name in ROUND_GATES} == ROUND_GATES
 
     # The validate phase reads them when it builds the round's messages: validators get the new floor.
     strategy = coordinator.strategy()

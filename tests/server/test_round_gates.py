@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_z, log_shift_z
-from sentinel.models.loss_calibration import loss_allowance
+from sentinel.models.loss_calibration import author_loss_z, loss_allowance
 from sentinel.server.coordination import COORDINATION_MIN_UPDATES, coordinated_groups, lora_cosines
 from sentinel.server.outcome import Verdict
 from sentinel.server.validation import coordinated_updates, rescinded_loss_rejections, round_entropy_gate
@@ -152,3 +152,30 @@ def test_in_a_round_where_most_candidates_hurt_the_absolute_tolerance_is_the_flo
     assert rescinded_loss_rejections(verdicts, dict.fromkeys("abcd", 0.1), 0.0, 0.75) == {}
     assert loss_allowance([-0.5, -0.4], 0.0) == 0.0  # too few candidates to calibrate: the tolerance alone
     assert rescinded_loss_rejections(verdicts, dict.fromkeys("abcd", 0.1), 0.0, 0.0) == {}
+
+
+def test_near_the_optimum_typical_cross_domain_costs_pass_and_an_outlying_cost_does_not() -> None:
+    # Measured on the benchmark's round 5: every honest update costs the other domains' validators
+    # 0.2-0.7 nats (most candidates hurt, so the allowance is the absolute floor and rejects them all).
+    costs = {"a": 0.50, "b": 0.25, "c": 0.55, "d": 0.30, "e": 0.45, "f": 0.35, "labels": 2.4}
+    verdicts = [_verdict(v, author, cost + 0.02 * i) for author, cost in costs.items() for i, v in enumerate(("v1", "v2", "v3"))]
+    cosines = {**dict.fromkeys(costs, 0.02), "labels": 0.01}
+    z = author_loss_z({(v.validator, v.author): v.loss_change for v in verdicts})
+    assert max(z[a] for a in costs if a != "labels") < 2.0 and z["labels"] > 10
+    taken = rescinded_loss_rejections(verdicts, cosines, 0.0, 0.75, z_threshold=3.5)
+    assert {a for _, a in taken} == set(costs) - {"labels"}
+    assert all("typical cost this round" in why for why in taken.values())
+    assert rescinded_loss_rejections(verdicts, {**cosines, "a": -0.01}, 0.0, 0.75, z_threshold=3.5).keys() == {
+        k for k in taken if k[1] != "a"
+    }  # an update the round's direction opposes keeps the absolute gate
+    assert rescinded_loss_rejections(verdicts, cosines, 0.0, 0.75, z_threshold=0.0) == {}  # off
+
+
+def test_the_typical_cost_is_not_calibrated_from_too_few_authors_and_centres_each_validator() -> None:
+    assert author_loss_z({("v", "a"): 0.3, ("v", "b"): 0.2, ("v", "c"): 0.9}) == dict.fromkeys("abc", float("inf"))
+    # A validator whose domain every update hurts by +1 nats does not make its candidates atypical.
+    changes = {(v, a): 0.1 * i + (1.0 if v == "harsh" else 0.0) for i, a in enumerate("abcdef") for v in ("harsh", "mild", "x")}
+    changes.pop(("harsh", "a"))
+    changes.pop(("mild", "f"))
+    z = author_loss_z(changes)
+    assert max(abs(z[a]) for a in "abcdef") < 2.0
