@@ -138,6 +138,8 @@ class SentinelStrategy:
         self.importance_shape = importance_shape
         self.norm_factor = norm_factor
         self.min_cosine = min_cosine
+        self.good_standing: frozenset[str] = frozenset()
+        """Key ids of the nodes whose updates the last aggregated round accepted (the direction check's reference)."""
         self.num_labels = num_labels
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
@@ -257,7 +259,8 @@ class SentinelStrategy:
             sent = plan.sent[r.node.node_id].head
             change = {k: v - sent[k] for k, v in head.items() if k in sent}
             vectors[r.node.node_id] = update_direction(pairs, change, P.LORA_ALPHA_PER_RANK)
-        cosines = direction_cosines(vectors)
+        standing = {r.node.node_id for r in outcome.accepted if r.node.key_id in self.good_standing}
+        cosines = direction_cosines(vectors, standing if self.good_standing else None)
         if cosines:
             log(INFO, "round %s: update cosines to the median %s", outcome.round,
                 {plan.sent[n].node.key_id: round(c, 3) for n, c in cosines.items()})
@@ -334,6 +337,7 @@ class SentinelStrategy:
     def aggregate_train(self, state: GlobalState, outcome: RoundOutcome) -> GlobalState:
         """The new global state: the accepted updates aggregated onto ``state`` (unchanged when none was accepted)."""
         accepted = outcome.accepted
+        self.good_standing = frozenset(r.node.key_id for r in accepted)
         if not accepted:
             log(WARNING, "round %s: no update accepted; global model unchanged", outcome.round)
             return GlobalState(state.deltas, state.head, state.head_mask, outcome.round)

@@ -68,3 +68,20 @@ def test_update_direction_is_the_dense_product_then_the_head_change() -> None:
     np.testing.assert_array_equal(vector[15:], head["classifier.weight"])
     # Flipping B flips the product: the direction a sign-flip attacker sends.
     np.testing.assert_allclose(update_direction({"m": (a, -b)}, {}, 2.0), -vector[:15], rtol=1e-6)
+
+
+def test_near_the_optimum_the_reference_of_nodes_in_good_standing_keeps_honest_updates_positive() -> None:
+    # Seven honest updates share a weak direction (each mostly its own noise, as near the optimum),
+    # three sign-flipped copies sit in the round; last round's accepted nodes are the honest ones.
+    rng = np.random.default_rng(4)
+    shared = rng.normal(size=4000)
+    honest = {i: 0.12 * shared + rng.normal(size=4000) for i in range(7)}
+    flipped = {7 + i: -(0.12 * shared + rng.normal(size=4000)) for i in range(3)}
+    vectors = {**honest, **flipped}
+    everyone = direction_cosines(vectors)
+    trusted = direction_cosines(vectors, reference=set(honest))
+    assert min(trusted[i] for i in honest) > 0 > max(trusted[i] for i in flipped)
+    assert sum(trusted[i] for i in honest) > sum(everyone[i] for i in honest)  # the attackers no longer dilute the median
+    assert min(everyone[i] for i in honest) < min(trusted[i] for i in honest)
+    # Too few nodes in good standing: the reference is every other update, as without one.
+    assert direction_cosines(vectors, reference={0, 1}) == everyone
