@@ -96,6 +96,16 @@ class FederationConfig(BaseModel):
             "a direction (a pretrained model), and on a randomly initialised tiny model honest cosines are noise."
         ),
     )
+    update_direction_memory: float = Field(
+        default=0.6,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Weight of the past in each node's direction record (its cosine over the round's median |cosine|, "
+            "averaged over rounds) decides the direction check: an update is rejected when its record, this round "
+            "in, is at or below `update-min-cosine` in those units. 0: this round alone (the plain cosine rule)."
+        ),
+    )
     plasticity: bool = Field(
         default=False, description="Federated plasticity: prune heads by consensus and regrow them (server.plasticity)."
     )

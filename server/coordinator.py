@@ -329,7 +329,7 @@ class Coordinator:
             evaluate,
             self.starting_state(resume),
             self.out_dir / CHECKPOINT_DIR,
-            observers=[*evaluator_observers, *self.observers, *extra_observers],
+            observers=[strategy.direction, *evaluator_observers, *self.observers, *extra_observers],
             export_best=self.export_best,
             validation=self.validation,
             plasticity=self.plasticity,

@@ -85,6 +85,8 @@ class NodeResult:
     """The validators' verdicts on this update (empty when it was not validated)."""
     direction_cosine: float | None = None
     """Cosine of the update to the median of the round's other updates (None when the direction check did not run)."""
+    direction_record: float | None = None
+    """The node's direction record with this round in (``server.direction_memory``; None when the check did not run)."""
 
 
 @dataclass

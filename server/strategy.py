@@ -32,6 +32,7 @@ from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
+from sentinel.server.direction_memory import DirectionMemory
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
@@ -138,8 +139,8 @@ class SentinelStrategy:
         self.importance_shape = importance_shape
         self.norm_factor = norm_factor
         self.min_cosine = min_cosine
-        self.good_standing: frozenset[str] = frozenset()
-        """Key ids of the nodes whose updates the last aggregated round accepted (the direction check's reference)."""
+        self.direction = DirectionMemory(config.update_direction_memory)
+        """Each node's direction record and who is in good standing (checkpointed: the round loop observes it)."""
         self.num_labels = num_labels
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
@@ -259,14 +260,19 @@ class SentinelStrategy:
             sent = plan.sent[r.node.node_id].head
             change = {k: v - sent[k] for k, v in head.items() if k in sent}
             vectors[r.node.node_id] = update_direction(pairs, change, P.LORA_ALPHA_PER_RANK)
-        standing = {r.node.node_id for r in outcome.accepted if r.node.key_id in self.good_standing}
-        cosines = direction_cosines(vectors, standing if self.good_standing else None)
+        in_standing = self.direction.standing
+        standing = {r.node.node_id for r in outcome.accepted if r.node.key_id in in_standing}
+        cosines = direction_cosines(vectors, standing if in_standing else None)
+        key_of = {n: plan.sent[n].node.key_id for n in cosines}
+        by_key = self.direction.judge({key_of[n]: c for n, c in cosines.items()})
+        records = {n: by_key[key_of[n]] for n in cosines}
         if cosines:
             log(INFO, "round %s: update cosines to the median %s", outcome.round,
                 {plan.sent[n].node.key_id: round(c, 3) for n, c in cosines.items()})
-        flagged = direction_outliers(cosines, float(self.min_cosine or 0.0))
+        flagged = direction_outliers(cosines, float(self.min_cosine or 0.0), records, self.direction.scale)
         for result in outcome.accepted:
             result.direction_cosine = cosines.get(result.node.node_id)
+            result.direction_record = records.get(result.node.node_id)
             reason = flagged.get(result.node.node_id)
             if reason:
                 result.accepted, result.reason = False, reason
@@ -337,7 +343,7 @@ class SentinelStrategy:
     def aggregate_train(self, state: GlobalState, outcome: RoundOutcome) -> GlobalState:
         """The new global state: the accepted updates aggregated onto ``state`` (unchanged when none was accepted)."""
         accepted = outcome.accepted
-        self.good_standing = frozenset(r.node.key_id for r in accepted)
+        self.direction.settle(frozenset(r.node.key_id for r in accepted))
         if not accepted:
             log(WARNING, "round %s: no update accepted; global model unchanged", outcome.round)
             return GlobalState(state.deltas, state.head, state.head_mask, outcome.round)

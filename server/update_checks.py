@@ -215,19 +215,32 @@ def direction_cosines(vectors: Mapping[int, np.ndarray], reference: Iterable[int
     return cosines
 
 
-def direction_outliers(cosines: Mapping[int, float], min_cosine: float) -> dict[int, str]:
+def direction_outliers(
+    cosines: Mapping[int, float], min_cosine: float, records: Mapping[int, float] | None = None, scale: float = 0.0
+) -> dict[int, str]:
     """Updates that point away from the round's consensus direction: node → reason.
 
     ``cosines`` are :func:`direction_cosines`. A sign-flipped or label-flipped
     update points against the honest majority whatever its size, which a loss
     gate on a small local step may not see; one at or below ``min_cosine`` is
-    flagged (so at 0 an empty, free-riding update is flagged too).
+    flagged (so at 0 an empty, free-riding update is flagged too). With the
+    nodes' direction ``records`` (``server.direction_memory``: standardised
+    cosines averaged over rounds, ``scale`` the round's median |cosine|) the
+    record decides instead: flagged when it is at or below ``min_cosine / scale``
+    — for a node with no history, exactly the plain rule; for one with a
+    history, one round near zero does not decide, either way.
     """
-    return {
-        node: (
+    out: dict[int, str] = {}
+    for node, cosine in cosines.items():
+        record = records.get(node) if records is not None else None
+        if record is None or scale <= 0:
+            if cosine > min_cosine:
+                continue
+        elif record > min_cosine / scale:
+            continue
+        out[node] = (
             f"update direction opposes the round's consensus: cosine {cosine:.3f} to the coordinate-wise "
             f"median of the other updates (it must be above {min_cosine:g})"
+            + (f"; its record over the rounds is {record:+.2f} (in units of the round's median |cosine|)" if record is not None else "")
         )
-        for node, cosine in cosines.items()
-        if cosine <= min_cosine
-    }
+    return out

@@ -394,7 +394,7 @@ class ValidationPhase(RoundObserver):
         )
         rescinded = rescinded_loss_rejections(
             verdicts,
-            {r.node.key_id: r.direction_cosine for r in outcome.results},
+            {r.node.key_id: r.direction_record if r.direction_record is not None else r.direction_cosine for r in outcome.results},
             params.loss_tolerance,
             params.loss_allowance_share,
             params.loss_gate_z,
