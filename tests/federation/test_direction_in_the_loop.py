@@ -8,7 +8,8 @@ import pytest
 from sentinel.client.attacks import attack_app
 from sentinel.ledger.kinds import EntryKind
 from sentinel.server.config import FederationConfig, RoleProfile
-from sentinel.server.coordinator import Coordinator
+from sentinel.server.checkpoints import LAST, load_state
+from sentinel.server.coordinator import CHECKPOINT_DIR, Coordinator
 from sentinel.server.local_grid import LocalGrid
 
 NODES = 6
@@ -40,3 +41,7 @@ def test_a_sign_flipper_is_rejected_by_direction_and_honest_nodes_are_not(tmp_pa
     assert [p["node"] for p in rejected] == [attacker, attacker]
     assert all("direction opposes" in p["reason"] for p in rejected)
     assert coordinator.ledger.verify().ok
+    # Each node's direction record is kept with the checkpoint (for --resume), the attacker's against the round.
+    saved = load_state(tmp_path / "run" / CHECKPOINT_DIR / LAST).meta["direction"]
+    assert saved["records"][attacker] < 0 < min(v for k, v in saved["records"].items() if k != attacker)
+    assert attacker not in saved["standing"] and len(saved["standing"]) == NODES - 1
