@@ -13,7 +13,7 @@ Two things make the calibration honest about non-IID federations:
   sets its own scale (longer sentences, other vocabulary: other attention
   statistics), so each validator's log-shifts are centred on its own median over
   the candidates it judged (when it judged at least
-  :data:`MIN_VALIDATOR_CANDIDATES`), and an author's shift is the median of its
+  :data:`~sentinel.models.round_calibration.MIN_VALIDATOR_CANDIDATES`), and an author's shift is the median of its
   validators' centred values. The z-score is over authors, not measurements, so
   one author measured three times does not count as three samples of the spread.
 - **a floor on the spread**: with a handful of authors the MAD can be tiny; an
@@ -29,6 +29,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+from sentinel.models.round_calibration import author_scores
 
 V = TypeVar("V", bound=Hashable)
 A = TypeVar("A", bound=Hashable)
@@ -37,8 +38,6 @@ DEFAULT_MIN_RATIO = 4.0
 """Default ``min_ratio``: an outlying entropy shift is at least 4× the round's median one."""
 MIN_CALIBRATION_SAMPLES = 4
 """Fewest non-zero shifts (authors) from which a gate calibrates itself; below that it does not judge."""
-MIN_VALIDATOR_CANDIDATES = 3
-"""A validator's shifts are centred on its own median only when it judged at least this many candidates."""
 
 
 def log_shift_z(shifts: Sequence[float], z_threshold: float, min_ratio: float = DEFAULT_MIN_RATIO) -> np.ndarray:
@@ -73,16 +72,8 @@ def author_shift_z(
     authors = sorted({a for _, a in shifts}, key=repr)
     if not positive:
         return {a: -np.inf for a in authors}
-    logs = {k: float(np.log(s)) for k, s in positive.items()}
-    overall = float(np.median(list(logs.values())))
-    by_validator: dict[V, list[float]] = {}
-    for (v, _), x in logs.items():
-        by_validator.setdefault(v, []).append(x)
-    centre = {v: float(np.median(xs)) if len(xs) >= MIN_VALIDATOR_CANDIDATES else overall for v, xs in by_validator.items()}
-    per_author: dict[A, list[float]] = {}
-    for (v, a), x in logs.items():
-        per_author.setdefault(a, []).append(x - centre[v] + overall)
-    judged = sorted(per_author, key=repr)
-    values = [float(np.exp(np.median(per_author[a]))) for a in judged]
+    scores = author_scores({k: float(np.log(s)) for k, s in positive.items()})
+    judged = sorted(scores, key=repr)
+    values = [float(np.exp(scores[a])) for a in judged]
     z = dict(zip(judged, log_shift_z(values, z_threshold, min_ratio).tolist(), strict=True))
     return {a: z.get(a, -np.inf) for a in authors}

@@ -33,6 +33,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
+from sentinel.models.round_calibration import author_scores
 
 V = TypeVar("V", bound=Hashable)
 A = TypeVar("A", bound=Hashable)
@@ -45,8 +46,6 @@ DEFAULT_LOSS_Z = 3.5
 """Default threshold of the author loss z-score: a cost above it is not typical of the round."""
 MIN_ROUND_AUTHORS = 4
 """Fewest authors from which the round's typical cost is calibrated (else every author is atypical: the absolute gate)."""
-MIN_VALIDATOR_CANDIDATES = 3
-"""A validator's loss changes are centred on its own median only when it judged at least this many candidates."""
 
 
 def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float = DEFAULT_ALLOWANCE_SHARE) -> float:
@@ -64,7 +63,7 @@ def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
 
     ``changes`` maps (validator, author) to the loss change the validator
     measured. Each validator's changes are centred on its own median (when it
-    judged at least :data:`MIN_VALIDATOR_CANDIDATES`; else on the round's), so a
+    judged at least :data:`~sentinel.models.round_calibration.MIN_VALIDATOR_CANDIDATES`; else on the round's), so a
     validator whose domain every update hurts does not make its candidates look
     worse than others'; an author's score is the median of its centred changes,
     and its z-score is against the median and MAD of the authors' scores.
@@ -79,15 +78,8 @@ def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
     judged = sorted({a for _, a in finite}, key=repr)
     if len(judged) < MIN_ROUND_AUTHORS:
         return {a: float("inf") for a in authors}
-    overall = float(np.median(list(finite.values())))
-    by_validator: dict[V, list[float]] = {}
-    for (v, _), x in finite.items():
-        by_validator.setdefault(v, []).append(x)
-    centre = {v: float(np.median(xs)) if len(xs) >= MIN_VALIDATOR_CANDIDATES else overall for v, xs in by_validator.items()}
-    per_author: dict[A, list[float]] = {}
-    for (v, a), x in finite.items():
-        per_author.setdefault(a, []).append(x - centre[v] + overall)
-    scores = np.array([float(np.median(per_author[a])) for a in judged])
+    by_author = author_scores(finite)
+    scores = np.array([by_author[a] for a in judged])
     median = float(np.median(scores))
     scale = max(1.4826 * float(np.median(np.abs(scores - median))), 1e-9)
     z = dict(zip(judged, ((scores - median) / scale).tolist(), strict=True))
