@@ -59,7 +59,7 @@ def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float
 
 
 def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
-    """Author → robust z-score of its loss cost among the round's authors (``inf``: not calibrated).
+    """Author → robust z-score of its loss cost among the round's authors (``inf``: not calibrated, or no cost is typical).
 
     ``changes`` maps (validator, author) to the loss change the validator
     measured. Each validator's changes are centred on its own median (when it
@@ -71,7 +71,11 @@ def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
     Near a non-IID federation's optimum every node's update costs the other
     domains' validators something (their gradients sum to about zero), so the
     absolute gate rejects honest updates round after round; what sets an
-    attacker apart is a cost far above the round's typical one.
+    attacker apart is a cost far above the round's typical one. In a round
+    whose typical update *gains* (the authors' median score ≤ 0) no cost is
+    typical, however widely the gains spread: every z is ``inf``, and
+    :func:`loss_allowance` is what judges such a round (measured: in round 1 a
+    label-flipper's +0.25 nats had z 2.7 against honest gains of −0.01 to −0.36).
     """
     finite = {k: float(x) for k, x in changes.items() if np.isfinite(x)}
     authors = sorted({a for _, a in changes}, key=repr)
@@ -81,6 +85,8 @@ def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
     by_author = author_scores(finite)
     scores = np.array([by_author[a] for a in judged])
     median = float(np.median(scores))
+    if median <= 0:  # the round's typical update gains: a cost is not typical (the allowance judges these rounds)
+        return {a: float("inf") for a in authors}
     scale = max(1.4826 * float(np.median(np.abs(scores - median))), 1e-9)
     z = dict(zip(judged, ((scores - median) / scale).tolist(), strict=True))
     return {a: z.get(a, float("inf")) for a in authors}

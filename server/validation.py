@@ -162,6 +162,21 @@ def rescinded_loss_rejections(
     return out
 
 
+def _confirmed_cosine(result: NodeResult) -> float | None:
+    """The update's cosine as evidence its direction is the round's: None unchecked; not positive unless its record agrees.
+
+    An honest node's record may carry it through one round near zero in the
+    check phase, but only this round's own agreement confirms the update for
+    the loss gate's round calibration (measured: a label-flipper with a
+    positive round-1 record and cosine −0.019 in round 2 was taken back).
+    """
+    if result.direction_cosine is None:
+        return None
+    if result.direction_record is not None and result.direction_record <= 0:
+        return min(result.direction_cosine, 0.0)
+    return result.direction_cosine
+
+
 def coordinated_updates(arrays: Mapping[K, Mapping[str, np.ndarray]], z_threshold: float) -> dict[K, str]:
     """Author → reason, for the updates (their LoRA factors) in a coordinated minority (``server.coordination``)."""
     if z_threshold <= 0 or not arrays:
@@ -394,7 +409,7 @@ class ValidationPhase(RoundObserver):
         )
         rescinded = rescinded_loss_rejections(
             verdicts,
-            {r.node.key_id: r.direction_record if r.direction_record is not None else r.direction_cosine for r in outcome.results},
+            {r.node.key_id: _confirmed_cosine(r) for r in outcome.results},
             params.loss_tolerance,
             params.loss_allowance_share,
             params.loss_gate_z,

@@ -179,3 +179,25 @@ def test_the_typical_cost_is_not_calibrated_from_too_few_authors_and_centres_eac
     changes.pop(("mild", "f"))
     z = author_loss_z(changes)
     assert max(abs(z[a]) for a in "abcdef") < 2.0
+
+
+def test_while_the_round_gains_no_cost_is_typical_however_widely_the_gains_spread() -> None:
+    # Round 1 of the benchmark's label flip: honest updates gain a validator 0.01-0.36 nats, a flipper costs +0.25
+    # (robust z 2.7 against that spread); only the allowance may judge such a round.
+    gains = {"a": -0.014, "b": -0.04, "c": -0.025, "d": -0.08, "e": -0.19, "f": -0.32, "g": -0.18}
+    verdicts = [_verdict(v, author, g) for author, g in {**gains, "flip": 0.25}.items() for v in ("v1", "v2", "v3")]
+    assert all(z == float("inf") for z in author_loss_z({(v.validator, v.author): v.loss_change for v in verdicts}).values())
+    cosines = dict.fromkeys([*gains, "flip"], 0.01)
+    assert ("v1", "flip") not in rescinded_loss_rejections(verdicts, cosines, 0.0, 0.75, z_threshold=3.5)
+
+
+def test_only_the_rounds_own_agreement_confirms_an_update_for_the_loss_calibration() -> None:
+    from sentinel.server.outcome import NodeInfo, NodeResult
+    from sentinel.server.validation import _confirmed_cosine
+
+    node = NodeInfo(1, 0, "gpu", "key")
+    # Round 2 of the benchmark's label flip: a positive record from round 1 carried it, its cosine was -0.019.
+    assert _confirmed_cosine(NodeResult(node, True, direction_cosine=-0.019, direction_record=0.3)) == -0.019
+    assert _confirmed_cosine(NodeResult(node, True, direction_cosine=0.02, direction_record=-0.4)) == 0.0  # record against
+    assert _confirmed_cosine(NodeResult(node, True, direction_cosine=0.02, direction_record=0.4)) == 0.02
+    assert _confirmed_cosine(NodeResult(node, True)) is None
