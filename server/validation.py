@@ -128,14 +128,21 @@ def rescinded_loss_rejections(
     """(validator, author) → why, for the loss-gate rejections the round's calibration takes back.
 
     A validator's rejection by the (absolute) loss gate is counted as an accept
-    when the update's direction is confirmed by the round (its check-phase
-    cosine to the median of the other updates is known and positive) and either
-    its loss change is within :func:`models.loss_calibration.loss_allowance` of
-    the changes that validator measured this round (``share``), or its cost is
-    typical of the round's authors (:func:`models.loss_calibration.author_loss_z`
-    at most ``z_threshold``). Updates whose direction was not checked, or points
-    against the round, keep the absolute gate (``models.loss_calibration`` says
-    why). ``share`` and ``z_threshold`` 0: nothing is taken back.
+
+    - in a round whose typical update *costs* the validators (near a non-IID
+      optimum), when the update's cost is typical of the round's authors
+      (:func:`models.loss_calibration.author_loss_z` at most ``z_threshold``);
+      a sign flip there *gains* them, and the check phase's direction check
+      judges it;
+    - in a round whose typical update gains, when the update's direction is
+      confirmed by the round (its check-phase cosine to the median of the other
+      updates is known and positive) and its loss change is within
+      :func:`models.loss_calibration.loss_allowance` of the changes that
+      validator measured (``share``): a flipped update costs about what it
+      would have gained, so unconfirmed updates keep the absolute gate
+      (``models.loss_calibration`` says why).
+
+    ``share`` and ``z_threshold`` 0: nothing is taken back.
     """
     if share <= 0 and z_threshold <= 0:
         return {}
@@ -146,18 +153,18 @@ def rescinded_loss_rejections(
     typical = author_loss_z({(v.validator, v.author): v.loss_change for v in verdicts}) if z_threshold > 0 else {}
     out: dict[tuple[str, str], str] = {}
     for v in verdicts:
-        cosine = cosines.get(v.author)
-        if v.accept or not v.reason.startswith("loss gate") or cosine is None or not cosine > 0:
+        if v.accept or not v.reason.startswith("loss gate"):
             continue
-        if share > 0 and v.loss_change <= allowance[v.validator]:
+        cosine = cosines.get(v.author)
+        if z_threshold > 0 and typical.get(v.author, float("inf")) <= z_threshold:
+            out[(v.validator, v.author)] = (
+                f"loss gate (round): {v.loss_change:+.4f} nats is a typical cost in a round whose updates cost "
+                f"(author z-score {typical[v.author]:.1f} <= {z_threshold:g})"
+            )
+        elif share > 0 and cosine is not None and cosine > 0 and v.loss_change <= allowance[v.validator]:
             out[(v.validator, v.author)] = (
                 f"loss gate (round): {v.loss_change:+.4f} nats is within {share:g} × the validator's median gain this round "
                 f"({allowance[v.validator]:.4f}) for an update the round's direction confirms (cosine {cosine:.3f})"
-            )
-        elif z_threshold > 0 and typical.get(v.author, float("inf")) <= z_threshold:
-            out[(v.validator, v.author)] = (
-                f"loss gate (round): {v.loss_change:+.4f} nats is a typical cost this round (author z-score "
-                f"{typical[v.author]:.1f} <= {z_threshold:g}) for an update the round's direction confirms (cosine {cosine:.3f})"
             )
     return out
 
