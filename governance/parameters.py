@@ -62,8 +62,8 @@ class FederationParameters(BaseModel):
         default=DEFAULT_LOSS_Z,
         ge=0.0,
         le=100.0,
-        description="Loss gate's round calibration: a direction-confirmed update whose cost is no outlier among the "
-        "round's authors (robust z-score at most this) is not rejected for it (0: off).",
+        description="Loss gate's round calibration: in a round whose typical update costs the validators, an update "
+        "whose cost is no outlier among the round's authors (robust z-score at most this) is not rejected for it (0: off).",
     )
     coordination_z: float = Field(
         default=5.0,

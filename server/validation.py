@@ -232,7 +232,7 @@ class GateParameters:
     loss_allowance_share: float = _FEDERATION_DEFAULTS.loss_allowance_share
     """A direction-confirmed update may cost a validator this share of its median gain this round (0: absolute gate)."""
     loss_gate_z: float = _FEDERATION_DEFAULTS.loss_gate_z
-    """A direction-confirmed update whose cost is no outlier among the round's authors (z at most this) passes (0: off)."""
+    """In a round whose updates cost, an update whose cost is no outlier among the authors (z at most this) passes (0: off)."""
 
     @classmethod
     def from_federation(cls, params: FederationParameters) -> GateParameters:
