@@ -72,6 +72,13 @@ class FederationParameters(BaseModel):
         description="Coordinated-minority check: reject accepted updates far more similar to each other than the "
         "round's updates are (robust z-score of pairwise cosines above this; 0: off).",
     )
+    coordination_memory: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=0.99,
+        description="Coordinated-minority check's memory: a pair of nodes is judged on the exponentially weighted mean "
+        "of its z-scores over the rounds both were judged, with this weight on the past (0: the round alone).",
+    )
     reputation_learning_rate: float = Field(
         default=0.2, gt=0.0, le=1.0, description="How fast a validator's reputation follows its agreement with consensus."
     )

@@ -63,22 +63,49 @@ def lora_cosines(updates: Mapping[N, Mapping[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def coordinated_groups(cosines: Mapping[tuple[N, N], float], z_threshold: float) -> dict[N, str]:
+def pair_z_scores(cosines: Mapping[tuple[N, N], float]) -> tuple[dict[tuple[N, N], float], float]:
+    """(pair → robust z-score of its cosine against the round's pairwise cosines, the round's median cosine).
+
+    Median and 1.4826·MAD of all the round's pairs, the scale floored at
+    :data:`MIN_COSINE_SCALE`; empty below :data:`COORDINATION_MIN_UPDATES` nodes,
+    where the distribution cannot be calibrated.
+    """
+    nodes = {n for pair in cosines for n in pair}
+    if len(nodes) < COORDINATION_MIN_UPDATES:
+        return {}, float("nan")
+    values = np.array(list(cosines.values()), dtype=np.float64)
+    median = float(np.median(values))
+    scale = max(1.4826 * float(np.median(np.abs(values - median))), MIN_COSINE_SCALE)
+    return {pair: (c - median) / scale for pair, c in cosines.items()}, median
+
+
+def strongest_pair_z(z_by_pair: Mapping[tuple[N, N], float]) -> dict[N, float]:
+    """Node → the largest z-score among its pairs (what the report shows per update)."""
+    out: dict[N, float] = {}
+    for (a, b), z in z_by_pair.items():
+        for n in (a, b):
+            out[n] = max(out.get(n, -np.inf), float(z))
+    return out
+
+
+def coordinated_groups(
+    cosines: Mapping[tuple[N, N], float], z_threshold: float, records: Mapping[tuple[N, N], float] | None = None
+) -> dict[N, str]:
     """Nodes in a coordinated group: node → reason (empty below :data:`COORDINATION_MIN_UPDATES` nodes).
 
-    A pair is coordinated when its cosine's robust z-score against the round's
-    pairwise cosines (median, 1.4826·MAD, floored at :data:`MIN_COSINE_SCALE`)
-    exceeds ``z_threshold``; groups are the connected components of those pairs.
+    A pair is coordinated when its score exceeds ``z_threshold``: its record
+    over rounds where ``records`` gives one (``server.coordination_memory``),
+    else its cosine's robust z-score against the round's pairwise cosines
+    (:func:`pair_z_scores`). Groups are the connected components of those pairs.
     Only a minority is flagged: a group of half the round's nodes or more is
     what the round shares, not a coalition against it. ``z_threshold`` ≤ 0: off.
     """
     nodes = sorted({n for pair in cosines for n in pair})
     if len(nodes) < COORDINATION_MIN_UPDATES or z_threshold <= 0:
         return {}
-    values = np.array(list(cosines.values()), dtype=np.float64)
-    median = float(np.median(values))
-    scale = max(1.4826 * float(np.median(np.abs(values - median))), MIN_COSINE_SCALE)
-    edges = {pair: (c - median) / scale for pair, c in cosines.items() if (c - median) / scale > z_threshold}
+    z_by_pair, median = pair_z_scores(cosines)
+    score = {pair: (records or {}).get(pair, z) for pair, z in z_by_pair.items()}
+    edges = {pair: s for pair, s in score.items() if s > z_threshold}
     parent = {n: n for n in nodes}
 
     def root(n: N) -> N:
@@ -99,10 +126,11 @@ def coordinated_groups(cosines: Mapping[tuple[N, N], float], z_threshold: float)
         members.sort()
         for n in members:
             strongest = max((z, pair) for pair, z in edges.items() if n in pair)
-            other = strongest[1][0] if strongest[1][1] == n else strongest[1][1]
+            pair = strongest[1]
+            other = pair[0] if pair[1] == n else pair[1]
+            over = f"record {strongest[0]:.1f} over rounds (this round's z-score {z_by_pair[pair]:.1f})" if records else f"z-score {strongest[0]:.1f}"
             flagged[n] = (
-                f"coordinated update: cosine {cosines[strongest[1]]:.3f} with the update of {other}, z-score "
-                f"{strongest[0]:.1f} > {z_threshold:g} against the round's pairwise cosines (median {median:.3f}); "
-                f"group of {len(members)}"
+                f"coordinated update: cosine {cosines[pair]:.3f} with the update of {other}, {over} > {z_threshold:g} "
+                f"against the round's pairwise cosines (median {median:.3f}); group of {len(members)}"
             )
     return flagged

@@ -87,6 +87,10 @@ class NodeResult:
     """Cosine of the update to the median of the round's other updates (None when the direction check did not run)."""
     direction_record: float | None = None
     """The node's direction record with this round in (``server.direction_memory``; None when the check did not run)."""
+    coordination_z: float | None = None
+    """The largest z-score of the update's pairwise cosines this round (``server.coordination``; None when not judged)."""
+    coordination_record: float | None = None
+    """The largest coordination record among the update's pairs, this round in (``server.coordination_memory``)."""
 
 
 @dataclass

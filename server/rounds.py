@@ -173,6 +173,8 @@ def round_row(outcome: RoundOutcome, evaluation: Evaluation, duration: float) ->
                 "val_accuracy": r.val_accuracy,
                 "bytes_up": r.bytes_up,
                 "direction_cosine": r.direction_cosine,
+                "coordination_z": r.coordination_z,
+                "coordination_record": r.coordination_record,
                 "validators": [
                     {
                         "validator": v.validator,

@@ -49,7 +49,8 @@ from sentinel.models.lora import split_adapter_arrays
 from sentinel.models.loss_calibration import author_loss_z, loss_allowance
 from sentinel.protos import messages as P
 from sentinel.protos.records import dense_state_arrays, to_array_record
-from sentinel.server.coordination import coordinated_groups, lora_cosines
+from sentinel.server.coordination import coordinated_groups, lora_cosines, pair_z_scores, strongest_pair_z
+from sentinel.server.coordination_memory import pair_key, updated_pair_records
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome, Verdict
 from sentinel.server.state import GlobalState
@@ -184,13 +185,36 @@ def _confirmed_cosine(result: NodeResult) -> float | None:
     return result.direction_cosine
 
 
+MAX_COOLDOWN_ROUNDS = 1000
+"""Longest cool-down an escalation can reach (the governance bound of ``rejection_cooldown_rounds``)."""
+
+
+def escalated_cooldown(cooldown_rounds: int, offences: int) -> int:
+    """Rounds a node sits out for its ``offences``-th coordinated update: ``cooldown_rounds`` × 2^(offences − 1), capped.
+
+    A node caught once may have been unlucky (honest nodes of one domain can
+    look alike); one caught again after its cool-down is a repeat offender,
+    and each return costs it twice as long as the last.
+    """
+    if cooldown_rounds <= 0 or offences <= 0:
+        return max(cooldown_rounds, 0)
+    return int(min(MAX_COOLDOWN_ROUNDS, cooldown_rounds * 2 ** min(offences - 1, 16)))
+
+
+def update_cosines(arrays: Mapping[K, Mapping[str, np.ndarray]]) -> dict[tuple[K, K], float]:
+    """Pairwise cosines of the updates' dense ΔW over the modules they all adapt (``server.coordination``)."""
+    if not arrays:
+        return {}
+    pairs = {author: split_adapter_arrays(dict(a))[0] for author, a in arrays.items()}
+    modules = set.intersection(*(set(p) for p in pairs.values()))
+    return lora_cosines({n: {m: p[m] for m in modules} for n, p in pairs.items()})
+
+
 def coordinated_updates(arrays: Mapping[K, Mapping[str, np.ndarray]], z_threshold: float) -> dict[K, str]:
     """Author → reason, for the updates (their LoRA factors) in a coordinated minority (``server.coordination``)."""
     if z_threshold <= 0 or not arrays:
         return {}
-    pairs = {author: split_adapter_arrays(dict(a))[0] for author, a in arrays.items()}
-    modules = set.intersection(*(set(p) for p in pairs.values()))
-    return coordinated_groups(lora_cosines({n: {m: p[m] for m in modules} for n, p in pairs.items()}), z_threshold)
+    return coordinated_groups(update_cosines(arrays), z_threshold)
 
 
 def global_arrays(state: GlobalState) -> dict[str, np.ndarray]:
@@ -229,6 +253,8 @@ class GateParameters:
     """An entropy outlier is at least this many times the round's median shift (the calibration's floor)."""
     coordination_z: float = _FEDERATION_DEFAULTS.coordination_z
     """Reject accepted updates in a coordinated minority above this pairwise-cosine z-score (0: off)."""
+    coordination_memory: float = _FEDERATION_DEFAULTS.coordination_memory
+    """Weight on a pair's past z-scores in its coordination record (``server.coordination_memory``; 0: the round alone)."""
     loss_allowance_share: float = _FEDERATION_DEFAULTS.loss_allowance_share
     """A direction-confirmed update may cost a validator this share of its median gain this round (0: absolute gate)."""
     loss_gate_z: float = _FEDERATION_DEFAULTS.loss_gate_z
@@ -246,6 +272,7 @@ class GateParameters:
             cooldown_rounds=int(params.rejection_cooldown_rounds),
             entropy_min_ratio=params.entropy_min_ratio,
             coordination_z=params.coordination_z,
+            coordination_memory=params.coordination_memory,
             loss_allowance_share=params.loss_allowance_share,
             loss_gate_z=params.loss_gate_z,
         )
@@ -258,6 +285,10 @@ class ValidationState:
     reputation: dict[str, float] = field(default_factory=dict)
     consecutive_rejections: dict[str, int] = field(default_factory=dict)
     excluded_until: dict[str, int] = field(default_factory=dict)
+    coordination: dict[str, float] = field(default_factory=dict)
+    """Pair key (``server.coordination_memory.pair_key``) → the pair's coordination record."""
+    coordinated_offences: dict[str, int] = field(default_factory=dict)
+    """Key id → how often its update was rejected as coordinated (each offence doubles the cool-down)."""
 
     def to_meta(self) -> dict[str, Any]:
         """JSON-ready form saved in checkpoints."""
@@ -265,6 +296,8 @@ class ValidationState:
             "reputation": dict(sorted(self.reputation.items())),
             "consecutive_rejections": dict(sorted(self.consecutive_rejections.items())),
             "excluded_until": dict(sorted(self.excluded_until.items())),
+            "coordination": dict(sorted(self.coordination.items())),
+            "coordinated_offences": dict(sorted(self.coordinated_offences.items())),
         }
 
     @classmethod
@@ -275,6 +308,8 @@ class ValidationState:
             {str(k): float(v) for k, v in meta.get("reputation", {}).items()},
             {str(k): int(v) for k, v in meta.get("consecutive_rejections", {}).items()},
             {str(k): int(v) for k, v in meta.get("excluded_until", {}).items()},
+            {str(k): float(v) for k, v in meta.get("coordination", {}).items()},
+            {str(k): int(v) for k, v in meta.get("coordinated_offences", {}).items()},
         )
 
 
@@ -457,8 +492,8 @@ class ValidationPhase(RoundObserver):
                 else f"rejected by validators: weighted accept share {share:.2f} < quorum {params.quorum:.2f} ({'; '.join(sorted({v.effective_reason for v in votes if not v.effective}))})"
             )
             results.append(replace(result, accepted=accepted, reason=reason, verdicts=votes))
-        coordinated = coordinated_updates(
-            {r.node.key_id: r.arrays for r in results if r.accepted and r.verdicts}, params.coordination_z
+        coordinated, coordination_scores = self.judge_coordination(
+            {r.node.key_id: r.arrays for r in results if r.accepted and r.verdicts}, params
         )
         if coordinated:
             log(
@@ -468,6 +503,12 @@ class ValidationPhase(RoundObserver):
                 len(coordinated),
                 ", ".join(sorted(coordinated)),
             )
+        results = [
+            replace(r, coordination_z=coordination_scores[r.node.key_id][0], coordination_record=coordination_scores[r.node.key_id][1])
+            if r.node.key_id in coordination_scores
+            else r
+            for r in results
+        ]
         results = [
             replace(r, accepted=False, reason=coordinated[r.node.key_id]) if r.node.key_id in coordinated else r for r in results
         ]
@@ -484,6 +525,24 @@ class ValidationPhase(RoundObserver):
             },
             excluded=[self.nodes[n].key_id for n in sorted(self.excluded(plan.server_round))],
         )
+
+    def judge_coordination(
+        self, judged: Mapping[str, Mapping[str, np.ndarray]], params: GateParameters
+    ) -> tuple[dict[str, str], dict[str, tuple[float, float]]]:
+        """(coordinated author → reason, author → (strongest pair z-score this round, strongest pair record)).
+
+        The pairs' records (``server.coordination_memory``) are updated with
+        this round's z-scores and kept in the state; the records decide.
+        """
+        if params.coordination_z <= 0 or not judged:
+            return {}, {}
+        cosines = update_cosines(judged)
+        z_now, _ = pair_z_scores(cosines)
+        records = updated_pair_records(self.state.coordination, z_now, params.coordination_memory)
+        self.state.coordination.update({pair_key(a, b): round(v, 6) for (a, b), v in records.items()})
+        strongest_z, strongest_record = strongest_pair_z(z_now), strongest_pair_z(records)
+        scores = {n: (round(strongest_z[n], 4), round(strongest_record[n], 4)) for n in strongest_z}
+        return coordinated_groups(cosines, params.coordination_z, records), scores
 
     def _update_state(
         self,
@@ -514,21 +573,27 @@ class ValidationPhase(RoundObserver):
         new = updated_reputation(current, {k: float(np.mean(a)) for k, a in agree.items()}, params.reputation_learning_rate)
         self.state.reputation.update(new)
         for author, accepted in decisions.items():
-            if author in coordinated:  # evidence of collusion, not of a bad round: the cool-down starts now
+            rounds = params.cooldown_rounds
+            if author in coordinated:  # evidence of collusion, not of a bad round: the cool-down starts now, and escalates
                 count = REJECTIONS_BEFORE_COOLDOWN
+                offences = self.state.coordinated_offences.get(author, 0) + 1
+                self.state.coordinated_offences[author] = offences
+                rounds = escalated_cooldown(params.cooldown_rounds, offences)
             else:
                 count = 0 if accepted else self.state.consecutive_rejections.get(author, 0) + 1
             self.state.consecutive_rejections[author] = count
-            if count >= REJECTIONS_BEFORE_COOLDOWN and params.cooldown_rounds > 0:
-                self.state.excluded_until[author] = server_round + params.cooldown_rounds
+            if count >= REJECTIONS_BEFORE_COOLDOWN and rounds > 0:
+                self.state.excluded_until[author] = server_round + rounds
                 self.state.consecutive_rejections[author] = 0
                 log(
                     WARNING,
-                    "node %s sits out rounds %s-%s: its updates were rejected %s times in a row",
+                    "node %s sits out rounds %s-%s: %s",
                     author,
                     server_round + 1,
-                    server_round + params.cooldown_rounds,
-                    count,
+                    server_round + rounds,
+                    f"coordinated update, offence {self.state.coordinated_offences[author]}"
+                    if author in coordinated
+                    else f"its updates were rejected {count} times in a row",
                 )
 
     def checkpoint_meta(self) -> dict[str, Any]:

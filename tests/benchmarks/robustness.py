@@ -480,7 +480,8 @@ def run_one(setting: Setting, method: str, attack: str | None, fraction: float, 
         verdicts=_verdict_rows(rounds, malicious),
         checks=[
             {"round": row["round"], "partition": n["partition_id"], "malicious": n["partition_id"] in malicious,
-             "cosine": n.get("direction_cosine"), "accepted": n["accepted"], "reason": n["reason"]}
+             "cosine": n.get("direction_cosine"), "coordination_z": n.get("coordination_z"),
+             "coordination_record": n.get("coordination_record"), "accepted": n["accepted"], "reason": n["reason"]}
             for row in rounds for n in row["per_node"]
         ],
     )
