@@ -39,6 +39,20 @@ def add_weight_deltas(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) 
     weights are stored (in, out), so the update is transposed for them. Every
     path and shape is checked before any weight changes.
     """
+    updates = oriented_weight_deltas(model, deltas)
+    with torch.no_grad():
+        for weight, oriented in updates:
+            weight.add_(oriented)
+
+
+def oriented_weight_deltas(
+    model: torch.nn.Module, deltas: Mapping[str, np.ndarray]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(base weight, update in that weight's orientation and dtype) per path of ``deltas``, every one checked first.
+
+    What :func:`add_weight_deltas` adds; for callers that write ``weight + update``
+    elsewhere (a validator swapping candidates into one model copy).
+    """
     modules = dict(unwrap_model(model).named_modules())
     updates: list[tuple[torch.Tensor, torch.Tensor]] = []
     for path, delta in deltas.items():
@@ -55,6 +69,4 @@ def add_weight_deltas(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) 
             expected = tuple(weight.shape) if isinstance(base, torch.nn.Linear) else tuple(weight.T.shape)
             raise AdapterError(f"weight delta for {path!r}: shape {tuple(update.shape)}, expected {expected}")
         updates.append((weight, oriented.to(weight.dtype)))
-    with torch.no_grad():
-        for weight, oriented in updates:
-            weight.add_(oriented)
+    return updates

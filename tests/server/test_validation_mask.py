@@ -165,3 +165,49 @@ def test_a_change_to_a_pruned_heads_query_shifts_no_entropy(base: LoadedModel, s
     masked = compare(masked_reading(reference, batches, mask), masked_reading(changed, batches, mask))
     np.testing.assert_array_equal(masked.entropy_shift, np.zeros_like(masked.entropy_shift))
     assert masked.loss_change == pytest.approx(0.0, abs=1e-6)  # and the served model's outputs do not change
+
+
+def _two_candidates(base: LoadedModel, candidate: torch.nn.Module) -> list[dict[str, np.ndarray]]:
+    """The candidate, and a second with other factors and its own classifier head."""
+    first = adapter_arrays(candidate)
+    rng = np.random.default_rng(9)
+    second = {k: (v + rng.normal(scale=0.2, size=v.shape)).astype(np.float32) for k, v in first.items()}
+    return [first, second]
+
+
+def test_swapping_candidates_into_one_copy_reads_exactly_as_a_fresh_copy_each(
+    base: LoadedModel, state: GlobalState, candidate: torch.nn.Module
+) -> None:
+    from sentinel.client.data.batching import iter_length_sorted_batches
+    from sentinel.client.validation import CandidateSwap, candidate_model, masked_reading
+
+    batches = list(iter_length_sorted_batches(base.tokenizer, VAL, BATCH, MAX_LENGTH))
+    swap = CandidateSwap(base, state.deltas, state.head, torch.device("cpu"))
+    before = masked_reading(swap.model, batches, None)
+    for arrays in _two_candidates(base, candidate):
+        fresh = masked_reading(candidate_model(base, state.deltas, state.head, arrays).eval(), batches, None)
+        with swap.applied(arrays) as model:
+            swapped = masked_reading(model, batches, None)
+        np.testing.assert_array_equal(swapped.losses, fresh.losses)
+        np.testing.assert_array_equal(swapped.entropy, fresh.entropy)
+    after = masked_reading(swap.model, batches, None)  # every weight and the head are restored
+    np.testing.assert_array_equal(after.losses, before.losses)
+    reference = dict(materialise(base, state.deltas, state.head).state_dict())
+    for name, value in swap.model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+
+
+def test_length_sorted_batches_measure_what_ordered_batches_measure(base: LoadedModel, state: GlobalState) -> None:
+    from sentinel.client.data.batching import iter_length_sorted_batches
+    from sentinel.client.validation import masked_reading
+
+    model = materialise(base, state.deltas, state.head).eval()
+    ordered = masked_reading(model, list(iter_batches(base.tokenizer, VAL, BATCH * 2, MAX_LENGTH)), None)
+    sorted_batches = list(iter_length_sorted_batches(base.tokenizer, VAL, BATCH * 2, MAX_LENGTH))
+    assert sum(len(b["labels"]) for b in sorted_batches) == len(VAL)
+    lengths = [int(b["attention_mask"].sum(1).max()) for b in sorted_batches]
+    assert lengths == sorted(lengths)
+    by_length = masked_reading(model, sorted_batches, None)
+    assert by_length.loss == pytest.approx(ordered.loss, abs=1e-6)
+    assert by_length.accuracy == ordered.accuracy
+    np.testing.assert_allclose(by_length.entropy, ordered.entropy, atol=1e-6)
