@@ -58,6 +58,21 @@ def loss_allowance(loss_changes: Sequence[float], tolerance: float, share: float
     return float(max(tolerance, -share * float(np.median(finite))))
 
 
+def typical_update_costs(changes: Mapping[tuple[V, A], float]) -> bool:
+    """Whether the round's typical update costs its validators: the authors' median centred loss change is above 0.
+
+    ``changes`` maps (validator, author) to the loss change the validator
+    measured (non-finite ones are left out). Fewer than
+    :data:`MIN_ROUND_AUTHORS` authors: False (too few to say what is typical).
+    Near a non-IID optimum this turns true: every node's update costs the other
+    domains' validators something.
+    """
+    finite = {k: float(x) for k, x in changes.items() if np.isfinite(x)}
+    if len({a for _, a in finite}) < MIN_ROUND_AUTHORS:
+        return False
+    return float(np.median(list(author_scores(finite).values()))) > 0
+
+
 def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
     """Author → robust z-score of its loss cost among the round's authors (``inf``: not calibrated, or no cost is typical).
 
@@ -82,11 +97,11 @@ def author_loss_z(changes: Mapping[tuple[V, A], float]) -> dict[A, float]:
     judged = sorted({a for _, a in finite}, key=repr)
     if len(judged) < MIN_ROUND_AUTHORS:
         return {a: float("inf") for a in authors}
+    if not typical_update_costs(finite):  # the round's typical update gains: a cost is not typical (the allowance judges it)
+        return {a: float("inf") for a in authors}
     by_author = author_scores(finite)
     scores = np.array([by_author[a] for a in judged])
     median = float(np.median(scores))
-    if median <= 0:  # the round's typical update gains: a cost is not typical (the allowance judges these rounds)
-        return {a: float("inf") for a in authors}
     scale = max(1.4826 * float(np.median(np.abs(scores - median))), 1e-9)
     z = dict(zip(judged, ((scores - median) / scale).tolist(), strict=True))
     return {a: z.get(a, float("inf")) for a in authors}

@@ -133,3 +133,123 @@ def test_the_memory_is_a_bounded_governance_parameter() -> None:
     assert GateParameters.from_federation(FederationParameters(coordination_memory=0.3)).coordination_memory == 0.3
     with pytest.raises(ValueError):
         FederationParameters(coordination_memory=1.0)
+
+
+# ------------------------------------------------------------ in the validate phase's decision
+
+
+@pytest.fixture
+def _inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower messages take their run and task ids from the ServerApp that builds them."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class _Federation:
+    """Ten gpu nodes with keys, judging one another's updates with hand-written verdicts."""
+
+    def __init__(self) -> None:
+        from sentinel.ledger.crypto import generate_private_key, public_key_b64
+
+        self.keys = [generate_private_key() for _ in range(10)]
+        self.nodes = [NodeInfo(100 + i, i, "gpu", public_key_b64(k.public_key())) for i, k in enumerate(self.keys)]
+        self.phase = _phase()
+        self.phase.on_nodes(self.nodes)
+        self.name = {f"n{i}": n.key_id for i, n in enumerate(self.nodes)}
+
+    def round(self, server_round: int, updates: dict[str, dict[str, np.ndarray]], loss: dict[str, float]) -> dict[str, tuple[bool, str]]:
+        """Node name → (accepted, reason) after the validate phase; ``loss`` is what every validator measures."""
+        from flwr.app import Message, MetricRecord, RecordDict
+        from sentinel.ledger.recorder import validation_verdict_payload
+        from sentinel.ledger.signing import sign_payload
+        from sentinel.protos import messages as P
+        from sentinel.server.outcome import NodeResult, RoundOutcome
+        from sentinel.server.state import GlobalState
+
+        by_key = {n.key_id: (n, k) for n, k in zip(self.nodes, self.keys, strict=True)}
+        excluded = self.phase.excluded(server_round)
+        results = [
+            NodeResult(self.nodes[int(name[1:])], accepted=True, arrays=arrays)
+            for name, arrays in updates.items()
+            if self.nodes[int(name[1:])].node_id not in excluded
+        ]
+        outcome = RoundOutcome(server_round, results=results)
+        state = GlobalState(deltas={MODULE: np.zeros((32, 64), np.float32)}, head={}, round=server_round - 1)
+        plan = self.phase.configure(server_round, state, outcome)
+        replies = []
+        for message in plan.messages:
+            validator, key = next(by_key[n.key_id] for n in self.nodes if n.node_id == message.metadata.dst_node_id)
+            content, signatures = RecordDict(), ConfigRecord()
+            for record in message.content:
+                if not record.startswith(P.REC_CANDIDATE):
+                    continue
+                author = record[len(P.REC_CANDIDATE) :]
+                change = loss[next(k for k, v in self.name.items() if v == author)]
+                reason = "" if change <= 0.2 else f"loss gate: validation loss {change:+.4f} nats > tolerance 0 + 2 SE (0.0100)"
+                content[P.REC_VERDICT + author] = MetricRecord(
+                    {P.V_ACCEPT: int(not reason), P.V_LOSS_CHANGE: change, P.V_ACCURACY_CHANGE: 0.0, P.V_KL: 0.01, P.V_SHIFT_NORM: 1.0, P.V_EXAMPLES: 50}
+                )
+                payload = validation_verdict_payload(author, server_round, validator.key_id, not reason, reason)
+                signatures[P.S_VERDICT + author] = sign_payload(key, payload)
+                signatures[P.S_REASON + author] = reason
+            content[P.REC_SIGNATURE] = signatures
+            replies.append(Message(content, reply_to=message))
+        decided = self.phase.decide(plan, replies, outcome)
+        names = {v: k for k, v in self.name.items()}
+        return {names[r.node.key_id]: (r.accepted, r.reason) for r in decided.results}
+
+
+def _coalition(seed: int, weight: float, members: int) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=32), rng.normal(size=64)
+    out = {}
+    for i in range(10):
+        a, b = rng.normal(size=(4, 64)), rng.normal(size=(32, 4))
+        if i < members:
+            a[0] += weight * v
+            b[:, 0] += weight * u
+        out[f"n{i}"] = {f"{MODULE}.lora_A.weight": a.astype(np.float32), f"{MODULE}.lora_B.weight": b.astype(np.float32)}
+    return out
+
+
+GAIN = -0.1
+"""Every validator's loss change on an honest update in a round whose updates help."""
+
+
+@pytest.mark.usefixtures("_inside_a_server_app")
+def test_a_coalition_is_judged_whole_even_when_another_gate_rejects_one_of_it() -> None:
+    fed = _Federation()
+    first = fed.round(1, _coalition(0, 1.5, members=2), dict.fromkeys(fed.name, GAIN))
+    assert not first["n0"][0] and not first["n1"][0] and first["n1"][1].startswith("coordinated update")
+    for r in (2, 3):  # the pair sits out its cool-down
+        out = fed.round(r, _coalition(r, 0.0, members=0), dict.fromkeys(fed.name, GAIN))
+        assert "n0" not in out or out["n0"] == (True, "")
+    # Back, looking ordinary; the loss gate rejects n0, so only the pair's record can still tie n1 to it.
+    back = fed.round(4, _coalition(4, 0.5, members=2), {**dict.fromkeys(fed.name, GAIN), "n0": 0.5})
+    assert back["n0"][1].startswith("rejected by validators")
+    assert not back["n1"][0] and back["n1"][1].startswith("coordinated update"), back["n1"]
+    assert fed.phase.state.excluded_until[fed.name["n1"]] == 4 + 4  # a second offence: twice the cool-down
+    assert fed.phase.state.excluded_until[fed.name["n0"]] == 4 + 4
+    assert all(ok for name, (ok, _) in back.items() if name not in ("n0", "n1"))
+
+
+@pytest.mark.usefixtures("_inside_a_server_app")
+def test_likeness_near_the_optimum_is_not_a_first_offence_but_a_repeat_is() -> None:
+    fed = _Federation()
+    for r in range(1, 5):
+        assert all(ok for ok, _ in fed.round(r, _coalition(r, 0.0, members=0), dict.fromkeys(fed.name, GAIN)).values())
+    costs = dict.fromkeys(fed.name, 0.15)  # every update costs the validators a little: the non-IID optimum
+    late = fed.round(5, _coalition(5, 1.5, members=3), costs)
+    assert all(ok for ok, _ in late.values()), late
+    gaining = _Federation()  # the same likeness while the round's updates help is a first offence
+    for r in range(1, 5):
+        gaining.round(r, _coalition(r, 0.0, members=0), dict.fromkeys(gaining.name, GAIN))
+    assert {n for n, (ok, _) in gaining.round(5, _coalition(5, 1.5, members=3), dict.fromkeys(gaining.name, GAIN)).items() if not ok} == set(ATTACKERS)
+    caught = _Federation()  # and a group caught before is caught again in a costing round
+    caught.round(1, _coalition(0, 1.5, members=3), dict.fromkeys(caught.name, GAIN))
+    for r in (2, 3):
+        caught.round(r, _coalition(r, 0.0, members=0), dict.fromkeys(caught.name, GAIN))
+    again = caught.round(4, _coalition(4, 0.5, members=3), dict.fromkeys(caught.name, 0.15))
+    assert {n for n, (ok, _) in again.items() if not ok} == set(ATTACKERS)
