@@ -23,7 +23,7 @@ Pure numpy; the validate phase applies it to the updates its validators accepted
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TypeVar
 
 import numpy as np
@@ -89,7 +89,10 @@ def strongest_pair_z(z_by_pair: Mapping[tuple[N, N], float]) -> dict[N, float]:
 
 
 def coordinated_groups(
-    cosines: Mapping[tuple[N, N], float], z_threshold: float, records: Mapping[tuple[N, N], float] | None = None
+    cosines: Mapping[tuple[N, N], float],
+    z_threshold: float,
+    records: Mapping[tuple[N, N], float] | None = None,
+    probation: Collection[tuple[N, N]] = (),
 ) -> dict[N, str]:
     """Nodes in a coordinated group: node → reason (empty below :data:`COORDINATION_MIN_UPDATES` nodes).
 
@@ -97,6 +100,8 @@ def coordinated_groups(
     over rounds where ``records`` gives one (``server.coordination_memory``),
     else its cosine's robust z-score against the round's pairwise cosines
     (:func:`pair_z_scores`). Groups are the connected components of those pairs.
+    A pair in ``probation`` (caught together before) is coordinated again as
+    soon as it is more alike than the round's typical pair (z-score above 0).
     Only a minority is flagged: a group of half the round's nodes or more is
     what the round shares, not a coalition against it. ``z_threshold`` ≤ 0: off.
     """
@@ -106,6 +111,8 @@ def coordinated_groups(
     z_by_pair, median = pair_z_scores(cosines)
     score = {pair: (records or {}).get(pair, z) for pair, z in z_by_pair.items()}
     edges = {pair: s for pair, s in score.items() if s > z_threshold}
+    on_probation = {pair for pair in probation if pair in z_by_pair and pair not in edges and z_by_pair[pair] > 0}
+    edges.update({pair: score[pair] for pair in on_probation})
     parent = {n: n for n in nodes}
 
     def root(n: N) -> N:
@@ -128,6 +135,13 @@ def coordinated_groups(
             strongest = max((z, pair) for pair, z in edges.items() if n in pair)
             pair = strongest[1]
             other = pair[0] if pair[1] == n else pair[1]
+            if pair in on_probation:
+                flagged[n] = (
+                    f"coordinated update: cosine {cosines[pair]:.3f} with the update of {other}, caught together before "
+                    f"and again more alike than the round's typical pair (z-score {z_by_pair[pair]:.1f} > 0, median "
+                    f"{median:.3f}); group of {len(members)}"
+                )
+                continue
             over = f"record {strongest[0]:.1f} over rounds (this round's z-score {z_by_pair[pair]:.1f})" if records else f"z-score {strongest[0]:.1f}"
             flagged[n] = (
                 f"coordinated update: cosine {cosines[pair]:.3f} with the update of {other}, {over} > {z_threshold:g} "

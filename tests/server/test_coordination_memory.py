@@ -64,15 +64,35 @@ def test_a_pair_record_starts_at_its_z_score_and_then_weights_the_past() -> None
 
 def test_a_group_caught_once_is_caught_again_when_it_returns_looking_ordinary() -> None:
     params = GateParameters()
-    for memory, caught in ((params.coordination_memory, True), (0.0, False)):  # 0: the round alone, as before
+    # The record alone, probation alone, both (the default), and neither: the round alone, as before.
+    for memory, probation, caught in (
+        (params.coordination_memory, False, True),
+        (0.0, True, True),
+        (params.coordination_memory, True, True),
+        (0.0, False, False),
+    ):
         phase = _phase()
         gates = GateParameters(coordination_memory=memory)
         first, _ = phase.judge_coordination(_round(0, weight=1.5), gates)
         assert set(first) == set(ATTACKERS)
+        assert len(phase.state.coordinated_pairs) == 3  # the three pairs were caught together
+        if not probation:
+            phase.state.coordinated_pairs.clear()
         back, scores = phase.judge_coordination(_round(1, weight=0.5), gates)  # after its cool-down: z ≤ 2
         assert max(scores[n][0] for n in ATTACKERS) < gates.coordination_z
-        assert (set(back) == set(ATTACKERS)) is caught, memory
-        assert all("record" in reason for reason in back.values()) or not caught
+        assert (set(back) == set(ATTACKERS)) is caught, (memory, probation)
+
+
+def test_a_pair_on_probation_is_caught_again_once_more_alike_than_the_typical_pair() -> None:
+    phase = _phase()
+    phase.judge_coordination(_round(0, weight=1.5), GateParameters())
+    phase.state.coordination.clear()  # no record to carry it: probation alone
+    rounds = [phase.judge_coordination(_round(seed, weight=0.0), GateParameters(coordination_memory=0.0)) for seed in range(1, 9)]
+    for flagged, scores in rounds:  # honest-looking rounds: caught exactly when a pair of theirs is above the median
+        assert not set(flagged) - set(ATTACKERS)
+        for n, why in flagged.items():
+            assert "caught together before" in why
+    assert any(flagged for flagged, _ in rounds) and not all(len(flagged) == 3 for flagged, _ in rounds)
 
 
 def test_one_round_of_likeness_after_a_clean_record_is_not_coordination() -> None:
