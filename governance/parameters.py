@@ -16,6 +16,8 @@ from sentinel.models.loss_calibration import DEFAULT_ALLOWANCE_SHARE, DEFAULT_LO
 
 MAX_TOKEN_BUDGET = 1e12
 """The most tokens one round may distribute."""
+MAX_COOLDOWN_ROUNDS = 1000
+"""The longest cool-down: the bound of ``rejection_cooldown_rounds`` and of its escalation for repeat offenders."""
 
 
 class FederationParameters(BaseModel):
@@ -83,7 +85,7 @@ class FederationParameters(BaseModel):
         default=0.2, gt=0.0, le=1.0, description="How fast a validator's reputation follows its agreement with consensus."
     )
     rejection_cooldown_rounds: float = Field(
-        default=2.0, ge=0.0, le=1000.0, description="Rounds a node sits out after repeated rejected updates."
+        default=2.0, ge=0.0, le=MAX_COOLDOWN_ROUNDS, description="Rounds a node sits out after repeated rejected updates."
     )
     max_examples_per_node: float = Field(
         default=1e6,

@@ -88,6 +88,25 @@ def strongest_pair_z(z_by_pair: Mapping[tuple[N, N], float]) -> dict[N, float]:
     return out
 
 
+def coordinated_pairs(
+    z_by_pair: Mapping[tuple[N, N], float],
+    z_threshold: float,
+    records: Mapping[tuple[N, N], float] | None = None,
+    probation: Collection[tuple[N, N]] = (),
+) -> tuple[dict[tuple[N, N], float], set[tuple[N, N]]]:
+    """(coordinated pair → its score, the pairs among them coordinated by probation alone).
+
+    A pair's score is its record where ``records`` gives one, else its z-score
+    this round; it is coordinated when the score exceeds ``z_threshold``, or
+    when it is in ``probation`` and its z-score this round is above 0.
+    """
+    score = {pair: (records or {}).get(pair, z) for pair, z in z_by_pair.items()}
+    edges = {pair: s for pair, s in score.items() if s > z_threshold}
+    on_probation = {pair for pair in probation if pair in z_by_pair and pair not in edges and z_by_pair[pair] > 0}
+    edges.update({pair: score[pair] for pair in on_probation})
+    return edges, on_probation
+
+
 def coordinated_groups(
     cosines: Mapping[tuple[N, N], float],
     z_threshold: float,
@@ -96,12 +115,11 @@ def coordinated_groups(
 ) -> dict[N, str]:
     """Nodes in a coordinated group: node → reason (empty below :data:`COORDINATION_MIN_UPDATES` nodes).
 
-    A pair is coordinated when its score exceeds ``z_threshold``: its record
-    over rounds where ``records`` gives one (``server.coordination_memory``),
-    else its cosine's robust z-score against the round's pairwise cosines
-    (:func:`pair_z_scores`). Groups are the connected components of those pairs.
-    A pair in ``probation`` (caught together before) is coordinated again as
-    soon as it is more alike than the round's typical pair (z-score above 0).
+    Pairs are coordinated by :func:`coordinated_pairs`: a record over rounds
+    (``server.coordination_memory``) or this round's robust z-score
+    (:func:`pair_z_scores`) above ``z_threshold``, or a pair in ``probation``
+    (caught together before) more alike than the round's typical pair.
+    Groups are the connected components of those pairs.
     Only a minority is flagged: a group of half the round's nodes or more is
     what the round shares, not a coalition against it. ``z_threshold`` ≤ 0: off.
     """
@@ -109,10 +127,7 @@ def coordinated_groups(
     if len(nodes) < COORDINATION_MIN_UPDATES or z_threshold <= 0:
         return {}
     z_by_pair, median = pair_z_scores(cosines)
-    score = {pair: (records or {}).get(pair, z) for pair, z in z_by_pair.items()}
-    edges = {pair: s for pair, s in score.items() if s > z_threshold}
-    on_probation = {pair for pair in probation if pair in z_by_pair and pair not in edges and z_by_pair[pair] > 0}
-    edges.update({pair: score[pair] for pair in on_probation})
+    edges, on_probation = coordinated_pairs(z_by_pair, z_threshold, records, probation)
     parent = {n: n for n in nodes}
 
     def root(n: N) -> N:

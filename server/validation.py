@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore import log
-from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.parameters import MAX_COOLDOWN_ROUNDS, FederationParameters
 from sentinel.ledger.recorder import validation_verdict_payload
 from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_z
@@ -52,7 +52,7 @@ from sentinel.models.lora import split_adapter_arrays
 from sentinel.models.loss_calibration import author_loss_z, loss_allowance, typical_update_costs
 from sentinel.protos import messages as P
 from sentinel.protos.records import dense_state_arrays, to_array_record
-from sentinel.server.coordination import coordinated_groups, lora_cosines, pair_z_scores, strongest_pair_z
+from sentinel.server.coordination import coordinated_groups, coordinated_pairs, lora_cosines, pair_z_scores, strongest_pair_z
 from sentinel.server.coordination_memory import pair_key, updated_pair_records
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome, Verdict
@@ -188,10 +188,6 @@ def _confirmed_cosine(result: NodeResult) -> float | None:
     return result.direction_cosine
 
 
-MAX_COOLDOWN_ROUNDS = 1000
-"""Longest cool-down an escalation can reach (the governance bound of ``rejection_cooldown_rounds``)."""
-
-
 def escalated_cooldown(cooldown_rounds: int, offences: int) -> int:
     """Rounds a node sits out for its ``offences``-th coordinated update: ``cooldown_rounds`` × 2^(offences − 1), capped.
 
@@ -211,13 +207,6 @@ def update_cosines(arrays: Mapping[K, Mapping[str, np.ndarray]]) -> dict[tuple[K
     pairs = {author: split_adapter_arrays(dict(a))[0] for author, a in arrays.items()}
     modules = set.intersection(*(set(p) for p in pairs.values()))
     return lora_cosines({n: {m: p[m] for m in modules} for n, p in pairs.items()})
-
-
-def coordinated_updates(arrays: Mapping[K, Mapping[str, np.ndarray]], z_threshold: float) -> dict[K, str]:
-    """Author → reason, for the updates (their LoRA factors) in a coordinated minority (``server.coordination``)."""
-    if z_threshold <= 0 or not arrays:
-        return {}
-    return coordinated_groups(update_cosines(arrays), z_threshold)
 
 
 def global_arrays(state: GlobalState) -> dict[str, np.ndarray]:
@@ -511,18 +500,13 @@ class ValidationPhase(RoundObserver):
                 len(coordinated),
                 ", ".join(sorted(coordinated)),
             )
-        results = [
-            replace(r, coordination_z=coordination_scores[r.node.key_id][0], coordination_record=coordination_scores[r.node.key_id][1])
-            if r.node.key_id in coordination_scores
-            else r
-            for r in results
-        ]
-        results = [
-            replace(r, accepted=False, reason=coordinated[r.node.key_id])
-            if r.accepted and r.node.key_id in coordinated
-            else r
-            for r in results
-        ]
+        for i, r in enumerate(results):
+            key = r.node.key_id
+            if key in coordination_scores:
+                r = replace(r, coordination_z=coordination_scores[key][0], coordination_record=coordination_scores[key][1])
+            if r.accepted and key in coordinated:
+                r = replace(r, accepted=False, reason=coordinated[key])
+            results[i] = r
         self._update_state(plan.server_round, effective, decisions, params, set(coordinated), set(rescinded))
         agreement = [v.accept == decisions[v.author] for v in effective if v.author in decisions]
         return replace(
@@ -571,11 +555,8 @@ class ValidationPhase(RoundObserver):
         flagged = coordinated_groups(cosines, params.coordination_z, records, probation)
         if not new_offenders:
             flagged = {n: why for n, why in flagged.items() if self.state.coordinated_offences.get(n, 0) > 0}
-        self.state.coordinated_pairs.update(
-            pair_key(a, b)
-            for (a, b), z in z_now.items()
-            if a in flagged and b in flagged and (records[(a, b)] > params.coordination_z or ((a, b) in probation and z > 0))
-        )
+        edges, _ = coordinated_pairs(z_now, params.coordination_z, records, probation)
+        self.state.coordinated_pairs.update(pair_key(a, b) for a, b in edges if a in flagged and b in flagged)
         return flagged, scores
 
     def _update_state(

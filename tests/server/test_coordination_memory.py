@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from sentinel.governance.parameters import FederationParameters
+from sentinel.governance.parameters import MAX_COOLDOWN_ROUNDS, FederationParameters
 from sentinel.server.coordination_memory import pair_key, updated_pair_records
 from sentinel.server.outcome import NodeInfo
 from sentinel.server.validation import (
-    MAX_COOLDOWN_ROUNDS,
     GateParameters,
     ValidationPhase,
     ValidationState,

@@ -8,7 +8,7 @@ from sentinel.models.entropy_calibration import DEFAULT_MIN_RATIO, author_shift_
 from sentinel.models.loss_calibration import author_loss_z, loss_allowance
 from sentinel.server.coordination import COORDINATION_MIN_UPDATES, coordinated_groups, lora_cosines
 from sentinel.server.outcome import Verdict
-from sentinel.server.validation import coordinated_updates, rescinded_loss_rejections, round_entropy_gate
+from sentinel.server.validation import rescinded_loss_rejections, round_entropy_gate, update_cosines
 
 # ------------------------------------------------------------ entropy gate
 
@@ -74,6 +74,11 @@ def _lora_update(rng: np.random.Generator, shared: np.ndarray | None = None, wei
         b[:, 0] += weight * u
     key = "base_model.model.bert.encoder.layer.0.attention.self.query"
     return {f"{key}.lora_A.weight": a.astype(np.float32), f"{key}.lora_B.weight": b.astype(np.float32)}
+
+
+def coordinated_updates(arrays: dict[str, dict[str, np.ndarray]], z_threshold: float) -> dict[str, str]:
+    """The round's coordinated updates judged on this round alone (no records, no probation)."""
+    return coordinated_groups(update_cosines(arrays), z_threshold)
 
 
 def _round(rng: np.random.Generator, attackers: int, weight: float) -> dict[str, dict[str, np.ndarray]]:
