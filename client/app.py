@@ -65,6 +65,7 @@ class TrainInstruction(BaseModel):
     boost_heads: list[str] = Field(alias=P.C_BOOST_HEADS, default_factory=list)
     boost_factor: float | None = Field(alias=P.C_BOOST_FACTOR, default=None, ge=1.0, le=MAX_BOOST_FACTOR)
     adapter_start: Literal["", "continue"] = Field(alias=P.C_ADAPTER_START, default="")
+    frame_gain: float = Field(alias=P.C_FRAME_GAIN, default=1.0, gt=0, le=P.MAX_FRAME_GAIN)
 
     @field_validator("boost_heads")
     @classmethod
@@ -204,6 +205,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         frame=inputs.train_factor,
         continued=ins.adapter_start == "continue",
         frame_seed=ins.run_seed,
+        frame_gain=ins.frame_gain,
         server_round=ins.server_round,
         boost=ins.boost(),
     )

@@ -17,6 +17,7 @@ that update exactly zero. How the adapter starts (``frame``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,8 +30,8 @@ from sentinel.client.data.batching import iter_batches, sample_batches
 from sentinel.client.frames import Factor, frame_columns, frame_rows
 from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
-from sentinel.models.continued import start_factors
-from sentinel.models.global_model import evaluate_classifier, materialise, materialise_factors
+from sentinel.models.continued import split_view_at_rank, start_factors
+from sentinel.models.global_model import evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import attention_entropy, head_importance
 from sentinel.models.loading import LoadedModel
@@ -111,6 +112,7 @@ def train_local(
     device: torch.device | str = "cpu",
     frame: Factor | None = None,
     frame_seed: int = 0,
+    frame_gain: float = 1.0,
     server_round: int = 0,
     boost: HeadBoost | None = None,
     continued: bool = False,
@@ -120,7 +122,8 @@ def train_local(
     ``permitted`` is the node's permitted set (component ids) for this round; None
     means everything. ``frame`` is how the adapter starts (see the module
     docstring; ``frame_seed`` and ``server_round`` seed the random directions
-    that complete a frame, the same on every node). Training runs on
+    that complete a frame, the same on every node; ``frame_gain`` scales the
+    frozen factor, ``client.frames.frame_rows``). Training runs on
     ``device``; the arrays returned are on the CPU. The returned arrays are
     PEFT adapter arrays (lora_A/lora_B and the head), and ``s · B · A`` is the
     update. Deterministic for a given ``seed``. ``boost`` (regrown heads, from
@@ -134,11 +137,15 @@ def train_local(
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
     boost_heads = boosted_heads(boost.heads, model_layout(base.model)) if boost is not None else {}
     torch.manual_seed(seed)
-    model = materialise(base, {}, view.head) if continued else materialise_global(base, view)
+    if continued:  # the view's top-r part is the adapter's start; what it sends beyond rank r is merged into the base
+        start, rest = split_view_at_rank(view.factors, rank)
+        model = materialise_factors(base, rest, view.head)
+    else:
+        model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
-    frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round) if frame is not None else []
+    frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round, frame_gain) if frame is not None else []
     if continued:
-        _start_continued(peft_model, view)
+        _start_continued(peft_model, dataclasses.replace(view, factors=start))
         mask = restrict_lora_changes_to_heads(peft_model, permitted) if permitted is not None else None
     else:
         mask = restrict_lora_to_heads(peft_model, permitted) if permitted is not None else None
@@ -186,7 +193,7 @@ def train_local(
 
 
 def _start_in_frame(
-    peft_model: PeftModel, view: GlobalView, factor: Factor, run_seed: int, server_round: int
+    peft_model: PeftModel, view: GlobalView, factor: Factor, run_seed: int, server_round: int, gain: float = 1.0
 ) -> list[torch.nn.Parameter]:
     """Set every LoRA module to start in the shared frame; return the factors to freeze.
 
@@ -194,6 +201,7 @@ def _start_in_frame(
     ``a``: B = the global adapter's top columns, A = 0 (A trains).
     Either way the adapter's product starts at zero on top of the merged global
     ΔW, so the model computes the global model and the product is the update.
+    ``gain`` scales the frozen factor (``client.frames``): the step the trained factor makes in ΔW.
     """
     frozen: list[torch.nn.Parameter] = []
     adapter = peft_model.active_adapter
@@ -205,11 +213,11 @@ def _start_in_frame(
         view_a, view_b = view.factors.get(module_path(path), (np.zeros((0, inp)), np.zeros((out, 0))))
         with torch.no_grad():
             if factor == "b":
-                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path))))
+                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path), gain=gain)))
                 b.zero_()
                 frozen.append(a)
             else:
-                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK)))
+                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK, gain=gain)))
                 a.zero_()
                 frozen.append(b)
     return frozen

@@ -34,7 +34,15 @@ from collections.abc import Mapping
 import numpy as np
 from sentinel.models.lora import lora_pairs
 
-__all__ = ["LIVE_TOLERANCE", "change_arrays", "change_factors", "continued_view_factors", "start_factors", "update_factors"]
+__all__ = [
+    "LIVE_TOLERANCE",
+    "change_arrays",
+    "change_factors",
+    "continued_view_factors",
+    "split_view_at_rank",
+    "start_factors",
+    "update_factors",
+]
 
 LIVE_TOLERANCE = 1e-7
 """A direction whose singular value is below this share of the largest is sent as zeros (a fresh rank on the node)."""
@@ -55,6 +63,23 @@ def continued_view_factors(a: np.ndarray, b: np.ndarray, scaling: float, tol: fl
     a_sent = np.where(live[:, None], a64 / root, 0.0)
     b_sent = np.where(live[None, :], b64 * root, 0.0)
     return a_sent.astype(np.float32), b_sent.astype(np.float32)
+
+
+def split_view_at_rank(
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]], rank: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(start, rest) per module of a view's (A, B): its first ``rank`` directions (the adapter's start) and the others.
+
+    A truncated view has no more than ``rank`` directions, so ``rest`` is empty
+    there; an exact view's directions past the node's rank are merged into the
+    node's base weights, so the node trains on the exact global model. Both
+    sides call this on the same arrays, so they agree on the start.
+    """
+    if rank < 1:
+        raise ValueError(f"`rank` must be >= 1, got {rank}")
+    start = {m: (a[:rank], b[:, :rank]) for m, (a, b) in factors.items()}
+    rest = {m: (a[rank:], b[:, rank:]) for m, (a, b) in factors.items() if a.shape[0] > rank}
+    return start, rest
 
 
 def start_factors(

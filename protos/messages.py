@@ -98,6 +98,10 @@ C_NUM_LABELS: Final = "num-labels"
 """Classes of the run's classifier: a node with its own data builds the base model with this many outputs."""
 C_TRAIN_FACTOR: Final = "train-factor"
 """Which LoRA factor a node trains in the shared frame: ``b`` (A frozen), ``a`` (B frozen); absent or ``""``: a fresh adapter."""
+C_FRAME_GAIN: Final = "frame-gain"
+"""Scale of the frozen factor in the shared frame (``client.frames``): the step the trained factor makes in ΔW."""
+MAX_FRAME_GAIN: Final = 64.0
+"""The largest frame gain a node accepts (a larger one is a malformed message, not a step size)."""
 C_ADAPTER_START: Final = "adapter-start"
 """``continue``: start from the view's factors and send the trained adapter at rank r; the coordinator rebuilds the change
 (``models.continued``); absent: fresh or frame."""

@@ -12,11 +12,12 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sentinel.protos.messages import MAX_FRAME_GAIN
 from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
-TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora", "continued"]
+TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora", "continued", "continued-exact"]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
 
@@ -79,6 +80,15 @@ class FederationConfig(BaseModel):
     training_design: TrainingDesignName = Field(
         default="legacy",
         description="How nodes train each round and what view of the global ΔW they get (see server.views.DESIGNS).",
+    )
+    frame_gain: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=MAX_FRAME_GAIN,
+        description=(
+            "Under a shared-frame design (`frame`, `frame-b`): the scale of the factor nodes keep frozen, which sets "
+            "the step the trained factor makes in ΔW (with Adam, a gain of g is g times the learning rate of that factor)."
+        ),
     )
     update_norm_factor: float = Field(
         default=10.0,

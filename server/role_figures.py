@@ -18,7 +18,7 @@ from sentinel.server.config import FederationConfig
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, RoundOutcome
 from sentinel.server.state import GlobalState
-from sentinel.server.views import TrainingDesign, design_named, round_views
+from sentinel.server.views import TrainingDesign, config_design, round_views
 
 META_KEY = "by_role_rows"
 """Checkpoint-metadata key of the per-role rows."""
@@ -33,7 +33,7 @@ class RoleFigures(RoundObserver):
 
     def __init__(self, config: FederationConfig, design: TrainingDesign | None = None) -> None:
         self.config = config
-        self.design = design if design is not None else design_named(config.training_design)
+        self.design = design if design is not None else config_design(config)
         self.nodes: list[NodeInfo] = []
         self.rows: list[dict[str, dict[str, Any]]] = []
 

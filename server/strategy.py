@@ -27,7 +27,7 @@ from flwr.supercore import log
 from sentinel.governance.enforcement import check_update_consent
 from sentinel.ledger.recorder import update_submitted_payload
 from sentinel.ledger.signing import payload_signature_valid
-from sentinel.models.continued import change_arrays
+from sentinel.models.continued import change_arrays, split_view_at_rank
 from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
@@ -47,7 +47,7 @@ from sentinel.server.update_checks import (
     update_direction,
     update_norm,
 )
-from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, design_named, round_views
+from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, config_design, round_views
 
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
@@ -146,7 +146,7 @@ class SentinelStrategy:
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
         self.permitted_fn = permitted_fn
-        self.design = design_named(config.training_design)
+        self.design = config_design(config)
 
     # ------------------------------------------------------------ configure
 
@@ -206,12 +206,13 @@ class SentinelStrategy:
             max_examples = self.max_examples_fn(node) if self.max_examples_fn else UNBOUNDED_EXAMPLES
             expected = ExpectedUpdate(rank, modules, head_shapes, self.importance_shape, max_examples, version)
             key = self.design.view_key(rank)
-            start = views.factors[key] if self.design.adapter == "continue" else None
+            start = split_view_at_rank(views.factors[key], rank)[0] if self.design.adapter == "continue" else None
             sent[node.node_id] = SentView(node, rank, permitted, dict(state.head), expected, start)
             bytes_down += views.bytes_of(key)
             config = self.node_config(node, server_round, permitted, version)
             if factor is not None:
                 config[P.C_TRAIN_FACTOR] = factor
+                config[P.C_FRAME_GAIN] = self.design.gain
             if self.design.adapter == "continue":
                 config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})

@@ -35,7 +35,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from sentinel.client.frames import Factor, factor_of_round
 from sentinel.models.continued import continued_view_factors
-from sentinel.protos.messages import LORA_ALPHA_PER_RANK
+from sentinel.protos.messages import LORA_ALPHA_PER_RANK, MAX_FRAME_GAIN
 from sentinel.protos.records import global_view_record
 from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
 from sentinel.server.config import FederationConfig, TrainingDesignName
@@ -67,6 +67,8 @@ class TrainingDesign:
     view: ViewKind = "exact"
     """``exact``: ΔW at its own rank for every node; ``truncated``: ΔW truncated at each node's rank."""
     tolerance: float = VIEW_TOLERANCE
+    gain: float = 1.0
+    """For ``frame``: the scale of the frozen factor (``FederationConfig.frame_gain``, ``client.frames.frame_rows``)."""
 
     def __post_init__(self) -> None:
         if self.adapter not in ("frame", "fresh", "continue"):
@@ -76,6 +78,8 @@ class TrainingDesign:
         factor_of_round(1, self.schedule)  # validates the schedule
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
+        if not 0 < self.gain <= MAX_FRAME_GAIN:
+            raise ValueError(f"`gain` must be in (0, {MAX_FRAME_GAIN:g}], got {self.gain}")
 
     def train_factor(self, server_round: int) -> Factor | None:
         """The factor nodes train in ``server_round`` (None: a fresh adapter, both factors)."""
@@ -95,6 +99,7 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame-b": TrainingDesign(schedule="b"),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
+    "continued-exact": TrainingDesign(adapter="continue", view="exact"),
 }
 """The designs a run can select by name (``FederationConfig.training_design``):
 ``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
@@ -109,6 +114,11 @@ def design_named(name: str) -> TrainingDesign:
         return DESIGNS[name]  # type: ignore[index]
     except KeyError:
         raise ValueError(f"unknown training design {name!r}; choose one of {sorted(DESIGNS)}") from None
+
+
+def config_design(config: FederationConfig) -> TrainingDesign:
+    """The design a run's config selects: ``training_design`` by name, with the config's ``frame_gain``."""
+    return replace(design_named(config.training_design), gain=config.frame_gain)
 
 
 DEFAULT_DESIGN = design_named(FederationConfig.model_fields["training_design"].default)
@@ -192,6 +202,7 @@ __all__ = [
     "RoundViews",
     "TrainingDesign",
     "VIEW_TOLERANCE",
+    "config_design",
     "design_named",
     "factorise_view",
     "round_views",

@@ -87,21 +87,22 @@ class Setting:
         return f"{self.name}@{self.seed}"
 
 
-def settings(seeds: Sequence[int]) -> list[Setting]:
+def settings(seeds: Sequence[int], chosen: str = "frame") -> list[Setting]:
     """Every setting, the most informative first (a run cut short by its time budget is still useful):
-    the target comparison (chosen vs Flower) over every seed, today's design, then the ablations."""
+    the target comparison (chosen vs Flower) over every seed, today's design, then the ablations.
+    ``chosen`` is the design of (d) (a name of ``server.views.DESIGNS``)."""
     s0 = seeds[0]
     target = [Setting(name, system, roles, s, design=design) for s in seeds for name, system, roles, design in
-              (("chosen", "sentinel", MIXED, "frame"), ("flower-fedavg", "flower", ALL16, "frame"))]
+              (("chosen", "sentinel", MIXED, chosen), ("flower-fedavg", "flower", ALL16, chosen))]
     first = [
         Setting("today", "sentinel", MIXED, s0, design="legacy"),
         Setting("continued", "sentinel", MIXED, s0, design="continued"),
         Setting("continued-all16", "sentinel", ALL16, s0, design="continued"),
-        Setting("chosen-all16", "sentinel", ALL16, s0),
+        Setting("chosen-all16", "sentinel", ALL16, s0, design=chosen),
         Setting("today-all16", "sentinel", ALL16, s0, design="legacy"),
         Setting("flora-all16", "sentinel", ALL16, s0, design="flora"),
-        Setting("chosen-no-policy", "sentinel", MIXED, s0, consent=False),
-        Setting("chosen-no-agency", "sentinel", MIXED, s0, agency=False),
+        Setting("chosen-no-policy", "sentinel", MIXED, s0, design=chosen, consent=False),
+        Setting("chosen-no-agency", "sentinel", MIXED, s0, design=chosen, agency=False),
         Setting("chosen-b-only", "sentinel", MIXED, s0, design="frame-b"),
     ]
     return target[:2] + first[:1] + target[2:] + first[1:]
@@ -122,7 +123,7 @@ def federation_config(args: argparse.Namespace, setting: Setting, workdir: Path)
         model=args.model, dataset=f"uci-sentiment:{args.data}", partition="by-domain", nodes=6, roles=list(setting.roles),
         rounds=args.rounds, patience=args.rounds + 1, seed=setting.seed, test_fraction=0.2, max_length=args.max_length,
         profiles={"edge": edge, "gpu": gpu, "central": gpu}, contribution_examples=args.contribution_examples,
-        consent=setting.consent, policy=policy, checkpoint_rank=1, training_design=setting.design,
+        consent=setting.consent, policy=policy, checkpoint_rank=1, training_design=setting.design, frame_gain=args.frame_gain,
         validation=not args.no_validation,
     )
 
@@ -407,7 +408,8 @@ def _run_in_workers(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]
     pending, running, merged = list(keys), [], {}
     base = [sys.executable, __file__, "--model", args.model, "--data", args.data, "--rounds", str(args.rounds), "--seeds", args.seeds,
             "--local-epochs", str(args.local_epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
-            "--contribution-examples", str(args.contribution_examples), "--threads", "1", "--workers", "1",
+            "--contribution-examples", str(args.contribution_examples), "--threads", "1", "--workers", "1", "--chosen", args.chosen,
+            *(["--frame-gain", str(args.frame_gain)] if args.frame_gain is not None else []),
             *(["--no-validation"] if args.no_validation else [])]
     while pending or running:
         while pending and len(running) < args.workers:
@@ -437,6 +439,8 @@ def main() -> None:
     parser.add_argument("--contribution-examples", type=int, default=128)
     parser.add_argument("--max-minutes", type=float, default=90.0,
                         help="Start no setting that would end past this many minutes (by the mean time of those run); 0: no limit.")
+    parser.add_argument("--chosen", default="frame", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
+    parser.add_argument("--frame-gain", type=float, default=None, help="FederationConfig.frame_gain (default: the config's).")
     parser.add_argument("--no-validation", action="store_true", help="Sentinel runs without the validate phase (faster).")
     parser.add_argument("--only", default="", help="Comma-separated setting keys (name@seed) to run; default all.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-heterogeneous"))
@@ -444,6 +448,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Settings run in parallel, one process and one torch thread each.")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; 1 on a busy machine).")
     args = parser.parse_args()
+    if args.frame_gain is None:
+        from sentinel.server.config import FederationConfig
+
+        args.frame_gain = FederationConfig.model_fields["frame_gain"].default
     if args.threads:
         import torch
 
@@ -456,7 +464,7 @@ def main() -> None:
     saved = json.loads(path.read_text()) if args.resume and path.exists() else {"results": {}}
     results: dict[str, Any] = saved["results"]
     wanted = set(filter(None, args.only.split(",")))
-    todo = [s for s in settings([int(x) for x in args.seeds.split(",")]) if s.key not in results and (not wanted or s.key in wanted)]
+    todo = [s for s in settings([int(x) for x in args.seeds.split(",")], args.chosen) if s.key not in results and (not wanted or s.key in wanted)]
     if args.workers > 1:
         results.update(_run_in_workers(args, [s.key for s in todo]))
         todo = []

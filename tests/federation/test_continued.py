@@ -11,8 +11,15 @@ from sentinel.client.data import load_examples
 from sentinel.client.data.batching import iter_batches
 from sentinel.client.training import GlobalView, _start_continued, materialise_global, train_local
 from sentinel.models.consent import touched_heads
-from sentinel.models.continued import change_arrays, change_factors, continued_view_factors, start_factors, update_factors
-from sentinel.models.global_model import evaluate_classifier, materialise
+from sentinel.models.continued import (
+    change_arrays,
+    change_factors,
+    continued_view_factors,
+    split_view_at_rank,
+    start_factors,
+    update_factors,
+)
+from sentinel.models.global_model import evaluate_classifier, materialise, materialise_factors
 from sentinel.models.loading import load_base_model
 from sentinel.models.lora import attach_lora, split_adapter_arrays
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
@@ -128,3 +135,38 @@ def test_a_federation_trains_with_continued_adapters_and_accepts_every_update(tm
     legacy = Coordinator.build(tiny_config(rounds=1), tmp_path / "legacy").run(local_grid(config.nodes)).history[-1]
     assert rows[0]["bytes_up"] == legacy["bytes_up"]  # the uplink is each node's adapter at its own rank
     assert np.isfinite(rows[-1]["accuracy"])
+
+def test_an_exact_view_splits_at_the_node_rank_and_keeps_every_direction() -> None:
+    rng = np.random.default_rng(2)
+    factors = {"m": (rng.normal(size=(6, 10)).astype(np.float32), rng.normal(size=(12, 6)).astype(np.float32))}
+    start, rest = split_view_at_rank(factors, 4)
+    assert start["m"][0].shape == (4, 10) and rest["m"][0].shape == (2, 10)
+    a, b = factors["m"]
+    joined = start["m"][1].astype(np.float64) @ start["m"][0] + rest["m"][1].astype(np.float64) @ rest["m"][0]
+    np.testing.assert_allclose(joined, b.astype(np.float64) @ a, atol=1e-10)
+    assert split_view_at_rank(factors, 6)[1] == {}  # a view no larger than the rank: nothing past it
+    with pytest.raises(ValueError, match="rank"):
+        split_view_at_rank(factors, 0)
+
+
+def test_under_the_exact_continued_view_a_node_trains_on_the_exact_global_model(tiny: dict) -> None:
+    """`continued-exact`: the node's start is the view's top-r part and the rest is merged, so it computes ΔW itself."""
+    base = tiny["base"]
+    start = initial_state(base)
+    rng = np.random.default_rng(1)
+    deltas = {m: (rng.normal(scale=0.05, size=(d.shape[0], 6)) @ rng.normal(scale=0.05, size=(6, d.shape[1]))).astype(np.float32) for m, d in start.deltas.items()}
+    state = GlobalState(deltas=deltas, head=start.head, round=1)
+    views = round_views(state, design_named("continued-exact"), [4])
+    view = GlobalView(factors=views.factors[None], head=start.head)
+    assert views.errors[None] < 1e-5 and max(a.shape[0] for a, _ in view.factors.values()) == 6  # all of ΔW, past rank 4
+    batch = next(iter(iter_batches(base.tokenizer, tiny["val"], 16, 24)))
+    update = train_local(base, view, tiny["train"], tiny["val"], rank=4, steps=6, batch_size=8, learning_rate=5e-3, max_length=24, seed=3, continued=True)
+    node_start, _ = split_view_at_rank(view.factors, 4)
+    pairs, head = split_adapter_arrays(change_arrays(update.arrays, node_start, S))  # the coordinator's rebuild
+    new = {m: (deltas[m].astype(np.float64) + S * b.astype(np.float64) @ a).astype(np.float32) for m, (a, b) in pairs.items()}
+    accuracy, loss = evaluate_classifier(materialise(base, new, head), iter_batches(base.tokenizer, tiny["val"], 16, 24))
+    assert loss == pytest.approx(update.val_loss, abs=1e-4) and accuracy == pytest.approx(update.val_accuracy)
+    with torch.no_grad():  # and before training, the node's model is the coordinator's global model
+        peft_model = attach_lora(materialise_factors(base, split_view_at_rank(view.factors, 4)[1], view.head), rank=4, alpha=S * 4, seed=0)
+        _start_continued(peft_model, GlobalView(factors=node_start, head=view.head))
+        torch.testing.assert_close(peft_model(**batch).logits, materialise(base, deltas, start.head)(**batch).logits, atol=1e-5, rtol=0)

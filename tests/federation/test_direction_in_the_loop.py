@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sentinel.client.attacks import attack_app
 from sentinel.ledger.kinds import EntryKind
-from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.checkpoints import LAST, load_state
+from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.coordinator import CHECKPOINT_DIR, Coordinator
 from sentinel.server.local_grid import LocalGrid
 
