@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example, load_examples
 from sentinel.client.data.federated import federated_split, node_train_val, own_train_val
-from sentinel.client.frames import Factor
+from sentinel.client.frames import Factor, FrameScale
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
 from sentinel.ledger.crypto import Ed25519PrivateKey, public_key_b64
@@ -66,6 +66,7 @@ class TrainInstruction(BaseModel):
     boost_factor: float | None = Field(alias=P.C_BOOST_FACTOR, default=None, ge=1.0, le=MAX_BOOST_FACTOR)
     adapter_start: Literal["", "continue"] = Field(alias=P.C_ADAPTER_START, default="")
     frame_gain: float = Field(alias=P.C_FRAME_GAIN, default=1.0, gt=0, le=P.MAX_FRAME_GAIN)
+    frame_scale: FrameScale = Field(alias=P.C_FRAME_SCALE, default="balanced")
 
     @field_validator("boost_heads")
     @classmethod
@@ -206,6 +207,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         continued=ins.adapter_start == "continue",
         frame_seed=ins.run_seed,
         frame_gain=ins.frame_gain,
+        frame_scale=ins.frame_scale,
         server_round=ins.server_round,
         boost=ins.boost(),
     )

@@ -16,13 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sentinel.client.data import Example
-from sentinel.client.data.batching import iter_batches
+from sentinel.client.data.batching import classifier_logits_by_length
 from sentinel.client.edge import EdgeEvaluation
 from sentinel.client.training import GlobalView, materialise_global
 from sentinel.models.calibration import PredictiveMetrics, predictive_metrics
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.loading import LoadedModel
-from sentinel.models.predictions import classifier_logits
 from sentinel.protos import messages as P
 
 __all__ = ["edge_metric_values", "global_model_metrics", "metric_values"]
@@ -40,9 +39,9 @@ def global_model_metrics(
     mask = view.head_mask
     if mask is not None and not bool(np.all(np.asarray(mask) == 1)):
         with apply_head_mask(model, mask):  # pruned heads contribute nothing, as nodes train and serve the model
-            logits, labels = classifier_logits(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
+            logits, labels = classifier_logits_by_length(model, base.tokenizer, examples, batch_size, max_length)
     else:
-        logits, labels = classifier_logits(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
+        logits, labels = classifier_logits_by_length(model, base.tokenizer, examples, batch_size, max_length)
     del model
     reference = base.model
     moved = next(reference.parameters()).device != device
@@ -50,7 +49,7 @@ def global_model_metrics(
         import copy
 
         reference = copy.deepcopy(reference).to(device)
-    base_logits, _ = classifier_logits(reference, iter_batches(base.tokenizer, examples, batch_size, max_length))
+    base_logits, _ = classifier_logits_by_length(reference, base.tokenizer, examples, batch_size, max_length)
     return predictive_metrics(logits, labels, [e.domain for e in examples], base_logits if len(examples) else None)
 
 

@@ -31,6 +31,11 @@ import numpy as np
 
 Factor = Literal["a", "b"]
 """Which LoRA factor trains in a round: ``b`` (A frozen) or ``a`` (B frozen)."""
+FrameScale = Literal["balanced", "unit"]
+"""How the frozen factor is scaled: ``balanced``, the global adapter's own factor (√Σ per direction, so the step
+the trained factor makes grows with ‖ΔW‖); ``unit``, an orthonormal basis of the same directions at PEFT's initial
+norm (:data:`FILL_NORM`), so every round's step is a fresh adapter's, whatever ‖ΔW‖."""
+FRAME_SCALES: Final = ("balanced", "unit")
 
 FILL_NORM: Final = 1.0 / np.sqrt(3.0)
 """Norm of a random frame direction: PEFT's initial row norm of A (``kaiming_uniform(a=√5)`` on (r, in))."""
@@ -76,7 +81,14 @@ def _significant(count_of: np.ndarray) -> int:
 
 
 def frame_rows(
-    view_a: np.ndarray, rank: int, scaling: float, run_seed: int, server_round: int, module: str, gain: float = 1.0
+    view_a: np.ndarray,
+    rank: int,
+    scaling: float,
+    run_seed: int,
+    server_round: int,
+    module: str,
+    gain: float = 1.0,
+    scale: FrameScale = "balanced",
 ) -> np.ndarray:
     """The frozen A (rank × in) of a B round: the global adapter's top rows, then shared random directions.
 
@@ -85,24 +97,44 @@ def frame_rows(
     Where ΔW has fewer than ``rank`` components, seeded random directions
     orthogonal to them, of PEFT's initial norm, complete the frame (the same
     on every node). ``gain`` scales the whole frame (the step size the trained factor sees).
+    With ``scale="unit"`` the top rows are normalised to :data:`FILL_NORM` too
+    (the same directions: the view's rows are orthogonal).
     """
+    _check_scale(scale)
     dim = int(view_a.shape[1])
     k = min(_significant(np.linalg.norm(view_a, axis=1)) if view_a.size else 0, rank)
     top = np.asarray(view_a[:k], dtype=np.float64) / np.sqrt(scaling)
-    fill = orthonormal_rows(top, rank, dim, _frame_seed(run_seed, server_round, module))[k:] * FILL_NORM
-    return (gain * np.concatenate([top, fill])).astype(np.float32)
+    basis = orthonormal_rows(top, rank, dim, _frame_seed(run_seed, server_round, module))
+    if scale == "unit":
+        return (gain * FILL_NORM * basis).astype(np.float32)
+    return (gain * np.concatenate([top, basis[k:] * FILL_NORM])).astype(np.float32)
 
 
-def frame_columns(view_b: np.ndarray, rank: int, scaling: float, gain: float = 1.0) -> np.ndarray:
+def _check_scale(scale: str) -> None:
+    if scale not in FRAME_SCALES:
+        raise ValueError(f"frame scale must be one of {FRAME_SCALES}, got {scale!r}")
+
+
+def frame_columns(
+    view_b: np.ndarray, rank: int, scaling: float, gain: float = 1.0, scale: FrameScale = "balanced"
+) -> np.ndarray:
     """The frozen B (out × rank) of an A round: the global adapter's top columns, zero where ΔW has fewer.
 
     No random completion: a zero column of B gives its row of A no gradient,
     so an A round never adds directions the global update does not have.
+    With ``scale="unit"`` the columns are an orthonormal basis of the same
+    directions at :data:`FILL_NORM`.
     """
+    _check_scale(scale)
     out = int(view_b.shape[0])
     k = min(_significant(np.linalg.norm(view_b, axis=0)) if view_b.size else 0, rank)
     frame = np.zeros((out, rank))
-    frame[:, :k] = np.asarray(view_b[:, :k], dtype=np.float64) / np.sqrt(scaling)
+    top = np.asarray(view_b[:, :k], dtype=np.float64) / np.sqrt(scaling)
+    if scale == "unit" and k:
+        basis = orthonormal_rows(top.T, k, out)
+        frame[:, : basis.shape[0]] = FILL_NORM * basis.T
+    else:
+        frame[:, :k] = top
     return (gain * frame).astype(np.float32)
 
 
@@ -119,4 +151,4 @@ def factor_of_round(server_round: int, schedule: str) -> Factor:
     raise ValueError(f"`schedule` must be 'b' or 'alternate', got {schedule!r}")
 
 
-__all__ = ["FILL_NORM", "Factor", "factor_of_round", "frame_columns", "frame_rows", "orthonormal_rows"]
+__all__ = ["FILL_NORM", "FRAME_SCALES", "Factor", "FrameScale", "factor_of_round", "frame_columns", "frame_rows", "orthonormal_rows"]

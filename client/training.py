@@ -26,14 +26,14 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
-from sentinel.client.data.batching import iter_batches, sample_batches
-from sentinel.client.frames import Factor, frame_columns, frame_rows
+from sentinel.client.data.batching import iter_batches, iter_length_sorted_batches, sample_batches
+from sentinel.client.frames import Factor, FrameScale, frame_columns, frame_rows
 from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
 from sentinel.models.continued import split_view_at_rank, start_factors
 from sentinel.models.global_model import evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
-from sentinel.models.importance import attention_entropy, head_importance
+from sentinel.models.importance import head_importance
 from sentinel.models.loading import LoadedModel
 from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling, module_path
 from sentinel.models.regrowth import HeadBoost, HeadLRBoost, boosted_heads
@@ -92,7 +92,7 @@ def evaluate_examples(
     model: torch.nn.Module, base: LoadedModel, examples: Sequence[Example], batch_size: int, max_length: int
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier on ``examples`` (on the model's device)."""
-    return evaluate_classifier(model, iter_batches(base.tokenizer, examples, batch_size, max_length))
+    return evaluate_classifier(model, iter_length_sorted_batches(base.tokenizer, examples, batch_size, max_length))
 
 
 def train_local(
@@ -113,6 +113,7 @@ def train_local(
     frame: Factor | None = None,
     frame_seed: int = 0,
     frame_gain: float = 1.0,
+    frame_scale: FrameScale = "balanced",
     server_round: int = 0,
     boost: HeadBoost | None = None,
     continued: bool = False,
@@ -123,7 +124,7 @@ def train_local(
     means everything. ``frame`` is how the adapter starts (see the module
     docstring; ``frame_seed`` and ``server_round`` seed the random directions
     that complete a frame, the same on every node; ``frame_gain`` scales the
-    frozen factor, ``client.frames.frame_rows``). Training runs on
+    frozen factor and ``frame_scale`` sets how it is normalised, ``client.frames.frame_rows``). Training runs on
     ``device``; the arrays returned are on the CPU. The returned arrays are
     PEFT adapter arrays (lora_A/lora_B and the head), and ``s · B · A`` is the
     update. Deterministic for a given ``seed``. ``boost`` (regrown heads, from
@@ -143,7 +144,9 @@ def train_local(
     else:
         model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
-    frozen = _start_in_frame(peft_model, view, frame, frame_seed, server_round, frame_gain) if frame is not None else []
+    frozen = (
+        _start_in_frame(peft_model, view, frame, frame_seed, server_round, frame_gain, frame_scale) if frame is not None else []
+    )
     if continued:
         _start_continued(peft_model, dataclasses.replace(view, factors=start))
         mask = restrict_lora_changes_to_heads(peft_model, permitted) if permitted is not None else None
@@ -170,7 +173,6 @@ def train_local(
     probe_examples = list(val or train)[: importance_batches * batch_size]
     probe = list(iter_batches(base.tokenizer, probe_examples, batch_size, max_length))
     importance = head_importance(peft_model, probe)
-    normalised = attention_entropy(peft_model, probe, normalised=True)
     if mask is not None:
         mask.remove()
     if gates is not None:
@@ -188,12 +190,18 @@ def train_local(
         rank=rank,
         entropy=np.asarray(importance.entropy, dtype=np.float32),
         gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
-        normalised_entropy=np.asarray(normalised, dtype=np.float32),
+        normalised_entropy=np.asarray(importance.normalised_entropy, dtype=np.float32),
     )
 
 
 def _start_in_frame(
-    peft_model: PeftModel, view: GlobalView, factor: Factor, run_seed: int, server_round: int, gain: float = 1.0
+    peft_model: PeftModel,
+    view: GlobalView,
+    factor: Factor,
+    run_seed: int,
+    server_round: int,
+    gain: float = 1.0,
+    scale: FrameScale = "balanced",
 ) -> list[torch.nn.Parameter]:
     """Set every LoRA module to start in the shared frame; return the factors to freeze.
 
@@ -201,7 +209,7 @@ def _start_in_frame(
     ``a``: B = the global adapter's top columns, A = 0 (A trains).
     Either way the adapter's product starts at zero on top of the merged global
     ΔW, so the model computes the global model and the product is the update.
-    ``gain`` scales the frozen factor (``client.frames``): the step the trained factor makes in ΔW.
+    ``gain`` scales the frozen factor and ``scale`` normalises it (``client.frames``): the step the trained factor makes in ΔW.
     """
     frozen: list[torch.nn.Parameter] = []
     adapter = peft_model.active_adapter
@@ -213,11 +221,11 @@ def _start_in_frame(
         view_a, view_b = view.factors.get(module_path(path), (np.zeros((0, inp)), np.zeros((out, 0))))
         with torch.no_grad():
             if factor == "b":
-                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path), gain=gain)))
+                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path), gain=gain, scale=scale)))
                 b.zero_()
                 frozen.append(a)
             else:
-                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK, gain=gain)))
+                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK, gain=gain, scale=scale)))
                 a.zero_()
                 frozen.append(b)
     return frozen

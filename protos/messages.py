@@ -100,6 +100,8 @@ C_TRAIN_FACTOR: Final = "train-factor"
 """Which LoRA factor a node trains in the shared frame: ``b`` (A frozen), ``a`` (B frozen); absent or ``""``: a fresh adapter."""
 C_FRAME_GAIN: Final = "frame-gain"
 """Scale of the frozen factor in the shared frame (``client.frames``): the step the trained factor makes in ΔW."""
+C_FRAME_SCALE: Final = "frame-scale"
+"""How the frozen factor of the shared frame is normalised: ``balanced`` or ``unit`` (``client.frames.FrameScale``)."""
 MAX_FRAME_GAIN: Final = 64.0
 """The largest frame gain a node accepts (a larger one is a malformed message, not a step size)."""
 C_ADAPTER_START: Final = "adapter-start"

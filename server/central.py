@@ -20,7 +20,7 @@ import numpy as np
 import pydantic
 import torch
 from sentinel.client.data import Example
-from sentinel.client.data.batching import iter_batches
+from sentinel.client.data.batching import classifier_logits_by_length
 from sentinel.models.calibration import PredictiveMetrics, predictive_metrics
 from sentinel.models.global_model import materialise
 from sentinel.models.loading import LoadedModel
@@ -34,7 +34,6 @@ from sentinel.models.lora import (
     save_adapter,
     split_adapter_arrays,
 )
-from sentinel.models.predictions import classifier_logits
 from sentinel.server.aggregation import exact_factorise
 from sentinel.server.outcome import Evaluation
 from sentinel.server.state import GlobalState
@@ -98,7 +97,7 @@ class CentralEvaluator:
     The base model's logits on the test set are computed once (neither changes).
     """
 
-    def __init__(self, base: LoadedModel, test: Sequence[Example], max_length: int, batch_size: int = 64) -> None:
+    def __init__(self, base: LoadedModel, test: Sequence[Example], max_length: int, batch_size: int = 16) -> None:
         if not test:
             raise ValueError("the coordinator's held-out test set is empty")
         self.base = base
@@ -107,18 +106,19 @@ class CentralEvaluator:
         self.batch_size = batch_size
         self._base_logits: np.ndarray | None = None
 
-    def _logits(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-        return classifier_logits(model, iter_batches(self.base.tokenizer, self.test, self.batch_size, self.max_length))
+    def logits(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, labels) of ``model`` on the test set, in the test set's order (length-sorted batches)."""
+        return classifier_logits_by_length(model, self.base.tokenizer, self.test, self.batch_size, self.max_length)
 
     def base_logits(self) -> np.ndarray:
         """The base model's logits on the test set (its own head, no ΔW), computed once."""
         if self._base_logits is None:
-            self._base_logits = self._logits(self.base.model)[0]
+            self._base_logits = self.logits(self.base.model)[0]
         return self._base_logits
 
     def metrics(self, state: GlobalState) -> CentralMetrics:
         """Accuracy, loss, per-domain accuracy, ECE and KL(global ‖ base) of the exact global model."""
-        logits, labels = self._logits(materialise(self.base, state.deltas, state.head))
+        logits, labels = self.logits(materialise(self.base, state.deltas, state.head))
         domains = [e.domain for e in self.test]
         return CentralMetrics.of(predictive_metrics(logits, labels, domains, self.base_logits()))
 

@@ -17,7 +17,7 @@ from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
-TrainingDesignName = Literal["legacy", "frame", "frame-b", "flora", "continued", "continued-exact"]
+TrainingDesignName = Literal["legacy", "frame", "frame-b", "frame-unit", "flora", "continued", "continued-exact"]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
 

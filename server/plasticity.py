@@ -33,12 +33,10 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
-from sentinel.client.data.batching import iter_batches
 from sentinel.models.calibration import predictive_metrics
 from sentinel.models.components import ModelLayout
 from sentinel.models.global_model import materialise
 from sentinel.models.head_mask import apply_head_mask, pruned_of_mask
-from sentinel.models.predictions import classifier_logits
 from sentinel.models.regrowth import kept_head_deltas, restore_head_deltas
 from sentinel.protos import messages as P
 from sentinel.protos.vocabulary import EntryKind, head_id
@@ -90,7 +88,7 @@ class MaskedEvaluator:
             return ev.metrics(state)
         model = materialise(ev.base, state.deltas, state.head)
         with apply_head_mask(model, mask):
-            logits, labels = classifier_logits(model, iter_batches(ev.base.tokenizer, ev.test, ev.batch_size, ev.max_length))
+            logits, labels = ev.logits(model)
         return CentralMetrics.of(predictive_metrics(logits, labels, [e.domain for e in ev.test], ev.base_logits()))
 
     def evaluation(self, state: GlobalState) -> Evaluation:

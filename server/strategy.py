@@ -213,6 +213,7 @@ class SentinelStrategy:
             if factor is not None:
                 config[P.C_TRAIN_FACTOR] = factor
                 config[P.C_FRAME_GAIN] = self.design.gain
+                config[P.C_FRAME_SCALE] = self.design.frame_scale
             if self.design.adapter == "continue":
                 config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})

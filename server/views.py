@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 from flwr.app import ArrayRecord
-from sentinel.client.frames import Factor, factor_of_round
+from sentinel.client.frames import FRAME_SCALES, Factor, FrameScale, factor_of_round
 from sentinel.models.continued import continued_view_factors
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK, MAX_FRAME_GAIN
 from sentinel.protos.records import global_view_record
@@ -69,6 +69,9 @@ class TrainingDesign:
     tolerance: float = VIEW_TOLERANCE
     gain: float = 1.0
     """For ``frame``: the scale of the frozen factor (``FederationConfig.frame_gain``, ``client.frames.frame_rows``)."""
+    frame_scale: FrameScale = "balanced"
+    """For ``frame``: the frozen factor is the global adapter's own (``balanced``) or an orthonormal basis of its
+    directions at PEFT's initial norm (``unit``): ``client.frames.FrameScale``."""
 
     def __post_init__(self) -> None:
         if self.adapter not in ("frame", "fresh", "continue"):
@@ -78,6 +81,8 @@ class TrainingDesign:
         factor_of_round(1, self.schedule)  # validates the schedule
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
+        if self.frame_scale not in FRAME_SCALES:
+            raise ValueError(f"`frame_scale` must be one of {FRAME_SCALES}, got {self.frame_scale!r}")
         if not 0 < self.gain <= MAX_FRAME_GAIN:
             raise ValueError(f"`gain` must be in (0, {MAX_FRAME_GAIN:g}], got {self.gain}")
 
@@ -97,13 +102,15 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "legacy": LEGACY_DESIGN,
     "frame": TrainingDesign(),
     "frame-b": TrainingDesign(schedule="b"),
+    "frame-unit": TrainingDesign(frame_scale="unit"),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
     "continued-exact": TrainingDesign(adapter="continue", view="exact"),
 }
 """The designs a run can select by name (``FederationConfig.training_design``):
 ``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
-A/B, exact view), ``frame-b`` (shared frame, always B), ``flora`` (fresh
+A/B, exact view), ``frame-b`` (shared frame, always B), ``frame-unit`` (shared frame, its frozen factor an
+orthonormal basis at PEFT's initial norm), ``flora`` (fresh
 adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
 (the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 

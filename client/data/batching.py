@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from sentinel.client.data import Example
+from sentinel.models.predictions import classifier_logits
 from transformers import PreTrainedTokenizerBase
 
 
@@ -51,9 +52,40 @@ def iter_length_sorted_batches(
     stable sort, the same on every call, so readings of two models pair
     example by example.
     """
-    lengths = [len(ids) for ids in tokenizer([e.text for e in examples], truncation=True, max_length=max_length)["input_ids"]]
-    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    order = length_order(tokenizer, examples, max_length)
     yield from iter_batches(tokenizer, [examples[i] for i in order], batch_size, max_length)
+
+
+def length_order(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int) -> list[int]:
+    """Indices of ``examples`` by token length, shortest first (a stable sort: the same order on every call)."""
+    if not examples:
+        return []
+    lengths = [len(ids) for ids in tokenizer([e.text for e in examples], truncation=True, max_length=max_length)["input_ids"]]
+    return sorted(range(len(examples)), key=lengths.__getitem__)
+
+
+def classifier_logits_by_length(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    batch_size: int,
+    max_length: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``models.predictions.classifier_logits`` over ``examples``, run in length-sorted batches, returned in example order.
+
+    Why: an evaluation is a function of every example's logits, so the batches
+    may be grouped by length; on the UCI test set (448 sentences, 48 tokens)
+    that cuts the positions a forward pass computes from 20,096 to 8,128 and
+    central evaluation from 13.9 s to 3.7 s on one thread. Row ``i`` is
+    example ``i``'s, as an in-order evaluation gives it.
+    """
+    order = length_order(tokenizer, examples, max_length)
+    logits, labels = classifier_logits(model, iter_batches(tokenizer, [examples[i] for i in order], batch_size, max_length))
+    if not order:
+        return logits, labels
+    in_order, in_order_labels = np.empty_like(logits), np.empty_like(labels)
+    in_order[order], in_order_labels[order] = logits, labels
+    return in_order, in_order_labels
 
 
 def sample_batches(

@@ -153,3 +153,20 @@ def test_pruned_heads_get_nan_entropy_and_zero_importance() -> None:
     assert (result.gradient[0, [1, 2]] == 0).all() and (result.gradient[0, [0, 3]] > 0).all()
     as_dict = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert as_dict["entropy"][0][1] is None and len(as_dict["gradient"]) == 2
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_one_pass_probe_equals_the_separate_measurements(preset: str) -> None:
+    """`head_importance` takes entropy, normalised entropy and gradients from one pass: the values of the three apart."""
+    base = load_base_model(preset)
+    batches = [_batch(base), _batch(base, TEXTS[::-1][:3])]  # padded, two batch shapes
+    fused = head_importance(base.model, batches)
+    np.testing.assert_allclose(fused.entropy, attention_entropy(base.model, batches), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        fused.normalised_entropy, attention_entropy(base.model, batches, normalised=True), rtol=1e-6, atol=1e-9
+    )
+    np.testing.assert_allclose(fused.gradient, gradient_importance(base.model, batches), rtol=1e-5, atol=1e-8)
+    base.model.train()
+    head_importance(base.model, batches)
+    assert base.model.training  # the caller's mode is restored
+    assert all(p.grad is None for p in base.model.parameters())
