@@ -240,6 +240,48 @@ def restrict_lora_changes_to_heads(peft_model: PeftModel, permitted: Iterable[st
     return mask
 
 
+def adapt_support(
+    layout: ModelLayout, path: str, shape: tuple[int, int], permitted: frozenset[str] | None
+) -> np.ndarray | None:
+    """Where a node with ``permitted`` may change module ``path``'s ΔW (out × in); None when everywhere.
+
+    A boolean array that broadcasts to ``shape``: ``(out, 1)`` for q/k/v (a
+    forbidden head's output rows are False), ``(1, in)`` for o (its input
+    columns), ``(1, 1)`` for another module (its component permitted or not).
+    The same rules as :func:`restrict_lora_to_heads`, GQA included. Why: exact
+    aggregation averages each slice of ΔW over the nodes that may change it
+    (``server.aggregation.exact_aggregate``); a node that consent kept out of a
+    slice does not vote for leaving it unchanged.
+    """
+    if permitted is None:
+        return None
+    located = projection_role(layout.family, path)
+    if located is None:
+        return None if _non_head_component(layout, path) in permitted else np.zeros((1, 1), dtype=bool)
+    layer, role = located
+    ranges = _forbidden_ranges(layout, role, layer, permitted)
+    if not ranges:
+        return None
+    axis = 1 if role == "o" else 0
+    support = np.ones(shape[axis], dtype=bool)
+    for start, stop in ranges:
+        support[start:stop] = False
+    return support[None, :] if axis == 1 else support[:, None]
+
+
+def adapt_supports(
+    layout: ModelLayout, arrays: Mapping[str, np.ndarray], permitted: frozenset[str] | None
+) -> dict[str, np.ndarray]:
+    """:func:`adapt_support` of every LoRA module of ``arrays`` (PEFT keys) that ``permitted`` restricts; the others are absent."""
+    supports: dict[str, np.ndarray] = {}
+    for path, pair in lora_pairs(arrays).items():
+        shape = (int(np.shape(arrays[pair.b_key])[0]), int(np.shape(arrays[pair.a_key])[1]))
+        support = adapt_support(layout, path, shape, permitted)
+        if support is not None:
+            supports[path] = support
+    return supports
+
+
 def _layout(layout_or_model: ModelLayout | torch.nn.Module) -> ModelLayout:
     return layout_or_model if isinstance(layout_or_model, ModelLayout) else model_layout(layout_or_model)
 

@@ -99,15 +99,42 @@ def _common_modules(updates: Sequence[LoraUpdate]) -> list[str]:
     return modules
 
 
-def exact_aggregate(updates: Sequence[LoraUpdate]) -> dict[str, np.ndarray]:
+def exact_aggregate(
+    updates: Sequence[LoraUpdate], supports: Sequence[Mapping[str, np.ndarray]] | None = None
+) -> dict[str, np.ndarray]:
     """The weighted mean of the clients' products, ΔW = Σᵢ wᵢ sᵢ Bᵢ Aᵢ, per module.
 
     Exact for any mixture of ranks: the result is the mean of what each client
-    would have applied to the model.
+    would have applied to the model. ``supports`` (one mapping per update:
+    module → a boolean array broadcasting to ΔW, ``models.consent.adapt_support``;
+    a module absent is supported everywhere) makes it the mean over the clients
+    that may change each entry: Σᵢ wᵢ Mᵢ ΔWᵢ / Σᵢ wᵢ Mᵢ, 0 where no client may
+    (HeteroFL's rule for parameters only some clients train). Without it, a node
+    that consent keeps out of a slice would pull that slice's mean toward zero
+    by its weight: in the default policy edge nodes may not adapt layers 0–1.
     """
     modules = _common_modules(updates)
     w = normalised_weights([u.weight for u in updates])
-    return {m: sum(wi * u.delta(m) for wi, u in zip(w, updates)) for m in modules}
+    if supports is not None and len(supports) != len(updates):
+        raise ValueError(f"{len(supports)} supports for {len(updates)} updates")
+    out: dict[str, np.ndarray] = {}
+    for m in modules:
+        masks = [s.get(m) for s in supports] if supports is not None else [None] * len(updates)
+        if all(k is None for k in masks):
+            out[m] = sum(wi * u.delta(m) for wi, u in zip(w, updates))
+            continue
+        total = np.zeros_like(updates[0].delta(m))
+        cover = np.zeros_like(total)
+        for wi, u, k in zip(w, updates, masks, strict=True):
+            delta = u.delta(m)
+            if k is None:
+                total += wi * delta
+                cover += wi
+            else:
+                total += wi * np.where(k, delta, 0.0)
+                cover += wi * k
+        out[m] = np.divide(total, cover, out=np.zeros_like(total), where=cover > 0)
+    return out
 
 
 def _pad_rank(x: np.ndarray, rank: int, axis: int) -> np.ndarray:

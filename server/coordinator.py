@@ -17,7 +17,7 @@ from sentinel.client.data.federated import federated_split, node_train_val
 from sentinel.governance.parameters import FederationParameters
 from sentinel.ledger.store import Ledger
 from sentinel.models.components import list_components, model_layout
-from sentinel.models.consent import touched_components
+from sentinel.models.consent import adapt_supports, touched_components
 from sentinel.models.fileio import write_text_atomically
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.models.onnx_export import ADAPTER_CONTRACTS_FILE
@@ -158,6 +158,7 @@ class Coordinator:
         return SentinelStrategy(
             self.config,
             touched_fn=lambda arrays, head: set(touched_components(layout, arrays, head)),
+            support_fn=lambda arrays, permitted: adapt_supports(layout, arrays, permitted),
             permitted_fn=self.permitted_fn,
             contract_version_fn=(lambda: governance.contract_version) if governance is not None else None,
             max_examples_fn=self._max_examples,

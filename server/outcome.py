@@ -78,6 +78,10 @@ class NodeResult:
     contract_version: int = 0
     offending: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    supports: dict[str, np.ndarray] = field(default_factory=dict)
+    """Module → where consent let the node change ΔW (``models.consent.adapt_support``); absent: everywhere."""
+    head_permitted: bool = True
+    """Consent let the node adapt the classification head (else its head is not averaged in)."""
     entropy: np.ndarray | None = None
     gradient_importance: np.ndarray | None = None
     normalised_entropy: np.ndarray | None = None

@@ -30,6 +30,7 @@ from sentinel.ledger.signing import payload_signature_valid
 from sentinel.models.continued import change_arrays, split_view_at_rank
 from sentinel.models.lora import PEFT_PREFIX, split_adapter_arrays
 from sentinel.protos import messages as P
+from sentinel.protos.vocabulary import CLASSIFIER
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
 from sentinel.server.direction_memory import DirectionMemory
@@ -49,6 +50,8 @@ from sentinel.server.update_checks import (
 )
 from sentinel.server.views import DEFAULT_DESIGN, TrainingDesign, config_design, round_views
 
+SupportFn = Callable[[Mapping[str, np.ndarray], frozenset[str]], dict[str, np.ndarray]]
+"""(a reply's adapter arrays, the node's permitted set) → module → where it may change ΔW (``models.consent.adapt_supports``)."""
 PermittedFn = Callable[[NodeInfo, int], frozenset[str] | None]
 """(node, round) → the node's permitted set for adapt, or None for 'everything'."""
 TouchedFn = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], set[str]]
@@ -114,6 +117,9 @@ class SentinelStrategy:
         below this is rejected (``server.update_checks.direction_outliers``); None or -1: no direction check.
     num_labels : int, optional
         Classes of the run's classifier, sent to nodes (a node with its own dataset builds its base model with them).
+    support_fn : SupportFn, optional
+        Where a node's permitted set lets it change each module (``models.consent.adapt_supports``): aggregation
+        averages each slice over the nodes that may change it. None: every accepted update counts everywhere.
     """
 
     design: TrainingDesign = DEFAULT_DESIGN
@@ -131,6 +137,7 @@ class SentinelStrategy:
         norm_factor: float = 10.0,
         min_cosine: float | None = None,
         num_labels: int | None = None,
+        support_fn: SupportFn | None = None,
     ) -> None:
         if norm_factor <= 1.0:
             raise ValueError(f"`norm_factor` must be > 1 (a multiple of the median norm), got {norm_factor}")
@@ -145,6 +152,7 @@ class SentinelStrategy:
         self.require_signatures = require_signatures
         self.contract_version_fn = contract_version_fn
         self.touched_fn = touched_fn
+        self.support_fn = support_fn
         self.permitted_fn = permitted_fn
         self.design = config_design(config)
 
@@ -323,6 +331,9 @@ class SentinelStrategy:
                 result.accepted = False
                 result.offending = check.offending
                 result.reason = f"consent violation: update changes {len(check.offending)} component(s) outside the permitted set"
+            elif self.support_fn is not None:
+                result.supports = self.support_fn(result.arrays, view.permitted)
+                result.head_permitted = CLASSIFIER in view.permitted
         return result
 
     def _authenticity_problem(self, result: NodeResult, server_round: int) -> str:
@@ -396,7 +407,13 @@ def aggregate_updates(
     deltas: dict[str, np.ndarray],
     head: dict[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """New dense global state from accepted updates: ΔW += aggregate, head = weighted mean."""
+    """New dense global state from accepted updates: ΔW += aggregate, head = weighted mean.
+
+    Each slice of ΔW is averaged over the updates whose node consent let change
+    it (``NodeResult.supports``), and the head over the nodes that may adapt it;
+    with no head permitted to anyone the head stays as it was. Exact mode only:
+    ``naive`` is the FedIT baseline, averaging every factor over every node.
+    """
     updates, heads = [], []
     for r in accepted:
         pairs, node_head = split_adapter_arrays(r.arrays)
@@ -409,13 +426,15 @@ def aggregate_updates(
             )
         )
         heads.append(node_head)
-    agg = exact_aggregate(updates) if mode == "exact" else naive_aggregate(updates)
+    supports = [r.supports for r in accepted] if any(r.supports for r in accepted) else None
+    agg = exact_aggregate(updates, supports) if mode == "exact" else naive_aggregate(updates)
     missing = set(agg) - set(deltas)
     if missing:
         raise ValueError(f"updates adapt modules the global state does not have: {sorted(missing)[:3]}")
     new_deltas = {m: (d.astype(np.float64) + agg[m]).astype(np.float32) if m in agg else d for m, d in deltas.items()}
-    if heads and heads[0]:
-        mean = weighted_mean(heads, [u.weight for u in updates])
+    voters = [(h, u.weight) for h, u, r in zip(heads, updates, accepted, strict=True) if r.head_permitted or mode != "exact"]
+    if voters and voters[0][0]:
+        mean = weighted_mean([h for h, _ in voters], [w for _, w in voters])
         new_head = {k: v.astype(np.float32) for k, v in mean.items()}
     else:
         new_head = dict(head)
