@@ -67,6 +67,7 @@ class TrainInstruction(BaseModel):
     adapter_start: Literal["", "continue"] = Field(alias=P.C_ADAPTER_START, default="")
     frame_gain: float = Field(alias=P.C_FRAME_GAIN, default=1.0, gt=0, le=P.MAX_FRAME_GAIN)
     frame_scale: FrameScale = Field(alias=P.C_FRAME_SCALE, default="balanced")
+    measure_gradient: bool = Field(alias=P.C_MEASURE_GRADIENT, default=True)
 
     @field_validator("boost_heads")
     @classmethod
@@ -208,6 +209,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         frame_seed=ins.run_seed,
         frame_gain=ins.frame_gain,
         frame_scale=ins.frame_scale,
+        measure_gradient=ins.measure_gradient,
         server_round=ins.server_round,
         boost=ins.boost(),
     )
@@ -225,11 +227,9 @@ def update_reply(msg: Message, context: Context, update: LocalUpdate) -> Message
         P.M_RANK: update.rank,
         P.M_CONTRACT_VERSION: ins.contract_version,  # the contracts this update was trained under
     }
-    importance = {
-        P.KEY_ENTROPY: update.entropy,
-        P.KEY_GRAD_IMPORTANCE: update.gradient_importance,
-        P.KEY_ENTROPY_NORMALISED: update.normalised_entropy,
-    }
+    importance = {P.KEY_ENTROPY: update.entropy, P.KEY_ENTROPY_NORMALISED: update.normalised_entropy}
+    if update.gradient_importance is not None:
+        importance[P.KEY_GRAD_IMPORTANCE] = update.gradient_importance
     return signed_update_reply(msg, context, update.arrays, metrics, importance)
 
 

@@ -64,7 +64,8 @@ class LocalUpdate:
     scaling: float
     rank: int
     entropy: np.ndarray
-    gradient_importance: np.ndarray
+    gradient_importance: np.ndarray | None
+    """None when the coordinator did not ask for it (``measure_gradient=False``)."""
     normalised_entropy: np.ndarray
     """Entropy ÷ log(keys seen): 1.0 is uniform attention (read by the consent agency rule)."""
 
@@ -117,6 +118,7 @@ def train_local(
     server_round: int = 0,
     boost: HeadBoost | None = None,
     continued: bool = False,
+    measure_gradient: bool = True,
 ) -> LocalUpdate:
     """Train a LoRA on top of the global model for ``steps`` steps and report the update.
 
@@ -133,6 +135,8 @@ def train_local(
     ``continued`` resumes the global adapter instead (``models.continued``): the
     view's factors are the adapter's start, and the trained adapter (rank r) is
     sent; the coordinator rebuilds the change from the start it sent.
+    ``measure_gradient`` adds gradient head importance to the probe (a backward
+    pass per probe batch); the coordinator asks for it when federated plasticity runs.
     """
     if continued and frame is not None:
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
@@ -172,7 +176,7 @@ def train_local(
     val_acc, val_loss = evaluate_examples(peft_model, base, val, batch_size * 2, max_length)
     probe_examples = list(val or train)[: importance_batches * batch_size]
     probe = list(iter_batches(base.tokenizer, probe_examples, batch_size, max_length))
-    importance = head_importance(peft_model, probe)
+    importance = head_importance(peft_model, probe, gradient=measure_gradient)
     if mask is not None:
         mask.remove()
     if gates is not None:
@@ -189,7 +193,7 @@ def train_local(
         scaling=lora_scaling(peft_model),
         rank=rank,
         entropy=np.asarray(importance.entropy, dtype=np.float32),
-        gradient_importance=np.asarray(importance.gradient, dtype=np.float32),
+        gradient_importance=None if importance.gradient is None else np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(importance.normalised_entropy, dtype=np.float32),
     )
 

@@ -32,13 +32,17 @@ class HeadImportance:
     """Both importance signals of one model on one data set, ``[num_layers, num_heads]`` each."""
 
     entropy: np.ndarray
-    gradient: np.ndarray
+    gradient: np.ndarray | None
+    """None when not measured (``head_importance(gradient=False)``)."""
     normalised_entropy: np.ndarray | None = None
     """The entropy normalised per query by the log of its key count (``attention_entropy(normalised=True)``); None if not measured."""
 
     def to_dict(self) -> dict[str, list[list[float | None]]]:
         """JSON-ready nested lists; NaN (a pruned head's entropy) becomes None."""
-        return {"entropy": _to_lists(self.entropy), "gradient": _to_lists(self.gradient)}
+        out = {"entropy": _to_lists(self.entropy)}
+        if self.gradient is not None:
+            out["gradient"] = _to_lists(self.gradient)
+        return out
 
 
 def _to_lists(array: np.ndarray) -> list[list[float | None]]:
@@ -189,7 +193,11 @@ def _loss(outputs: object, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | 
 
 
 def head_importance(
-    model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: LossFn | None = None
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    loss_fn: LossFn | None = None,
+    *,
+    gradient: bool = True,
 ) -> HeadImportance:
     """Attention entropy (raw and normalised) and gradient importance of every head over the same batches.
 
@@ -197,7 +205,9 @@ def head_importance(
     all ones, so the attention the gated forward returns is the model's own,
     and :func:`attention_entropy` and :func:`gradient_importance` run apart
     would cost two more forward passes (a node's probe after every round).
-    The values equal theirs (a test checks it).
+    The values equal theirs (a test checks it). With ``gradient=False`` only
+    the entropies are measured, in one forward pass without gradients (a third
+    of the cost): gradient importance serves federated plasticity alone.
     """
     layout = model_layout(model)
     causal = layout.family in ("gpt2", "llama")
@@ -208,16 +218,22 @@ def head_importance(
     total = torch.zeros(shape, dtype=torch.float64)
     examples = 0
     with _eval_mode(model):
+        device = next(model.parameters()).device
         for batch in batches:
             size = _batch_size(batch)
-            gates = HeadGates(model, torch.ones(size, *shape), requires_grad=True)
-            try:
-                inputs = _model_inputs(batch, gates.gates.device, keep_labels=loss_fn is None)
-                outputs = model(**inputs, output_attentions=True)
-                (grad,) = torch.autograd.grad(_loss(outputs, batch, loss_fn), gates.gates)
-            finally:
-                gates.remove()
-            total += (grad.detach().double() * size).abs().sum(dim=0).cpu()
+            if gradient:
+                gates = HeadGates(model, torch.ones(size, *shape), requires_grad=True)
+                try:
+                    inputs = _model_inputs(batch, gates.gates.device, keep_labels=loss_fn is None)
+                    outputs = model(**inputs, output_attentions=True)
+                    (grad,) = torch.autograd.grad(_loss(outputs, batch, loss_fn), gates.gates)
+                finally:
+                    gates.remove()
+                total += (grad.detach().double() * size).abs().sum(dim=0).cpu()
+            else:
+                inputs = _model_inputs(batch, device, keep_labels=False)
+                with torch.no_grad():
+                    outputs = model(**inputs, output_attentions=True)
             examples += size
             query_mask = inputs.get("attention_mask")
             with torch.no_grad():
@@ -236,5 +252,7 @@ def head_importance(
             return np.where(c > 0, sums[normalised].numpy() / c, np.nan)
 
     return HeadImportance(
-        entropy=mean(False), gradient=normalise_per_layer((total / examples).numpy()), normalised_entropy=mean(True)
+        entropy=mean(False),
+        gradient=normalise_per_layer((total / examples).numpy()) if gradient else None,
+        normalised_entropy=mean(True),
     )

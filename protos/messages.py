@@ -100,6 +100,9 @@ C_TRAIN_FACTOR: Final = "train-factor"
 """Which LoRA factor a node trains in the shared frame: ``b`` (A frozen), ``a`` (B frozen); absent or ``""``: a fresh adapter."""
 C_FRAME_GAIN: Final = "frame-gain"
 """Scale of the frozen factor in the shared frame (``client.frames``): the step the trained factor makes in ΔW."""
+C_MEASURE_GRADIENT: Final = "measure-gradient"
+"""Whether a node measures gradient head importance after training (a backward pass per probe batch): what federated
+plasticity reads; absent: yes."""
 C_FRAME_SCALE: Final = "frame-scale"
 """How the frozen factor of the shared frame is normalised: ``balanced`` or ``unit`` (``client.frames.FrameScale``)."""
 MAX_FRAME_GAIN: Final = 64.0

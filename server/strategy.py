@@ -183,6 +183,7 @@ class SentinelStrategy:
                 P.C_RESTRICTED: permitted is not None,
                 P.C_PERMITTED: sorted(permitted) if permitted else [],
                 P.C_CONTRACT_VERSION: version,
+                P.C_MEASURE_GRADIENT: self.config.plasticity,
             }
         )
         if self.num_labels is not None:

@@ -170,3 +170,13 @@ def test_one_pass_probe_equals_the_separate_measurements(preset: str) -> None:
     head_importance(base.model, batches)
     assert base.model.training  # the caller's mode is restored
     assert all(p.grad is None for p in base.model.parameters())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_without_gradient_the_probe_measures_the_same_entropies_in_one_forward_pass(preset: str) -> None:
+    base = load_base_model(preset)
+    batches = [_batch(base), _batch(base, TEXTS[1:])]
+    full, entropies_only = head_importance(base.model, batches), head_importance(base.model, batches, gradient=False)
+    assert entropies_only.gradient is None and "gradient" not in entropies_only.to_dict()
+    np.testing.assert_allclose(entropies_only.entropy, full.entropy, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(entropies_only.normalised_entropy, full.normalised_entropy, rtol=1e-6, atol=1e-9)
