@@ -17,7 +17,8 @@ held-out test set (20%) for every setting of a seed:
   global ΔW truncated at the node's rank;
 - (c) ``flora`` — a fresh LoRA each round on the *exact* global ΔW (FLoRA's
   stacked factors, compressed to the rank they have);
-- (d) ``chosen`` — the shared-frame design (``training_design = "frame"``);
+- (d) ``chosen`` — the shared-frame design with its frozen factor an orthonormal basis at PEFT's
+  init norm, gain 4 (``training_design = "frame-unit"``, ``frame_gain = 4``; ``--chosen``/``--frame-gain``);
 - ``continued`` — nodes resume the global adapter's top-r factors and send
   their adapter at rank r, the coordinator rebuilding the change at rank 2r (``training_design = "continued"``,
   ``models.continued``).
@@ -27,7 +28,7 @@ nodes at rank 16, (a) at rank 16 everywhere. (b), (c), (d) also run with all
 nodes at rank 16, and the suspects of the accuracy gap are ablated at the first
 seed: fresh vs frame adapter (b/c vs d), the rank mix (mixed vs all-16), the
 default consent policy (``consent=False``), the agency rule (a policy without
-it) and the frame schedule (``b`` only). Sentinel runs are accountable (ledger,
+it) and, for ``--chosen frame``, the frame schedule (``b`` only). Sentinel runs are accountable (ledger,
 governance, validation, leave-one-out contributions), as ``sentinel simulate``
 runs them. Every federation uses the in-process ``LocalGrid`` (no Ray), so the
 figures measure learning, traffic and coordinator time, not Ray's scheduling.
@@ -87,7 +88,7 @@ class Setting:
         return f"{self.name}@{self.seed}"
 
 
-def settings(seeds: Sequence[int], chosen: str = "frame") -> list[Setting]:
+def settings(seeds: Sequence[int], chosen: str = "frame-unit") -> list[Setting]:
     """Every setting, the most informative first (a run cut short by its time budget is still useful):
     the target comparison (chosen vs Flower) over every seed, today's design, then the ablations.
     ``chosen`` is the design of (d) (a name of ``server.views.DESIGNS``)."""
@@ -103,8 +104,9 @@ def settings(seeds: Sequence[int], chosen: str = "frame") -> list[Setting]:
         Setting("flora-all16", "sentinel", ALL16, s0, design="flora"),
         Setting("chosen-no-policy", "sentinel", MIXED, s0, design=chosen, consent=False),
         Setting("chosen-no-agency", "sentinel", MIXED, s0, design=chosen, agency=False),
-        Setting("chosen-b-only", "sentinel", MIXED, s0, design="frame-b"),
     ]
+    if chosen == "frame":  # the frame schedule's ablation exists for the balanced frame
+        first.append(Setting("chosen-b-only", "sentinel", MIXED, s0, design="frame-b"))
     return target[:2] + first[:1] + target[2:] + first[1:]
 
 
@@ -123,8 +125,8 @@ def federation_config(args: argparse.Namespace, setting: Setting, workdir: Path)
         model=args.model, dataset=f"uci-sentiment:{args.data}", partition="by-domain", nodes=6, roles=list(setting.roles),
         rounds=args.rounds, patience=args.rounds + 1, seed=setting.seed, test_fraction=0.2, max_length=args.max_length,
         profiles={"edge": edge, "gpu": gpu, "central": gpu}, contribution_examples=args.contribution_examples,
-        consent=setting.consent, policy=policy, checkpoint_rank=1, training_design=setting.design, frame_gain=args.frame_gain,
-        validation=not args.no_validation,
+        consent=setting.consent, policy=policy, checkpoint_rank=1, training_design=setting.design,
+        validation=not args.no_validation, **({"frame_gain": args.frame_gain} if args.frame_gain is not None else {}),
     )
 
 
@@ -439,8 +441,9 @@ def main() -> None:
     parser.add_argument("--contribution-examples", type=int, default=128)
     parser.add_argument("--max-minutes", type=float, default=90.0,
                         help="Start no setting that would end past this many minutes (by the mean time of those run); 0: no limit.")
-    parser.add_argument("--chosen", default="frame", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
-    parser.add_argument("--frame-gain", type=float, default=None, help="FederationConfig.frame_gain (default: the config's).")
+    parser.add_argument("--chosen", default="frame-unit", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
+    parser.add_argument("--frame-gain", type=float, default=4.0,
+                        help="FederationConfig.frame_gain of the frame designs (4: the best of 1, 2, 4 for frame-unit at seed 0).")
     parser.add_argument("--no-validation", action="store_true", help="Sentinel runs without the validate phase (faster).")
     parser.add_argument("--only", default="", help="Comma-separated setting keys (name@seed) to run; default all.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-heterogeneous"))
