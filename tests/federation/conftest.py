@@ -9,7 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 from sentinel.client.app import app as client_app
+from sentinel.client.app import profile
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.local_grid import LocalGrid
 
@@ -18,6 +21,18 @@ TINY_PROFILES = {
     "gpu": RoleProfile(lora_rank=8, local_steps=6, batch_size=8, learning_rate=5e-3),
     "central": RoleProfile(lora_rank=8, local_steps=6, batch_size=8, learning_rate=5e-3),
 }
+
+
+def crashing_app() -> ClientApp:
+    """A node that answers the profile handshake but whose training always fails (its update never arrives)."""
+    app = ClientApp()
+    app.query("profile")(profile)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        raise RuntimeError("node crashed")
+
+    return app
 
 
 def tiny_config(**overrides: object) -> FederationConfig:

@@ -17,6 +17,8 @@ from sentinel.server.coordinator import Coordinator
 from sentinel.server.local_grid import LocalGrid
 from sentinel.server.report import write_report
 
+from tests.federation.conftest import crashing_app
+
 IDS = [1001, 1008, 1015]
 
 
@@ -29,20 +31,6 @@ def _run(tiny_config, out: Path, grid: LocalGrid, **overrides):
     config = tiny_config(rounds=1, **overrides)
     coordinator = Coordinator.build(config, out)
     return coordinator, coordinator.run(grid)
-
-
-def _failing_app() -> ClientApp:
-    """A node that is present but whose training always fails (its update never arrives)."""
-    app = ClientApp()
-    from sentinel.client.app import profile
-
-    app.query("profile")(profile)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        raise RuntimeError("node crashed")
-
-    return app
 
 
 def test_honest_nodes_respect_their_permitted_sets(tmp_path: Path, tiny_config) -> None:
@@ -72,7 +60,7 @@ def test_a_node_that_ignores_its_mask_is_rejected_recorded_and_has_no_effect(tmp
     assert ledger.verify().ok
 
     # The rejected update has no effect: same global model as when that node's update never arrives.
-    _, absent = _run(tiny_config, tmp_path / "absent", _grid(honest_app, {0: _failing_app()}))
+    _, absent = _run(tiny_config, tmp_path / "absent", _grid(honest_app, {0: crashing_app()}))
     for module, delta in absent.state.deltas.items():
         np.testing.assert_array_equal(rogue.state.deltas[module], delta)
     for name, value in absent.state.head.items():
@@ -126,7 +114,7 @@ def test_a_node_cannot_amplify_its_update_by_claiming_a_larger_scaling(tmp_path:
     _, result = _run(tiny_config, tmp_path / "inflated", _grid(scaling_inflating_app({2})))
     bad = next(n for n in result.history[-1]["per_node"] if n["partition_id"] == 2)
     assert not bad["accepted"] and bad["reason"].startswith("wrong LoRA scaling")
-    _, absent = _run(tiny_config, tmp_path / "absent", _grid(honest_app, {2: _failing_app()}))
+    _, absent = _run(tiny_config, tmp_path / "absent", _grid(honest_app, {2: crashing_app()}))
     for module, delta in absent.state.deltas.items():
         np.testing.assert_array_equal(result.state.deltas[module], delta)
 

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from sentinel.client.app import app as honest_app
-from sentinel.client.app import profile
 from sentinel.models.components import model_layout
 from sentinel.models.consent import adapt_support, adapt_supports
 from sentinel.models.loading import load_base_model
@@ -26,18 +24,9 @@ from sentinel.server.local_grid import LocalGrid
 from sentinel.server.outcome import NodeInfo, NodeResult
 from sentinel.server.strategy import aggregate_updates
 
+from tests.federation.conftest import crashing_app
+
 IDS = [1001, 1008, 1015]
-
-
-def _absent_app() -> ClientApp:
-    app = ClientApp()
-    app.query("profile")(profile)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        raise RuntimeError("node crashed")
-
-    return app
 
 
 def _run(tiny_config, out: Path, apps: dict[int, ClientApp]):  # noqa: ANN001, ANN202
@@ -51,7 +40,7 @@ def test_an_edge_node_kept_out_of_every_head_does_not_dilute_the_heads_update(tm
     assert present.history[-1]["accepted"] == 3
     edge = next(i for i, n in enumerate(present.nodes) if n.role == "edge")
     apps = {n: honest_app for n in IDS}
-    apps[IDS[edge]] = _absent_app()
+    apps[IDS[edge]] = crashing_app()
     _, absent = _run(tiny_config, tmp_path / "absent", apps)
     assert absent.history[-1]["accepted"] == 2
     # tiny-bert has 2 layers: the default policy keeps the edge node off every head, so every
