@@ -17,6 +17,8 @@ from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
+FrameGainSchedule = Literal["constant", "inverse-sqrt"]
+"""How a shared-frame design's gain changes over rounds (``server.views.TrainingDesign.gain_of_round``)."""
 TrainingDesignName = Literal["legacy", "frame", "frame-b", "frame-unit", "flora", "continued", "continued-exact"]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
@@ -88,6 +90,13 @@ class FederationConfig(BaseModel):
         description=(
             "Under a shared-frame design (`frame`, `frame-b`): the scale of the factor nodes keep frozen, which sets "
             "the step the trained factor makes in ΔW (with Adam, a gain of g is g times the learning rate of that factor)."
+        ),
+    )
+    frame_gain_schedule: FrameGainSchedule = Field(
+        default="constant",
+        description=(
+            "How the frame gain changes over rounds: `constant`, or `inverse-sqrt` (round t uses frame_gain / √t, "
+            "a large step while the model is far from a good one and a smaller one as it nears it)."
         ),
     )
     update_norm_factor: float = Field(
@@ -215,4 +224,4 @@ class FederationConfig(BaseModel):
         return to_federation_config(run_config)
 
 
-__all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "PartitionMethod", "ROLES", "RoleProfile", "TrainingDesignName"]
+__all__ = ["Aggregation", "DEFAULT_PROFILES", "FederationConfig", "FrameGainSchedule", "PartitionMethod", "ROLES", "RoleProfile", "TrainingDesignName"]

@@ -221,7 +221,7 @@ class SentinelStrategy:
             config = self.node_config(node, server_round, permitted, version)
             if factor is not None:
                 config[P.C_TRAIN_FACTOR] = factor
-                config[P.C_FRAME_GAIN] = self.design.gain
+                config[P.C_FRAME_GAIN] = self.design.gain_of_round(server_round)
                 config[P.C_FRAME_SCALE] = self.design.frame_scale
             if self.design.adapter == "continue":
                 config[P.C_ADAPTER_START] = "continue"

@@ -27,6 +27,7 @@ configure step and the per-role report share one factorisation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -38,7 +39,7 @@ from sentinel.models.continued import continued_view_factors
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK, MAX_FRAME_GAIN
 from sentinel.protos.records import global_view_record
 from sentinel.server.aggregation import Factorised, exact_factorise, svd_factorise
-from sentinel.server.config import FederationConfig, TrainingDesignName
+from sentinel.server.config import FederationConfig, FrameGainSchedule, TrainingDesignName
 from sentinel.server.state import GlobalState
 
 VIEW_TOLERANCE = 1e-6
@@ -69,6 +70,8 @@ class TrainingDesign:
     tolerance: float = VIEW_TOLERANCE
     gain: float = 1.0
     """For ``frame``: the scale of the frozen factor (``FederationConfig.frame_gain``, ``client.frames.frame_rows``)."""
+    gain_schedule: FrameGainSchedule = "constant"
+    """For ``frame``: ``constant`` or ``inverse-sqrt`` (round t: gain / √t); :meth:`gain_of_round`."""
     frame_scale: FrameScale = "balanced"
     """For ``frame``: the frozen factor is the global adapter's own (``balanced``) or an orthonormal basis of its
     directions at PEFT's initial norm (``unit``): ``client.frames.FrameScale``."""
@@ -81,10 +84,18 @@ class TrainingDesign:
         factor_of_round(1, self.schedule)  # validates the schedule
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
+        if self.gain_schedule not in ("constant", "inverse-sqrt"):
+            raise ValueError(f"`gain_schedule` must be 'constant' or 'inverse-sqrt', got {self.gain_schedule!r}")
         if self.frame_scale not in FRAME_SCALES:
             raise ValueError(f"`frame_scale` must be one of {FRAME_SCALES}, got {self.frame_scale!r}")
         if not 0 < self.gain <= MAX_FRAME_GAIN:
             raise ValueError(f"`gain` must be in (0, {MAX_FRAME_GAIN:g}], got {self.gain}")
+
+    def gain_of_round(self, server_round: int) -> float:
+        """The frame gain nodes use in ``server_round`` (the coordinator sends it; nodes never compute it)."""
+        if server_round < 1:
+            raise ValueError(f"`server_round` must be >= 1, got {server_round}")
+        return self.gain if self.gain_schedule == "constant" else self.gain / math.sqrt(server_round)
 
     def train_factor(self, server_round: int) -> Factor | None:
         """The factor nodes train in ``server_round`` (None: a fresh adapter, both factors)."""
@@ -124,8 +135,8 @@ def design_named(name: str) -> TrainingDesign:
 
 
 def config_design(config: FederationConfig) -> TrainingDesign:
-    """The design a run's config selects: ``training_design`` by name, with the config's ``frame_gain``."""
-    return replace(design_named(config.training_design), gain=config.frame_gain)
+    """The design a run's config selects: ``training_design`` by name, with the config's ``frame_gain`` and its schedule."""
+    return replace(design_named(config.training_design), gain=config.frame_gain, gain_schedule=config.frame_gain_schedule)
 
 
 DEFAULT_DESIGN = design_named(FederationConfig.model_fields["training_design"].default)

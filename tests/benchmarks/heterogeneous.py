@@ -126,7 +126,8 @@ def federation_config(args: argparse.Namespace, setting: Setting, workdir: Path)
         rounds=args.rounds, patience=args.rounds + 1, seed=setting.seed, test_fraction=0.2, max_length=args.max_length,
         profiles={"edge": edge, "gpu": gpu, "central": gpu}, contribution_examples=args.contribution_examples,
         consent=setting.consent, policy=policy, checkpoint_rank=1, training_design=setting.design,
-        validation=not args.no_validation, **({"frame_gain": args.frame_gain} if args.frame_gain is not None else {}),
+        validation=not args.no_validation, frame_gain_schedule=args.frame_gain_schedule,
+        **({"frame_gain": args.frame_gain} if args.frame_gain is not None else {}),
     )
 
 
@@ -412,6 +413,7 @@ def _run_in_workers(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]
             "--local-epochs", str(args.local_epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
             "--contribution-examples", str(args.contribution_examples), "--threads", "1", "--workers", "1", "--chosen", args.chosen,
             *(["--frame-gain", str(args.frame_gain)] if args.frame_gain is not None else []),
+            "--frame-gain-schedule", args.frame_gain_schedule,
             *(["--no-validation"] if args.no_validation else [])]
     while pending or running:
         while pending and len(running) < args.workers:
@@ -444,6 +446,8 @@ def main() -> None:
     parser.add_argument("--chosen", default="frame-unit", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
     parser.add_argument("--frame-gain", type=float, default=4.0,
                         help="FederationConfig.frame_gain of the frame designs (4: the best of 1, 2, 4 for frame-unit at seed 0).")
+    parser.add_argument("--frame-gain-schedule", default="constant", choices=("constant", "inverse-sqrt"),
+                        help="FederationConfig.frame_gain_schedule of the frame designs.")
     parser.add_argument("--no-validation", action="store_true", help="Sentinel runs without the validate phase (faster).")
     parser.add_argument("--only", default="", help="Comma-separated setting keys (name@seed) to run; default all.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-heterogeneous"))

@@ -129,3 +129,26 @@ def test_a_bad_gain_gets_an_error_reply_naming_it(node: tuple[LocalGrid, Sentine
     reply = _train(node, gain)
     assert reply.has_error()
     assert P.C_FRAME_GAIN in reply.error.reason
+
+
+def test_the_inverse_sqrt_schedule_halves_the_gain_by_round_four_and_the_coordinator_sends_it(base: LoadedModel) -> None:
+    design = config_design(FederationConfig(training_design="frame-unit", frame_gain=GAIN, frame_gain_schedule="inverse-sqrt"))
+    assert [design.gain_of_round(t) for t in (1, 4, 9)] == [GAIN, GAIN / 2, GAIN / 3]
+    assert config_design(FederationConfig(frame_gain=GAIN)).gain_of_round(9) == GAIN  # constant by default
+    with pytest.raises(ValueError, match="server_round"):
+        design.gain_of_round(0)
+    with pytest.raises(ValueError, match="frame_gain_schedule"):
+        FederationConfig(frame_gain_schedule="linear")
+    with pytest.raises(ValueError, match="gain_schedule"):
+        TrainingDesign(gain_schedule="linear")  # type: ignore[arg-type]
+    config = FederationConfig.model_validate(
+        dict(
+            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=4, max_length=16,
+            training_design="frame-unit", frame_gain=GAIN, frame_gain_schedule="inverse-sqrt",
+            profiles={"gpu": RoleProfile(lora_rank=2, local_steps=1, batch_size=4, learning_rate=1e-2)},
+        )
+    )
+    LocalGrid({})  # Flower's task identity, which building Messages outside a run needs
+    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    (msg,) = strategy.configure_train(4, initial_state(base), [NodeInfo(NODE, 0, "gpu", "")]).messages
+    assert msg.content[P.REC_CONFIG][P.C_FRAME_GAIN] == GAIN / 2
