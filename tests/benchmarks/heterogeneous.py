@@ -18,7 +18,8 @@ held-out test set (20%) for every setting of a seed:
 - (c) ``flora`` — a fresh LoRA each round on the *exact* global ΔW (FLoRA's
   stacked factors, compressed to the rank they have);
 - (d) ``chosen`` — the shared-frame design with its frozen factor an orthonormal basis at PEFT's
-  init norm, gain 4 (``training_design = "frame-unit"``, ``frame_gain = 4``; ``--chosen``/``--frame-gain``);
+  init norm, gain 4/√t in round t (``training_design = "frame-unit"``, ``frame_gain = 4``,
+  ``frame_gain_schedule = "inverse-sqrt"``: the config's defaults; ``--chosen``/``--frame-gain``/``--frame-gain-schedule``);
 - ``continued`` — nodes resume the global adapter's top-r factors and send
   their adapter at rank r, the coordinator rebuilding the change at rank 2r (``training_design = "continued"``,
   ``models.continued``).
@@ -446,7 +447,7 @@ def main() -> None:
     parser.add_argument("--chosen", default="frame-unit", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
     parser.add_argument("--frame-gain", type=float, default=4.0,
                         help="FederationConfig.frame_gain of the frame designs (4: the best of 1, 2, 4 for frame-unit at seed 0).")
-    parser.add_argument("--frame-gain-schedule", default="constant", choices=("constant", "inverse-sqrt"),
+    parser.add_argument("--frame-gain-schedule", default="inverse-sqrt", choices=("constant", "inverse-sqrt"),
                         help="FederationConfig.frame_gain_schedule of the frame designs.")
     parser.add_argument("--no-validation", action="store_true", help="Sentinel runs without the validate phase (faster).")
     parser.add_argument("--only", default="", help="Comma-separated setting keys (name@seed) to run; default all.")

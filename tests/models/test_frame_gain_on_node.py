@@ -72,7 +72,7 @@ def test_a_gain_of_one_is_todays_frame(base: LoadedModel) -> None:
 
 def test_the_config_carries_the_gain_to_the_design_and_bounds_it() -> None:
     assert config_design(FederationConfig(training_design="frame", frame_gain=GAIN)).gain == GAIN
-    assert config_design(FederationConfig()).gain == 1.0
+    assert config_design(FederationConfig()).gain == 4.0  # the default (server.config.FederationConfig.frame_gain)
     for bad in (0.0, -1.0, P.MAX_FRAME_GAIN * 2):
         with pytest.raises(ValueError, match="frame_gain"):
             FederationConfig(frame_gain=bad)
@@ -134,7 +134,8 @@ def test_a_bad_gain_gets_an_error_reply_naming_it(node: tuple[LocalGrid, Sentine
 def test_the_inverse_sqrt_schedule_halves_the_gain_by_round_four_and_the_coordinator_sends_it(base: LoadedModel) -> None:
     design = config_design(FederationConfig(training_design="frame-unit", frame_gain=GAIN, frame_gain_schedule="inverse-sqrt"))
     assert [design.gain_of_round(t) for t in (1, 4, 9)] == [GAIN, GAIN / 2, GAIN / 3]
-    assert config_design(FederationConfig(frame_gain=GAIN)).gain_of_round(9) == GAIN  # constant by default
+    assert config_design(FederationConfig(frame_gain=GAIN, frame_gain_schedule="constant")).gain_of_round(9) == GAIN
+    assert config_design(FederationConfig()).gain_of_round(4) == 2.0  # the default: 4 / √t
     with pytest.raises(ValueError, match="server_round"):
         design.gain_of_round(0)
     with pytest.raises(ValueError, match="frame_gain_schedule"):
