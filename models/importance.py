@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -120,24 +121,7 @@ def attention_entropy(
     keys it sees (1.0 = uniform attention), which makes heads comparable across
     sequence lengths: the consent policy's entropy-saturation rule reads it.
     """
-    layout = model_layout(model)
-    causal = layout.family in ("gpt2", "llama")
-    sites = attention_sites(model)
-    device = next(model.parameters()).device
-    sums = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
-    counts = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
-    with torch.no_grad(), _eval_mode(model):
-        for batch in batches:
-            inputs = _model_inputs(batch, device, keep_labels=False)
-            outputs = model(**inputs, output_attentions=True)
-            query_mask = inputs.get("attention_mask")
-            for site, probs in zip(sites, outputs.attentions, strict=True):
-                total, count = entropy_sums(probs, query_mask, normalised=normalised, causal=causal)
-                heads = list(site.heads)
-                sums[site.layer, heads] += total.cpu()
-                counts[site.layer, heads] += count.cpu()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts.numpy() > 0, sums.numpy() / counts.numpy(), np.nan)
+    return cast(np.ndarray, _probe(model, batches, None, entropies=True, gradient=False)[1 if normalised else 0])
 
 
 def _batch_size(batch: Mapping[str, torch.Tensor]) -> int:
@@ -161,26 +145,7 @@ def gradient_importance(
     taken with respect to the gates only: model parameters' ``.grad`` are not
     touched. Runs in eval mode. Pruned heads get 0.
     """
-    layout = model_layout(model)
-    total = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
-    examples = 0
-    with _eval_mode(model):
-        for batch in batches:
-            size = _batch_size(batch)
-            gates = HeadGates(model, torch.ones(size, layout.num_layers, layout.num_heads), requires_grad=True)
-            try:
-                device = gates.gates.device
-                outputs = model(**_model_inputs(batch, device, keep_labels=loss_fn is None))
-                loss = _loss(outputs, batch, loss_fn)
-                (grad,) = torch.autograd.grad(loss, gates.gates)
-            finally:
-                gates.remove()
-            # d(mean loss)/d(ξ of example b) = (1/B) dL_b/dξ_b: scale back before |·|.
-            total += (grad.detach().double() * size).abs().sum(dim=0).cpu()
-            examples += size
-    if examples == 0:
-        raise ValueError("`batches` is empty: gradient importance needs at least one example")
-    return normalise_per_layer((total / examples).numpy())
+    return cast(np.ndarray, _probe(model, batches, loss_fn, entropies=False, gradient=True)[2])
 
 
 def _loss(outputs: object, batch: Mapping[str, torch.Tensor], loss_fn: LossFn | None) -> torch.Tensor:
@@ -209,6 +174,27 @@ def head_importance(
     the entropies are measured, in one forward pass without gradients (a third
     of the cost): gradient importance serves federated plasticity alone.
     """
+    entropy, normalised_entropy, grad = _probe(model, batches, loss_fn, entropies=True, gradient=gradient)
+    return HeadImportance(entropy=cast(np.ndarray, entropy), gradient=grad, normalised_entropy=normalised_entropy)
+
+
+def _probe(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    loss_fn: LossFn | None,
+    *,
+    entropies: bool,
+    gradient: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(raw entropy, normalised entropy, gradient importance) from one pass per batch, each None when not asked for.
+
+    The one measuring loop behind :func:`attention_entropy`,
+    :func:`gradient_importance` and :func:`head_importance`. With ``gradient``
+    each example gets its own gates (all ones: the attention the gated
+    forward returns is the model's own) and one backward pass; without it the
+    forward runs under ``no_grad``. An empty ``batches`` gives NaN entropies
+    and is an error for gradient importance.
+    """
     layout = model_layout(model)
     causal = layout.family in ("gpt2", "llama")
     sites = attention_sites(model)
@@ -225,16 +211,19 @@ def head_importance(
                 gates = HeadGates(model, torch.ones(size, *shape), requires_grad=True)
                 try:
                     inputs = _model_inputs(batch, gates.gates.device, keep_labels=loss_fn is None)
-                    outputs = model(**inputs, output_attentions=True)
+                    outputs = model(**inputs, output_attentions=entropies)
                     (grad,) = torch.autograd.grad(_loss(outputs, batch, loss_fn), gates.gates)
                 finally:
                     gates.remove()
+                # d(mean loss)/d(ξ of example b) = (1/B) dL_b/dξ_b: scale back before |·|.
                 total += (grad.detach().double() * size).abs().sum(dim=0).cpu()
             else:
                 inputs = _model_inputs(batch, device, keep_labels=False)
                 with torch.no_grad():
                     outputs = model(**inputs, output_attentions=True)
             examples += size
+            if not entropies:
+                continue
             query_mask = inputs.get("attention_mask")
             with torch.no_grad():
                 for site, probs in zip(sites, outputs.attentions, strict=True):
@@ -243,16 +232,16 @@ def head_importance(
                         part, count = entropy_sums(probs.detach(), query_mask, normalised=normalised, causal=causal)
                         sums[normalised][site.layer, heads] += part.cpu()
                         counts[normalised][site.layer, heads] += count.cpu()
-    if examples == 0:
-        raise ValueError("`batches` is empty: head importance needs at least one example")
+    if gradient and examples == 0:
+        raise ValueError("`batches` is empty: gradient importance needs at least one example")
 
     def mean(normalised: bool) -> np.ndarray:
         c = counts[normalised].numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(c > 0, sums[normalised].numpy() / c, np.nan)
 
-    return HeadImportance(
-        entropy=mean(False),
-        gradient=normalise_per_layer((total / examples).numpy()) if gradient else None,
-        normalised_entropy=mean(True),
+    return (
+        mean(False) if entropies else None,
+        mean(True) if entropies else None,
+        normalise_per_layer((total / examples).numpy()) if gradient else None,
     )

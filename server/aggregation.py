@@ -123,16 +123,12 @@ def exact_aggregate(
         if all(k is None for k in masks):
             out[m] = sum(wi * u.delta(m) for wi, u in zip(w, updates))
             continue
-        total = np.zeros_like(updates[0].delta(m))
-        cover = np.zeros_like(total)
+        total: np.ndarray | float = 0.0
+        cover: np.ndarray | float = 0.0
         for wi, u, k in zip(w, updates, masks, strict=True):
-            delta = u.delta(m)
-            if k is None:
-                total += wi * delta
-                cover += wi
-            else:
-                total += wi * np.where(k, delta, 0.0)
-                cover += wi * k
+            support = True if k is None else k
+            total = total + wi * np.where(support, u.delta(m), 0.0)
+            cover = cover + wi * np.broadcast_to(support, np.shape(total))
         out[m] = np.divide(total, cover, out=np.zeros_like(total), where=cover > 0)
     return out
 

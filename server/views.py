@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -84,8 +84,8 @@ class TrainingDesign:
         factor_of_round(1, self.schedule)  # validates the schedule
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
-        if self.gain_schedule not in ("constant", "inverse-sqrt"):
-            raise ValueError(f"`gain_schedule` must be 'constant' or 'inverse-sqrt', got {self.gain_schedule!r}")
+        if self.gain_schedule not in get_args(FrameGainSchedule):
+            raise ValueError(f"`gain_schedule` must be one of {get_args(FrameGainSchedule)}, got {self.gain_schedule!r}")
         if self.frame_scale not in FRAME_SCALES:
             raise ValueError(f"`frame_scale` must be one of {FRAME_SCALES}, got {self.frame_scale!r}")
         if not 0 < self.gain <= MAX_FRAME_GAIN:
