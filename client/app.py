@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example, load_examples
 from sentinel.client.data.federated import federated_split, node_train_val, own_train_val
-from sentinel.client.frames import Factor, FrameScale
+from sentinel.client.frames import Factor, FrameScale, Subframe
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
 from sentinel.ledger.crypto import Ed25519PrivateKey, public_key_b64
@@ -67,6 +67,8 @@ class TrainInstruction(BaseModel):
     adapter_start: Literal["", "continue"] = Field(alias=P.C_ADAPTER_START, default="")
     frame_gain: float = Field(alias=P.C_FRAME_GAIN, default=1.0, gt=0, le=P.MAX_FRAME_GAIN)
     frame_scale: FrameScale = Field(alias=P.C_FRAME_SCALE, default="balanced")
+    frame_rank: int = Field(alias=P.C_FRAME_RANK, default=0, ge=0, le=P.MAX_LORA_RANK)
+    subframe: Subframe = Field(alias=P.C_SUBFRAME, default="top")
     measure_gradient: bool = Field(alias=P.C_MEASURE_GRADIENT, default=True)
 
     @field_validator("boost_heads")
@@ -76,6 +78,12 @@ class TrainInstruction(BaseModel):
             if parse_component(cid).kind != "head":
                 raise ValueError(f"`{P.C_BOOST_HEADS}`: {cid!r} is not an attention head (`layer.<i>.head.<j>`)")
         return heads
+
+    @model_validator(mode="after")
+    def _frame_holds_the_adapter(self) -> TrainInstruction:
+        if self.frame_rank and self.frame_rank < self.lora_rank:
+            raise ValueError(f"`{P.C_FRAME_RANK}` ({self.frame_rank}) is below this node's `{P.C_RANK}` ({self.lora_rank})")
+        return self
 
     @model_validator(mode="after")
     def _boost_is_whole(self) -> TrainInstruction:
@@ -209,6 +217,8 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         frame_seed=ins.run_seed,
         frame_gain=ins.frame_gain,
         frame_scale=ins.frame_scale,
+        frame_rank=ins.frame_rank or None,
+        subframe=ins.subframe,
         measure_gradient=ins.measure_gradient,
         server_round=ins.server_round,
         boost=ins.boost(),

@@ -36,6 +36,11 @@ FrameScale = Literal["balanced", "unit"]
 the trained factor makes grows with ‖ΔW‖); ``unit``, an orthonormal basis of the same directions at PEFT's initial
 norm (:data:`FILL_NORM`), so every round's step is a fresh adapter's, whatever ‖ΔW‖."""
 FRAME_SCALES: Final = ("balanced", "unit")
+Subframe = Literal["top", "gradient"]
+"""Which r of the frame's R directions a node of rank r < R trains in: ``top``, the frame's leading r (the global
+update's largest); ``gradient``, the r combinations of all R that carry most of the node's own gradient
+(:func:`gradient_subframe`). Either way its update lies in the shared frame, so aggregation stays exact at rank ≤ R."""
+SUBFRAMES: Final = ("top", "gradient")
 
 FILL_NORM: Final = 1.0 / np.sqrt(3.0)
 """Norm of a random frame direction: PEFT's initial row norm of A (``kaiming_uniform(a=√5)`` on (r, in))."""
@@ -138,6 +143,36 @@ def frame_columns(
     return (gain * frame).astype(np.float32)
 
 
+def gradient_subframe(frame_gradient: np.ndarray, rank: int, factor: Factor) -> np.ndarray:
+    """The R × r orthonormal mixing Q that puts the most of a node's gradient into its rank-r sub-frame.
+
+    ``frame_gradient`` is the gradient of the node's loss with respect to the
+    trained factor of a rank-R adapter in the full frame: out × R (∂L/∂B with
+    A = F) in a B round, R × in (∂L/∂A with B = C) in an A round. The node then
+    freezes ``Qᵀ F`` (B round) or ``C Q`` (A round) at its own rank r: its
+    update still lies in the frame, and the gradient its trained factor sees,
+    ``G Fᵀ Q`` or ``Qᵀ Cᵀ G``, keeps the largest share ‖·‖² any r combinations
+    of the frame's directions can (Eckart–Young: the top-r singular vectors).
+    Where the gradient is zero (a module consent keeps the node off), Q is the
+    frame's leading r directions, as under ``top``. GaLore chooses its
+    projection the same way, from the gradient's own singular vectors.
+    """
+    g = np.asarray(frame_gradient, dtype=np.float64)
+    frame_rank = g.shape[1] if factor == "b" else g.shape[0]
+    if not 0 < rank <= frame_rank:
+        raise ValueError(f"sub-frame rank {rank} must be in [1, {frame_rank}] (the frame's rank)")
+    if not np.isfinite(g).all() or not g.any():
+        return np.eye(frame_rank)[:, :rank]
+    if factor == "b":
+        _, _, vt = np.linalg.svd(g, full_matrices=False)  # right singular vectors: combinations of the frame's rows
+        q = vt.T
+    else:
+        q, _, _ = np.linalg.svd(g, full_matrices=False)  # left singular vectors: combinations of the frame's columns
+    if q.shape[1] < rank:  # fewer singular vectors than r (R > the other dimension): complete with the frame's own
+        q = orthonormal_rows(np.concatenate([q.T, np.eye(frame_rank)]), rank, frame_rank).T
+    return q[:, :rank]
+
+
 def factor_of_round(server_round: int, schedule: str) -> Factor:
     """The factor that trains in ``server_round`` under ``schedule`` (``b``: always B; ``alternate``: B, A, B, …).
 
@@ -151,4 +186,16 @@ def factor_of_round(server_round: int, schedule: str) -> Factor:
     raise ValueError(f"`schedule` must be 'b' or 'alternate', got {schedule!r}")
 
 
-__all__ = ["FILL_NORM", "FRAME_SCALES", "Factor", "FrameScale", "factor_of_round", "frame_columns", "frame_rows", "orthonormal_rows"]
+__all__ = [
+    "FILL_NORM",
+    "FRAME_SCALES",
+    "SUBFRAMES",
+    "Factor",
+    "FrameScale",
+    "Subframe",
+    "factor_of_round",
+    "frame_columns",
+    "frame_rows",
+    "gradient_subframe",
+    "orthonormal_rows",
+]

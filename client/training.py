@@ -27,7 +27,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, iter_length_sorted_batches, sample_batches
-from sentinel.client.frames import Factor, FrameScale, frame_columns, frame_rows
+from sentinel.client.frames import Factor, FrameScale, Subframe, frame_columns, frame_rows, gradient_subframe
 from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
 from sentinel.models.continued import split_view_at_rank, start_factors
@@ -115,6 +115,8 @@ def train_local(
     frame_seed: int = 0,
     frame_gain: float = 1.0,
     frame_scale: FrameScale = "balanced",
+    frame_rank: int | None = None,
+    subframe: Subframe = "top",
     server_round: int = 0,
     boost: HeadBoost | None = None,
     continued: bool = False,
@@ -137,6 +139,11 @@ def train_local(
     sent; the coordinator rebuilds the change from the start it sent.
     ``measure_gradient`` adds gradient head importance to the probe (a backward
     pass per probe batch); the coordinator asks for it when federated plasticity runs.
+    ``frame_rank`` is the rank R of the shared frame (the largest rank of the
+    round; None: the node's own); a node of smaller rank trains in r of its
+    directions, chosen by ``subframe`` (``client.frames.Subframe``: the leading r,
+    or the r combinations that carry most of its gradient on its first
+    training batches, :func:`frame_subframes`).
     """
     if continued and frame is not None:
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
@@ -148,8 +155,17 @@ def train_local(
     else:
         model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
+    if frame_rank is not None and frame_rank < rank:
+        raise ValueError(f"the frame's rank ({frame_rank}) is below this node's LoRA rank ({rank})")
+    mixing: dict[str, np.ndarray] = {}
+    if frame is not None and subframe == "gradient" and frame_rank is not None and frame_rank > rank:
+        batches = list(sample_batches(base.tokenizer, train, batch_size, max_length, min(steps, SUBFRAME_BATCHES), seed))
+        start = FrameStart(frame, frame_seed, server_round, frame_gain, frame_scale, frame_rank)
+        mixing = frame_subframes(base, view, start, rank, batches, permitted, device)
     frozen = (
-        _start_in_frame(peft_model, view, frame, frame_seed, server_round, frame_gain, frame_scale) if frame is not None else []
+        _start_in_frame(peft_model, view, frame, frame_seed, server_round, frame_gain, frame_scale, frame_rank, mixing)
+        if frame is not None
+        else []
     )
     if continued:
         _start_continued(peft_model, dataclasses.replace(view, factors=start))
@@ -198,6 +214,59 @@ def train_local(
     )
 
 
+SUBFRAME_BATCHES = 4
+"""Training batches whose gradient chooses a low-rank node's sub-frame (``subframe="gradient"``)."""
+
+
+@dataclass(frozen=True)
+class FrameStart:
+    """How the round's shared frame is built: the factor that trains, its seed, round, gain, scale and rank."""
+
+    factor: Factor
+    run_seed: int
+    server_round: int
+    gain: float
+    scale: FrameScale
+    rank: int
+
+
+def frame_subframes(
+    base: LoadedModel,
+    view: GlobalView,
+    frame: FrameStart,
+    rank: int,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    permitted: Iterable[str] | None,
+    device: torch.device | str,
+) -> dict[str, np.ndarray]:
+    """Module → the R × r mixing of the frame that carries most of this node's gradient (``client.frames.gradient_subframe``).
+
+    The gradient is read off a rank-R adapter in the full frame on the global
+    model, consent-masked as the node's own adapter is, over ``batches``: the
+    trained factor's gradient is the loss gradient projected into the frame.
+    """
+    model = materialise_global(base, view)
+    probe = attach_lora(model, rank=frame.rank, alpha=LORA_ALPHA_PER_RANK * frame.rank, seed=0).to(device)
+    frozen = _start_in_frame(probe, view, frame.factor, frame.run_seed, frame.server_round, frame.gain, frame.scale)
+    mask = restrict_lora_to_heads(probe, permitted) if permitted is not None else None
+    for param in frozen:
+        param.requires_grad_(False)
+    gates = apply_head_mask(probe, view.head_mask) if view.head_mask is not None else None
+    probe.eval()  # the gradient of the model the node trains on, without dropout's noise
+    for batch in batches:
+        probe(**_to(batch, torch.device(device))).loss.backward()
+    for hooks in (mask, gates):
+        if hooks is not None:
+            hooks.remove()
+    adapter = probe.active_adapter
+    mixing: dict[str, np.ndarray] = {}
+    for path, module in _lora_modules(probe):
+        trained = module.lora_B[adapter].weight if frame.factor == "b" else module.lora_A[adapter].weight
+        grad = trained.grad.detach().cpu().numpy() if trained.grad is not None else np.zeros(tuple(trained.shape))
+        mixing[module_path(path)] = gradient_subframe(grad, rank, frame.factor)
+    return mixing
+
+
 def _start_in_frame(
     peft_model: PeftModel,
     view: GlobalView,
@@ -206,6 +275,8 @@ def _start_in_frame(
     server_round: int,
     gain: float = 1.0,
     scale: FrameScale = "balanced",
+    frame_rank: int | None = None,
+    mixing: Mapping[str, np.ndarray] | None = None,
 ) -> list[torch.nn.Parameter]:
     """Set every LoRA module to start in the shared frame; return the factors to freeze.
 
@@ -214,22 +285,27 @@ def _start_in_frame(
     Either way the adapter's product starts at zero on top of the merged global
     ΔW, so the model computes the global model and the product is the update.
     ``gain`` scales the frozen factor and ``scale`` normalises it (``client.frames``): the step the trained factor makes in ΔW.
+    With ``mixing`` (module → R × r, :func:`frame_subframes`) the frozen factor is
+    that combination of the rank-``frame_rank`` frame, ``Qᵀ F`` or ``C Q``; without, the frame's leading r directions.
     """
     frozen: list[torch.nn.Parameter] = []
     adapter = peft_model.active_adapter
-    for path, module in peft_model.named_modules():
-        if not (isinstance(module, LoraLayer) and adapter in module.lora_A):
-            continue
+    for path, module in _lora_modules(peft_model):
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         rank, (out, inp) = a.shape[0], (b.shape[0], a.shape[1])
-        view_a, view_b = view.factors.get(module_path(path), (np.zeros((0, inp)), np.zeros((out, 0))))
+        name = module_path(path)
+        q = (mixing or {}).get(name)
+        frame_rank_here = rank if q is None else int(frame_rank or rank)
+        view_a, view_b = view.factors.get(name, (np.zeros((0, inp)), np.zeros((out, 0))))
         with torch.no_grad():
             if factor == "b":
-                a.copy_(torch.from_numpy(frame_rows(view_a, rank, LORA_ALPHA_PER_RANK, run_seed, server_round, module_path(path), gain=gain, scale=scale)))
+                rows = frame_rows(view_a, frame_rank_here, LORA_ALPHA_PER_RANK, run_seed, server_round, name, gain=gain, scale=scale)
+                a.copy_(torch.from_numpy(rows if q is None else (q.T @ rows.astype(np.float64)).astype(np.float32)))
                 b.zero_()
                 frozen.append(a)
             else:
-                b.copy_(torch.from_numpy(frame_columns(view_b, rank, LORA_ALPHA_PER_RANK, gain=gain, scale=scale)))
+                columns = frame_columns(view_b, frame_rank_here, LORA_ALPHA_PER_RANK, gain=gain, scale=scale)
+                b.copy_(torch.from_numpy(columns if q is None else (columns.astype(np.float64) @ q).astype(np.float32)))
                 a.zero_()
                 frozen.append(b)
     return frozen

@@ -105,6 +105,13 @@ C_MEASURE_GRADIENT: Final = "measure-gradient"
 plasticity reads; absent: yes."""
 C_FRAME_SCALE: Final = "frame-scale"
 """How the frozen factor of the shared frame is normalised: ``balanced`` or ``unit`` (``client.frames.FrameScale``)."""
+MAX_LORA_RANK: Final = 256
+"""The largest LoRA rank a role may train at, and so the largest shared frame a node accepts."""
+C_FRAME_RANK: Final = "frame-rank"
+"""Rank R of the shared frame this round (the largest rank the coordinator sent): a node of rank r < R trains in r of
+its directions, chosen by ``subframe``; absent or 0: the node's own rank."""
+C_SUBFRAME: Final = "subframe"
+"""How a node of rank r below the frame's picks its r directions: ``top`` or ``gradient`` (``client.frames.Subframe``)."""
 MAX_FRAME_GAIN: Final = 64.0
 """The largest frame gain a node accepts (a larger one is a malformed message, not a step size)."""
 C_ADAPTER_START: Final = "adapter-start"

@@ -12,14 +12,16 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sentinel.protos.messages import MAX_FRAME_GAIN
+from sentinel.protos.messages import MAX_FRAME_GAIN, MAX_LORA_RANK
 from sentinel.protos.vocabulary import ROLES, PartitionMethod, Role
 
 Aggregation = Literal["exact", "naive"]
 ContributionMethodOption = Literal["loo", "shapley", "none"]
 FrameGainSchedule = Literal["constant", "inverse-sqrt"]
 """How a shared-frame design's gain changes over rounds (``server.views.TrainingDesign.gain_of_round``)."""
-TrainingDesignName = Literal["legacy", "frame", "frame-b", "frame-unit", "flora", "continued", "continued-exact"]
+TrainingDesignName = Literal[
+    "legacy", "frame", "frame-b", "frame-unit", "frame-unit-gradient", "flora", "continued", "continued-exact"
+]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 
 
@@ -28,7 +30,7 @@ class RoleProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lora_rank: int = Field(ge=1, le=256, description="LoRA rank of this role's adapter.")
+    lora_rank: int = Field(ge=1, le=MAX_LORA_RANK, description="LoRA rank of this role's adapter.")
     local_steps: int = Field(ge=1, description="Optimiser steps per round (unless `local_epochs` is set).")
     local_epochs: float | None = Field(
         default=None, gt=0, description="Passes over the node's training data per round; overrides `local_steps`."

@@ -223,6 +223,8 @@ class SentinelStrategy:
                 config[P.C_TRAIN_FACTOR] = factor
                 config[P.C_FRAME_GAIN] = self.design.gain_of_round(server_round)
                 config[P.C_FRAME_SCALE] = self.design.frame_scale
+                config[P.C_FRAME_RANK] = max(ranks.values())
+                config[P.C_SUBFRAME] = self.design.subframe
             if self.design.adapter == "continue":
                 config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})

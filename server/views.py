@@ -34,7 +34,7 @@ from typing import Literal, get_args
 
 import numpy as np
 from flwr.app import ArrayRecord
-from sentinel.client.frames import FRAME_SCALES, Factor, FrameScale, factor_of_round
+from sentinel.client.frames import FRAME_SCALES, SUBFRAMES, Factor, FrameScale, Subframe, factor_of_round
 from sentinel.models.continued import continued_view_factors
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK, MAX_FRAME_GAIN
 from sentinel.protos.records import global_view_record
@@ -75,6 +75,8 @@ class TrainingDesign:
     frame_scale: FrameScale = "balanced"
     """For ``frame``: the frozen factor is the global adapter's own (``balanced``) or an orthonormal basis of its
     directions at PEFT's initial norm (``unit``): ``client.frames.FrameScale``."""
+    subframe: Subframe = "top"
+    """For ``frame``: which r of the frame's R directions a node of rank r < R trains in (``client.frames.Subframe``)."""
 
     def __post_init__(self) -> None:
         if self.adapter not in ("frame", "fresh", "continue"):
@@ -86,6 +88,8 @@ class TrainingDesign:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
         if self.gain_schedule not in get_args(FrameGainSchedule):
             raise ValueError(f"`gain_schedule` must be one of {get_args(FrameGainSchedule)}, got {self.gain_schedule!r}")
+        if self.subframe not in SUBFRAMES:
+            raise ValueError(f"`subframe` must be one of {SUBFRAMES}, got {self.subframe!r}")
         if self.frame_scale not in FRAME_SCALES:
             raise ValueError(f"`frame_scale` must be one of {FRAME_SCALES}, got {self.frame_scale!r}")
         if not 0 < self.gain <= MAX_FRAME_GAIN:
@@ -114,6 +118,7 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame": TrainingDesign(),
     "frame-b": TrainingDesign(schedule="b"),
     "frame-unit": TrainingDesign(frame_scale="unit"),
+    "frame-unit-gradient": TrainingDesign(frame_scale="unit", subframe="gradient"),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
     "continued-exact": TrainingDesign(adapter="continue", view="exact"),
@@ -121,7 +126,8 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
 """The designs a run can select by name (``FederationConfig.training_design``):
 ``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
 A/B, exact view), ``frame-b`` (shared frame, always B), ``frame-unit`` (shared frame, its frozen factor an
-orthonormal basis at PEFT's initial norm), ``flora`` (fresh
+orthonormal basis at PEFT's initial norm), ``frame-unit-gradient`` (the same, nodes below the frame's rank training in
+the r combinations of its directions that carry most of their gradient), ``flora`` (fresh
 adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
 (the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: a fresh PostgreSQL schema per test.
+"""Fixtures shared by every test folder: a fresh PostgreSQL schema per test, Flower's ServerApp identity.
 
 PostgreSQL tests take the server from ``SENTINEL_TEST_PG_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Where no server answers (a
@@ -53,3 +53,12 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower messages take their run and task ids from the ServerApp that builds them: set them as one does."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)

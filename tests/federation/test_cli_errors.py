@@ -49,6 +49,7 @@ def test_resume_on_a_folder_that_is_not_a_run_is_one_line(tmp_path: Path) -> Non
     assert code != 0 and "holds no Sentinel run" in _one_error_line(output)
 
 
+@pytest.mark.usefixtures("inside_a_server_app")
 def test_nodes_build_the_base_model_with_the_run_seed() -> None:
     """17 of 41 tiny-bert tensors differed at --seed 1 when nodes used seed 0 (issue 13)."""
     import torch
@@ -63,9 +64,6 @@ def test_nodes_build_the_base_model_with_the_run_seed() -> None:
     config = FederationConfig(model="tiny-bert", dataset="builtin:reviews?n=120", nodes=2, seed=1)
     strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set())
     cfg = strategy.node_config(NodeInfo(7, 0, "edge", None), 1)
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     msg = Message(RecordDict({P.REC_CONFIG: ConfigRecord(dict(cfg))}), dst_node_id=7, message_type=P.MSG_TRAIN)
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2, "key-file": "unused"}, state=RecordDict(), run_config={})
     _, _, node_base, _, _ = node_inputs(msg, context)

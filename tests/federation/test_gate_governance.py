@@ -30,12 +30,8 @@ def _set(coordinator: Coordinator, name: str, value: float) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower messages take their run and task ids from the ServerApp that builds them."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
+def _inside_a_server_app(inside_a_server_app: None) -> None:
+    """Every test here builds Flower messages as a ServerApp does."""
 
 
 def _node(node_id: int, partition: int, role: str) -> NodeInfo:

@@ -157,15 +157,6 @@ def test_the_memory_is_a_bounded_governance_parameter() -> None:
 # ------------------------------------------------------------ in the validate phase's decision
 
 
-@pytest.fixture
-def _inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower messages take their run and task ids from the ServerApp that builds them."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
-
-
 class _Federation:
     """Ten gpu nodes with keys, judging one another's updates with hand-written verdicts."""
 
@@ -237,7 +228,7 @@ GAIN = -0.1
 """Every validator's loss change on an honest update in a round whose updates help."""
 
 
-@pytest.mark.usefixtures("_inside_a_server_app")
+@pytest.mark.usefixtures("inside_a_server_app")
 def test_a_coalition_is_judged_whole_even_when_another_gate_rejects_one_of_it() -> None:
     fed = _Federation()
     first = fed.round(1, _coalition(0, 1.5, members=2), dict.fromkeys(fed.name, GAIN))
@@ -254,7 +245,7 @@ def test_a_coalition_is_judged_whole_even_when_another_gate_rejects_one_of_it() 
     assert all(ok for name, (ok, _) in back.items() if name not in ("n0", "n1"))
 
 
-@pytest.mark.usefixtures("_inside_a_server_app")
+@pytest.mark.usefixtures("inside_a_server_app")
 def test_likeness_near_the_optimum_is_not_a_first_offence_but_a_repeat_is() -> None:
     fed = _Federation()
     for r in range(1, 5):

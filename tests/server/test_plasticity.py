@@ -313,12 +313,9 @@ def test_central_evaluation_of_a_pruned_state_runs_with_its_mask(base: LoadedMod
     assert full_eval.ece is not None and full_eval.kl_from_base is not None and full_eval.kl_from_base > 0
 
 
-def test_the_boost_travels_in_a_copy_of_each_train_message(base: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("inside_a_server_app")
+def test_the_boost_travels_in_a_copy_of_each_train_message(base: LoadedModel) -> None:
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):  # as inside a ServerApp
-        monkeypatch.setattr(TaskIdentity, name, value)
     phase, _ = _phase(base, _config(regrow_lr_factor=2.5))
     phase.boost = {"heads": [[1, 2], [0, 3]], "until": 5}
     original = Message(

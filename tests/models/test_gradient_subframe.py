@@ -1,0 +1,154 @@
+"""The gradient sub-frame (``frame-unit-gradient``): a node below the frame's rank trains where its own gradient is.
+
+Under the shared frame every update lies in one rank-R frame, so aggregation
+stays exact at rank ≤ R. A node of rank r < R used to train in the frame's
+leading r directions (the global update's largest), whatever its own data asked
+for. With ``subframe="gradient"`` it trains in the r combinations of all R
+directions that carry most of its gradient: still inside the frame (the same
+exactness), with more of its gradient in reach.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Message, RecordDict
+from sentinel.client.app import app as client_app
+from sentinel.client.data import Example
+from sentinel.client.data.batching import sample_batches
+from sentinel.client.frames import frame_columns, frame_rows, gradient_subframe
+from sentinel.client.training import FrameStart, GlobalView, frame_subframes, train_local
+from sentinel.models.loading import LoadedModel, load_base_model
+from sentinel.protos import messages as P
+from sentinel.protos.records import global_view_record
+from sentinel.server.central import initial_state
+from sentinel.server.config import FederationConfig, RoleProfile
+from sentinel.server.local_grid import LocalGrid
+from sentinel.server.outcome import NodeInfo
+from sentinel.server.strategy import SentinelStrategy
+from sentinel.server.views import TrainingDesign, design_named
+
+TEXTS = ["good and great", "bad and awful", "lovely fine day", "terrible broken thing", "nice work", "poor service"]
+EXAMPLES = [Example(text=t, label=i % 2, domain="d") for i, t in enumerate(TEXTS)]
+RNG = np.random.default_rng(5)
+FRAME_RANK, RANK = 4, 2
+NODE = 904
+
+
+@pytest.fixture(scope="module")
+def base() -> LoadedModel:
+    return load_base_model("tiny-bert", task="classification", num_labels=2, seed=0)
+
+
+def test_the_gradient_subframe_keeps_the_most_gradient_any_r_combinations_can() -> None:
+    for factor, shape in (("b", (12, FRAME_RANK)), ("a", (FRAME_RANK, 9))):
+        grad = RNG.standard_normal(shape) * np.array([0.1, 0.2, 3.0, 1.0])[None, :] if factor == "b" else (
+            RNG.standard_normal(shape) * np.array([0.1, 0.2, 3.0, 1.0])[:, None]
+        )
+        q = gradient_subframe(grad, RANK, factor)  # type: ignore[arg-type]
+        assert q.shape == (FRAME_RANK, RANK)
+        np.testing.assert_allclose(q.T @ q, np.eye(RANK), atol=1e-10)
+
+        def kept(mix: np.ndarray) -> float:
+            return float(np.linalg.norm(grad @ mix if factor == "b" else mix.T @ grad) ** 2)
+
+        top = np.eye(FRAME_RANK)[:, :RANK]
+        best = kept(q)
+        assert best > 2 * kept(top)  # the leading two directions carry little of this gradient
+        for _ in range(50):
+            other, _ = np.linalg.qr(RNG.standard_normal((FRAME_RANK, RANK)))
+            assert kept(other) <= best + 1e-9
+    np.testing.assert_array_equal(gradient_subframe(np.zeros((12, FRAME_RANK)), RANK, "b"), np.eye(FRAME_RANK)[:, :RANK])
+    with pytest.raises(ValueError, match="sub-frame rank"):
+        gradient_subframe(np.ones((12, FRAME_RANK)), FRAME_RANK + 1, "b")
+
+
+def _view(base: LoadedModel) -> GlobalView:
+    """A rank-4 global update on every module (the rank-R frame's own directions)."""
+    factors = {}
+    for module, delta in initial_state(base).deltas.items():
+        out, inp = delta.shape
+        factors[module] = ((RNG.standard_normal((FRAME_RANK, inp)) * 0.01).astype(np.float32),
+                           (RNG.standard_normal((out, FRAME_RANK)) * 0.01).astype(np.float32))
+    return GlobalView(factors=factors, head={})
+
+
+def _pairs(arrays: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {k: (arrays[k], arrays[k.replace("lora_A", "lora_B")]) for k in arrays if "lora_A" in k}
+
+
+def _module(key: str) -> str:
+    return key.replace("base_model.model.", "").replace(".lora_A.weight", "")
+
+
+def _residual(x: np.ndarray, span: np.ndarray) -> float:
+    """‖x − its projection on the row space of ``span``‖ / ‖x‖."""
+    q, _ = np.linalg.qr(span.astype(np.float64).T)
+    x = x.astype(np.float64)
+    return float(np.linalg.norm(x - x @ q @ q.T) / max(np.linalg.norm(x), 1e-30))
+
+
+@pytest.mark.parametrize("factor", ["b", "a"])
+def test_a_low_rank_node_trains_inside_the_full_frame_where_its_gradient_is(base: LoadedModel, factor: str) -> None:
+    view = _view(base)
+    common = dict(rank=RANK, steps=2, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame=factor,
+                  frame_seed=7, server_round=2, frame_gain=2.0, frame_scale="unit", frame_rank=FRAME_RANK)
+    chosen = _pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], subframe="gradient", **common).arrays)  # type: ignore[arg-type]
+    top = _pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], subframe="top", **common).arrays)  # type: ignore[arg-type]
+    batches = list(sample_batches(base.tokenizer, EXAMPLES, 4, 12, 2, 3))
+    start = FrameStart(factor, 7, 2, 2.0, "unit", FRAME_RANK)  # type: ignore[arg-type]
+    mixing = frame_subframes(base, view, start, RANK, batches, None, "cpu")
+    assert chosen.keys() == top.keys() and chosen and set(map(_module, chosen)) == set(mixing)
+    moved = 0
+    for key, (a, b) in chosen.items():
+        view_a, view_b = view.factors[_module(key)]
+        if factor == "b":  # A is frozen: Qᵀ F, inside the rank-4 frame's rows, not its leading two rows
+            frame = frame_rows(view_a, FRAME_RANK, P.LORA_ALPHA_PER_RANK, 7, 2, _module(key), gain=2.0, scale="unit")
+            assert _residual(a, frame) < 1e-5
+            np.testing.assert_allclose(a, (mixing[_module(key)].T @ frame).astype(np.float32), atol=1e-6)
+            np.testing.assert_allclose(top[key][0], frame[:RANK], atol=1e-6)
+        else:  # B is frozen: C Q, inside the frame's columns
+            frame = frame_columns(view_b, FRAME_RANK, P.LORA_ALPHA_PER_RANK, gain=2.0, scale="unit")
+            assert _residual(b.T, frame.T) < 1e-5
+            np.testing.assert_allclose(b, (frame @ mixing[_module(key)]).astype(np.float32), atol=1e-6)
+        moved += int(np.linalg.norm(b.astype(np.float64) @ a) > 0)
+    assert moved  # the update is non-zero and (checked above) lies in the rank-R frame
+
+
+def test_without_a_larger_frame_nothing_changes_and_a_frame_below_the_rank_is_refused(base: LoadedModel) -> None:
+    view = _view(base)
+    common = dict(steps=1, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame="b", frame_seed=7, server_round=2)
+    plain = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, **common).arrays  # type: ignore[arg-type]
+    same = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, frame_rank=RANK, subframe="gradient", **common).arrays  # type: ignore[arg-type]
+    for key, value in plain.items():
+        np.testing.assert_array_equal(value, same[key])
+    with pytest.raises(ValueError, match="below this node's LoRA rank"):
+        train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, frame_rank=1, **common)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("inside_a_server_app")
+def test_the_coordinator_sends_the_frame_rank_and_a_node_refuses_one_below_its_rank(base: LoadedModel) -> None:
+    assert design_named("frame-unit-gradient").subframe == "gradient" and design_named("frame-unit").subframe == "top"
+    with pytest.raises(ValueError, match="subframe"):
+        TrainingDesign(subframe="best")  # type: ignore[arg-type]
+    config = FederationConfig.model_validate(
+        dict(
+            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=2, max_length=16,
+            training_design="frame-unit-gradient",
+            profiles={"gpu": RoleProfile(lora_rank=FRAME_RANK, local_steps=1, batch_size=4),
+                      "edge": RoleProfile(lora_rank=RANK, local_steps=1, batch_size=4)},
+        )
+    )
+    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    state = initial_state(base)
+    plan = strategy.configure_train(1, state, [NodeInfo(1, 0, "gpu", ""), NodeInfo(2, 1, "edge", "")])
+    for message in plan.messages:
+        sent = message.content[P.REC_CONFIG]
+        assert sent[P.C_FRAME_RANK] == FRAME_RANK and sent[P.C_SUBFRAME] == "gradient"
+    grid = LocalGrid({NODE: client_app}, {NODE: {"partition-id": 0, "num-partitions": 2, "role": "edge", "device": "cpu"}})
+    node_config = strategy.node_config(NodeInfo(NODE, 0, "edge", ""), 1)
+    node_config[P.C_TRAIN_FACTOR] = "b"
+    node_config[P.C_FRAME_RANK] = 1
+    content = RecordDict({P.REC_ARRAYS: global_view_record({}, state.head), P.REC_CONFIG: node_config})
+    (bad,) = grid.send_and_receive([Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=NODE)])
+    assert bad.has_error() and P.C_FRAME_RANK in bad.error.reason
