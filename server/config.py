@@ -20,7 +20,16 @@ ContributionMethodOption = Literal["loo", "shapley", "none"]
 FrameGainSchedule = Literal["constant", "inverse-sqrt"]
 """How a shared-frame design's gain changes over rounds (``server.views.TrainingDesign.gain_of_round``)."""
 TrainingDesignName = Literal[
-    "legacy", "frame", "frame-b", "frame-unit", "frame-unit-gradient", "flora", "continued", "continued-exact"
+    "legacy",
+    "frame",
+    "frame-b",
+    "frame-unit",
+    "frame-unit-gradient",
+    "frame-unit-reach",
+    "frame-unit-gradient-reach",
+    "flora",
+    "continued",
+    "continued-exact",
 ]
 """Names of the training designs (``server.views.DESIGNS``): how nodes start each round and what view they get."""
 

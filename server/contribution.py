@@ -10,9 +10,10 @@ hundred examples accuracy moves in coarse steps and scores would mostly tie.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sentinel.ledger.contribution import leave_one_out, monte_carlo_shapley
+from sentinel.server.frame_aggregation import FrameBasis
 from sentinel.server.outcome import NodeResult
 from sentinel.server.state import GlobalState
 from sentinel.server.strategy import aggregate_updates
@@ -28,15 +29,20 @@ def contribution_scores(
     method: str = "loo",
     permutations: int = 20,
     seed: int = 0,
+    frames: Mapping[str, FrameBasis] | None = None,
 ) -> dict[str, float]:
-    """Score each accepted node's update in this round (keys: the nodes' key ids)."""
+    """Score each accepted node's update in this round (keys: the nodes' key ids).
+
+    ``frames`` is the round's shared frame when the round aggregated reach-weighted (``RoundOutcome.frames``).
+    """
     by_node = {r.node.key_id: r for r in accepted}
 
     def utility(subset: frozenset[str]) -> float:
         if not subset:
             state = previous
         else:
-            deltas, head = aggregate_updates([by_node[n] for n in sorted(subset)], aggregation, previous.deltas, previous.head)
+            chosen = [by_node[n] for n in sorted(subset)]
+            deltas, head = aggregate_updates(chosen, aggregation, previous.deltas, previous.head, frames)
             state = GlobalState(deltas=deltas, head=head, head_mask=previous.head_mask)
         _, loss = evaluate(state)
         return -loss

@@ -144,6 +144,7 @@ class Coordinator:
                     method,
                     cfg.shapley_permutations,
                     cfg.seed + outcome.round,
+                    outcome.frames,
                 )
 
         governor = self.governance.governor

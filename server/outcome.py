@@ -6,10 +6,15 @@ nothing is read back from a side channel.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sentinel.protos.vocabulary import Role, node_id_of_key
+
+if TYPE_CHECKING:
+    from sentinel.server.frame_aggregation import FrameBasis
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ class RoundOutcome:
     """Share of validator verdicts that agreed with consensus (None when nothing was validated)."""
     reputation: dict[str, float] = field(default_factory=dict)
     """Validators' reputation after this round."""
+    frames: Mapping[str, FrameBasis] | None = None
+    """Module → the round's shared frame (``server.frame_aggregation.FrameBasis``) under a reach-weighted design:
+    aggregation, and every re-aggregation of a subset (contribution scores), averages over it."""
 
     @property
     def accepted(self) -> list[NodeResult]:

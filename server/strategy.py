@@ -34,6 +34,7 @@ from sentinel.protos.vocabulary import CLASSIFIER
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
 from sentinel.server.direction_memory import DirectionMemory
+from sentinel.server.frame_aggregation import FrameBasis, frame_bases, reach_weighted_aggregate
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
@@ -83,6 +84,8 @@ class TrainPlan:
     sent: dict[int, SentView] = field(default_factory=dict)
     bytes_down: int = 0
     svd_residual: dict[int, float] = field(default_factory=dict)
+    frames: dict[str, FrameBasis] | None = None
+    """Module → the round's shared frame, under a reach-weighted design (``server.frame_aggregation``)."""
 
 
 def node_seed(run_seed: int, server_round: int, partition_id: int) -> int:
@@ -229,15 +232,24 @@ class SentinelStrategy:
                 config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
+        frames: dict[str, FrameBasis] | None = None
+        if factor is not None and self.design.reach_weighted and ranks:
+            view_factors = views.factors[self.design.view_key(max(ranks.values()))]
+            frames = frame_bases(
+                view_factors, modules, factor, max(ranks.values()), self.config.seed, server_round,
+                self.design.gain_of_round(server_round), self.design.frame_scale,
+            )  # fmt: skip
         residuals = {rank: views.errors[self.design.view_key(rank)] for rank in sorted(set(ranks.values()))}
         log(INFO, "configure_train: round %s, %s nodes, view %s, ranks %s", server_round, len(messages), self.design.view, sorted(set(ranks.values())))
-        return TrainPlan(server_round, messages, sent, bytes_down, residuals)
+        return TrainPlan(server_round, messages, sent, bytes_down, residuals, frames)
 
     # ------------------------------------------------------------ check
 
     def check_replies(self, plan: TrainPlan, replies: Iterable[Message]) -> RoundOutcome:
         """A verdict for every reply: authentic, well-formed, within consent. Failed replies are listed, not raised."""
-        outcome = RoundOutcome(round=plan.server_round, bytes_down=plan.bytes_down, svd_residual=dict(plan.svd_residual))
+        outcome = RoundOutcome(
+            round=plan.server_round, bytes_down=plan.bytes_down, svd_residual=dict(plan.svd_residual), frames=plan.frames
+        )
         answered: set[int] = set()
         # The grid gives each message an id when it sends it; a reply names the message it answers.
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in plan.messages if m.metadata.message_id}
@@ -363,7 +375,7 @@ class SentinelStrategy:
         if not accepted:
             log(WARNING, "round %s: no update accepted; global model unchanged", outcome.round)
             return GlobalState(state.deltas, state.head, state.head_mask, outcome.round)
-        deltas, head = aggregate_updates(accepted, self.config.aggregation, state.deltas, state.head)
+        deltas, head = aggregate_updates(accepted, self.config.aggregation, state.deltas, state.head, outcome.frames)
         return GlobalState(deltas=deltas, head=head, head_mask=state.head_mask, round=outcome.round)
 
     def summary(self) -> None:
@@ -409,8 +421,12 @@ def aggregate_updates(
     mode: str,
     deltas: dict[str, np.ndarray],
     head: dict[str, np.ndarray],
+    frames: Mapping[str, FrameBasis] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """New dense global state from accepted updates: ΔW += aggregate, head = weighted mean.
+
+    With ``frames`` (the round's shared frame, under a reach-weighted design) each
+    direction of the frame is averaged over the nodes that reach it (``server.frame_aggregation``).
 
     Each slice of ΔW is averaged over the updates whose node consent let change
     it (``NodeResult.supports``), and the head over the nodes that may adapt it;
@@ -430,7 +446,12 @@ def aggregate_updates(
         )
         heads.append(node_head)
     supports = [r.supports for r in accepted] if any(r.supports for r in accepted) else None
-    agg = exact_aggregate(updates, supports) if mode == "exact" else naive_aggregate(updates)
+    if mode != "exact":
+        agg = naive_aggregate(updates)
+    elif frames:
+        agg = reach_weighted_aggregate(updates, frames, supports)
+    else:
+        agg = exact_aggregate(updates, supports)
     missing = set(agg) - set(deltas)
     if missing:
         raise ValueError(f"updates adapt modules the global state does not have: {sorted(missing)[:3]}")

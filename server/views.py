@@ -77,6 +77,9 @@ class TrainingDesign:
     directions at PEFT's initial norm (``unit``): ``client.frames.FrameScale``."""
     subframe: Subframe = "top"
     """For ``frame``: which r of the frame's R directions a node of rank r < R trains in (``client.frames.Subframe``)."""
+    reach_weighted: bool = False
+    """For ``frame``: average each direction of the frame over the nodes that reach it (``server.frame_aggregation``),
+    not over every node: a rank-r node's zero in the directions it cannot train does not pull them toward zero."""
 
     def __post_init__(self) -> None:
         if self.adapter not in ("frame", "fresh", "continue"):
@@ -88,6 +91,8 @@ class TrainingDesign:
             raise ValueError(f"`tolerance` must be in [0, 1), got {self.tolerance}")
         if self.gain_schedule not in get_args(FrameGainSchedule):
             raise ValueError(f"`gain_schedule` must be one of {get_args(FrameGainSchedule)}, got {self.gain_schedule!r}")
+        if self.reach_weighted and self.adapter != "frame":
+            raise ValueError("`reach_weighted` averages over a shared frame: it needs `adapter='frame'`")
         if self.subframe not in SUBFRAMES:
             raise ValueError(f"`subframe` must be one of {SUBFRAMES}, got {self.subframe!r}")
         if self.frame_scale not in FRAME_SCALES:
@@ -119,6 +124,8 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame-b": TrainingDesign(schedule="b"),
     "frame-unit": TrainingDesign(frame_scale="unit"),
     "frame-unit-gradient": TrainingDesign(frame_scale="unit", subframe="gradient"),
+    "frame-unit-reach": TrainingDesign(frame_scale="unit", reach_weighted=True),
+    "frame-unit-gradient-reach": TrainingDesign(frame_scale="unit", subframe="gradient", reach_weighted=True),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
     "continued-exact": TrainingDesign(adapter="continue", view="exact"),
@@ -127,7 +134,8 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
 ``legacy`` (fresh adapter, truncated view), ``frame`` (shared frame, alternating
 A/B, exact view), ``frame-b`` (shared frame, always B), ``frame-unit`` (shared frame, its frozen factor an
 orthonormal basis at PEFT's initial norm), ``frame-unit-gradient`` (the same, nodes below the frame's rank training in
-the r combinations of its directions that carry most of their gradient), ``flora`` (fresh
+the r combinations of its directions that carry most of their gradient), ``frame-unit-reach`` and
+``frame-unit-gradient-reach`` (each direction of the frame averaged over the nodes that reach it), ``flora`` (fresh
 adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
 (the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 
