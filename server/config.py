@@ -27,6 +27,7 @@ TrainingDesignName = Literal[
     "frame-unit-gradient",
     "frame-unit-reach",
     "frame-unit-gradient-reach",
+    "frame-relative",
     "flora",
     "continued",
     "continued-exact",
