@@ -31,13 +31,11 @@ import numpy as np
 
 Factor = Literal["a", "b"]
 """Which LoRA factor trains in a round: ``b`` (A frozen) or ``a`` (B frozen)."""
-FrameScale = Literal["balanced", "unit", "relative"]
+FrameScale = Literal["balanced", "unit"]
 """How the frozen factor is scaled: ``balanced``, the global adapter's own factor (√Σ per direction, so the step
 the trained factor makes grows with ‖ΔW‖); ``unit``, an orthonormal basis of the same directions at PEFT's initial
-norm (:data:`FILL_NORM`), so every round's step is a fresh adapter's, whatever ‖ΔW‖; ``relative``, the balanced
-factor's shape at the unit's size: the leading direction at :data:`FILL_NORM`, each other one at FILL_NORM·√(σⱼ/σ₁),
-so a direction ΔW barely uses takes a step in proportion, and random completions at FILL_NORM."""
-FRAME_SCALES: Final = ("balanced", "unit", "relative")
+norm (:data:`FILL_NORM`), so every round's step is a fresh adapter's, whatever ‖ΔW‖."""
+FRAME_SCALES: Final = ("balanced", "unit")
 Subframe = Literal["top", "gradient"]
 """Which r of the frame's R directions a node of rank r < R trains in: ``top``, the frame's leading r (the global
 update's largest); ``gradient``, the r combinations of all R that carry most of the node's own gradient
@@ -112,21 +110,9 @@ def frame_rows(
     k = min(_significant(np.linalg.norm(view_a, axis=1)) if view_a.size else 0, rank)
     top = np.asarray(view_a[:k], dtype=np.float64) / np.sqrt(scaling)
     basis = orthonormal_rows(top, rank, dim, _frame_seed(run_seed, server_round, module))
-    if scale != "balanced":
-        return (gain * FILL_NORM * _relative(basis, top, scale)).astype(np.float32)
+    if scale == "unit":
+        return (gain * FILL_NORM * basis).astype(np.float32)
     return (gain * np.concatenate([top, basis[k:] * FILL_NORM])).astype(np.float32)
-
-
-def _relative(basis: np.ndarray, top: np.ndarray, scale: str) -> np.ndarray:
-    """``basis`` (orthonormal rows, the first ones spanning ``top``'s rows in order) at ``scale``: unit rows, or the
-    first ``len(top)`` rows scaled by their share of the leading row's norm (``relative``)."""
-    if scale == "unit" or top.shape[0] == 0:
-        return basis
-    norms = np.linalg.norm(top, axis=1)
-    ratios = np.ones(basis.shape[0])
-    k = min(top.shape[0], basis.shape[0])
-    ratios[:k] = norms[:k] / norms[0] if norms[0] > 0 else 1.0
-    return basis * ratios[:, None]
 
 
 def _check_scale(scale: str) -> None:
@@ -149,9 +135,9 @@ def frame_columns(
     k = min(_significant(np.linalg.norm(view_b, axis=0)) if view_b.size else 0, rank)
     frame = np.zeros((out, rank))
     top = np.asarray(view_b[:, :k], dtype=np.float64) / np.sqrt(scaling)
-    if scale != "balanced" and k:
+    if scale == "unit" and k:
         basis = orthonormal_rows(top.T, k, out)
-        frame[:, : basis.shape[0]] = FILL_NORM * _relative(basis, top.T, scale).T
+        frame[:, : basis.shape[0]] = FILL_NORM * basis.T
     else:
         frame[:, :k] = top
     return (gain * frame).astype(np.float32)

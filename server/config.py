@@ -27,7 +27,6 @@ TrainingDesignName = Literal[
     "frame-unit-gradient",
     "frame-unit-reach",
     "frame-unit-gradient-reach",
-    "frame-relative",
     "flora",
     "continued",
     "continued-exact",

@@ -126,7 +126,6 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame-unit-gradient": TrainingDesign(frame_scale="unit", subframe="gradient"),
     "frame-unit-reach": TrainingDesign(frame_scale="unit", reach_weighted=True),
     "frame-unit-gradient-reach": TrainingDesign(frame_scale="unit", subframe="gradient", reach_weighted=True),
-    "frame-relative": TrainingDesign(frame_scale="relative", subframe="gradient", reach_weighted=True),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
     "continued-exact": TrainingDesign(adapter="continue", view="exact"),
@@ -136,8 +135,7 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
 A/B, exact view), ``frame-b`` (shared frame, always B), ``frame-unit`` (shared frame, its frozen factor an
 orthonormal basis at PEFT's initial norm), ``frame-unit-gradient`` (the same, nodes below the frame's rank training in
 the r combinations of its directions that carry most of their gradient), ``frame-unit-reach`` and
-``frame-unit-gradient-reach`` (each direction of the frame averaged over the nodes that reach it), ``frame-relative``
-(the last, its frozen factor at the balanced shape and the unit size: ``client.frames.FrameScale``), ``flora`` (fresh
+``frame-unit-gradient-reach`` (each direction of the frame averaged over the nodes that reach it), ``flora`` (fresh
 adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
 (the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 

@@ -115,17 +115,3 @@ def test_the_coordinator_sends_the_scale_and_a_node_trains_in_the_unit_frame() -
     content = RecordDict({P.REC_ARRAYS: global_view_record(factors, state.head), P.REC_CONFIG: node_config})
     (bad,) = grid.send_and_receive([Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=NODE)])
     assert bad.has_error() and P.C_FRAME_SCALE in bad.error.reason
-
-
-def test_the_relative_scale_keeps_the_balanced_shape_at_the_unit_size() -> None:
-    """``relative``: the same directions, the leading one at the init norm and the others by √(σⱼ/σ₁)."""
-    view_a, view_b = _balanced(12, 10, 3, 50.0)
-    sigma = np.linalg.norm(view_a, axis=1) ** 2  # the view's rows are √σ Vᵀ
-    rows = frame_rows(view_a, 5, SCALING, 1, 2, "m", scale="relative", gain=2.0)
-    np.testing.assert_allclose(np.linalg.norm(rows, axis=1)[:3], 2.0 * FILL_NORM * np.sqrt(sigma / sigma[0]), rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(rows, axis=1)[3:], 2.0 * FILL_NORM, rtol=1e-5)  # random completions
-    assert _span_distance(rows, frame_rows(view_a, 5, SCALING, 1, 2, "m", scale="unit")) < 1e-5
-    columns = frame_columns(view_b, 5, SCALING, scale="relative")
-    np.testing.assert_allclose(np.linalg.norm(columns, axis=0)[:3], FILL_NORM * np.sqrt(sigma / sigma[0]), rtol=1e-5)
-    assert not columns[:, 3:].any()
-    assert _span_distance(columns[:, :3].T, view_b.T) < 1e-5
