@@ -17,7 +17,7 @@ from sentinel.client.app import app as client_app
 from sentinel.client.data import Example
 from sentinel.client.data.batching import sample_batches
 from sentinel.client.frames import frame_columns, frame_rows, gradient_subframe
-from sentinel.client.training import FrameStart, GlobalView, frame_subframes, train_local
+from sentinel.client.training import SUBFRAME_BATCHES, FrameStart, GlobalView, frame_subframes, train_local
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.protos import messages as P
 from sentinel.protos.records import global_view_record
@@ -95,7 +95,7 @@ def test_a_low_rank_node_trains_inside_the_full_frame_where_its_gradient_is(base
                   frame_seed=7, server_round=2, frame_gain=2.0, frame_scale="unit", frame_rank=FRAME_RANK)
     chosen = _pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], subframe="gradient", **common).arrays)  # type: ignore[arg-type]
     top = _pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], subframe="top", **common).arrays)  # type: ignore[arg-type]
-    batches = list(sample_batches(base.tokenizer, EXAMPLES, 4, 12, 2, 3))
+    batches = list(sample_batches(base.tokenizer, EXAMPLES, 4, 12, min(2, SUBFRAME_BATCHES), 3))
     start = FrameStart(factor, 7, 2, 2.0, "unit", FRAME_RANK)  # type: ignore[arg-type]
     mixing = frame_subframes(base, view, start, RANK, batches, None, "cpu")
     assert chosen.keys() == top.keys() and chosen and set(map(_module, chosen)) == set(mixing)
