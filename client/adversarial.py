@@ -11,6 +11,7 @@ operators rehearsing an incident) can check that the coordinator catches it:
   of the message schema (``MALFORMED_KINDS``: a missing module, a wrong shape,
   NaN/Inf, an extra module, an inflated example count, a stale contract version, ...).
 - ``profile_lying_app``: answers the profile handshake with a bad role, key or partition.
+- ``off_frame_app``: under a shared-frame design, sends a frozen factor off the round's frame.
 """
 
 from __future__ import annotations
@@ -220,6 +221,34 @@ def malformed_update_app(kind: str, partitions: Collection[int]) -> ClientApp:
         metrics = {k: v for k, v in reply.content[P.REC_METRICS].items()}
         importance = from_array_record(reply.content[P.REC_IMPORTANCE])
         mutate(arrays, metrics, importance)  # type: ignore[arg-type]
+        return honest.signed_update_reply(msg, context, arrays, metrics, importance)  # type: ignore[arg-type]
+
+    return _app_with_train(train)
+
+
+def off_frame_app(partitions: Collection[int]) -> ClientApp:
+    """A ClientApp whose nodes on ``partitions`` replace the factor the shared frame froze by random directions.
+
+    Validly signed and well-formed (same shapes, finite, a norm like the honest
+    one): only the frame check (``server.frame_aggregation.frame_problem``) can
+    tell that its update would raise the global ΔW's rank past the frame's.
+    """
+    partitions = frozenset(partitions)
+
+    def train(msg: Message, context: Context) -> Message:
+        reply = honest.train(msg, context)
+        factor = str(msg.content[P.REC_CONFIG].get(P.C_TRAIN_FACTOR, ""))
+        if not factor or not _misbehaves(context, partitions):
+            return reply
+        arrays = from_array_record(reply.content[P.REC_ARRAYS])
+        rng = np.random.default_rng(0)
+        for pair in lora_pairs(arrays).values():
+            key = pair.a_key if factor == "b" else pair.b_key
+            frozen = arrays[key]
+            noise = rng.standard_normal(frozen.shape)
+            arrays[key] = (noise * np.linalg.norm(frozen) / max(np.linalg.norm(noise), 1e-12)).astype(frozen.dtype)
+        metrics = {k: v for k, v in reply.content[P.REC_METRICS].items()}
+        importance = from_array_record(reply.content[P.REC_IMPORTANCE])
         return honest.signed_update_reply(msg, context, arrays, metrics, importance)  # type: ignore[arg-type]
 
     return _app_with_train(train)

@@ -99,7 +99,7 @@ class FederationConfig(BaseModel):
         gt=0.0,
         le=MAX_FRAME_GAIN,
         description=(
-            "Under a shared-frame design (`frame`, `frame-b`): the scale of the factor nodes keep frozen, which sets "
+            "Under a shared-frame design (`frame`, `frame-b`, `frame-unit`, …): the scale of the factor nodes keep frozen, which sets "
             "the step the trained factor makes in ΔW (with Adam, a gain of g is g times the learning rate of that factor). "
             "4 with the inverse-sqrt schedule: the best of the gains 1, 2 and 4 on MiniLM / UCI sentiment "
             "(tests/benchmarks/heterogeneous.py)."

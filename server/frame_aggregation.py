@@ -44,6 +44,8 @@ from sentinel.server.aggregation import LoraUpdate, exact_aggregate, normalised_
 Side = Literal["rows", "columns"]
 REACH_TOLERANCE = 1e-6
 """Singular values of a node's frozen factor in frame coordinates below this share of its largest do not count as reach."""
+FRAME_TOLERANCE = 1e-4
+"""Share of a frozen factor's norm that may lie off the round's frame (float32 factors carry ~1e-7)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,48 @@ def frame_bases(
             columns = frame_columns(view_b, frame_rank, LORA_ALPHA_PER_RANK, gain=gain, scale=scale)
             bases[module] = FrameBasis(orthonormal_rows(columns.T, frame_rank, out), "columns")
     return bases
+
+
+def frame_problem(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    frames: Mapping[str, FrameBasis],
+    supports: Mapping[str, np.ndarray] | None = None,
+) -> str:
+    """Why an update's frozen factors leave the round's frame ('' when every one lies in it).
+
+    ``pairs`` is module → (A, B) as the node sent them. In a B round A is the
+    frozen factor and must lie in the frame's rows, in an A round B in its
+    columns; a consent slice along the frame (``supports``, as
+    ``models.consent.adapt_support`` gives them) zeroes that part of the frame
+    on the node, so the check is against the frame as consent left it. An
+    update outside the frame would still be aggregated exactly, but it would
+    raise the global ΔW's rank past the frame's and with it every node's exact
+    view: a node must not be able to grow the downlink of all the others.
+    """
+    for module, (a, b) in sorted(pairs.items()):
+        frame = frames.get(module)
+        if frame is None:
+            continue
+        frozen = np.asarray(a if frame.side == "rows" else np.asarray(b).T, dtype=np.float64)
+        norm = float(np.linalg.norm(frozen))
+        if norm == 0.0:
+            continue
+        basis = frame.basis
+        mask = None if supports is None else supports.get(module)
+        if mask is not None:
+            along = np.asarray(mask, dtype=bool)
+            along = along.T if frame.side == "columns" else along
+            if along.shape[1] > 1:  # a slice along the frame: the node's frame has those entries zeroed
+                basis = orthonormal_rows(basis * along.reshape(1, -1), basis.shape[0], basis.shape[1])
+        if basis.shape[0] == 0:
+            return f"outside the shared frame: module `{module}` has a frozen factor where the round's frame is empty"
+        residual = float(np.linalg.norm(frozen - (frozen @ basis.T) @ basis)) / norm
+        if residual > FRAME_TOLERANCE:
+            return (
+                f"outside the shared frame: module `{module}`'s frozen factor has {residual:.1e} of its norm off the "
+                f"round's frame (tolerance {FRAME_TOLERANCE:g})"
+            )
+    return ""
 
 
 def _reach(basis: np.ndarray, frozen: np.ndarray) -> np.ndarray:
@@ -164,4 +208,4 @@ def reach_weighted_aggregate(
     return out
 
 
-__all__ = ["FrameBasis", "REACH_TOLERANCE", "frame_bases", "reach_weighted_aggregate"]
+__all__ = ["FRAME_TOLERANCE", "FrameBasis", "REACH_TOLERANCE", "frame_bases", "frame_problem", "reach_weighted_aggregate"]

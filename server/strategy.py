@@ -34,7 +34,7 @@ from sentinel.protos.vocabulary import CLASSIFIER
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate, naive_aggregate, weighted_mean
 from sentinel.server.config import FederationConfig
 from sentinel.server.direction_memory import DirectionMemory
-from sentinel.server.frame_aggregation import FrameBasis, frame_bases, reach_weighted_aggregate
+from sentinel.server.frame_aggregation import FrameBasis, frame_bases, frame_problem, reach_weighted_aggregate
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
 from sentinel.server.replies import MalformedReplyError, parse_train_reply
 from sentinel.server.state import GlobalState
@@ -85,7 +85,8 @@ class TrainPlan:
     bytes_down: int = 0
     svd_residual: dict[int, float] = field(default_factory=dict)
     frames: dict[str, FrameBasis] | None = None
-    """Module → the round's shared frame, under a reach-weighted design (``server.frame_aggregation``)."""
+    """Module → the round's shared frame under a frame design (``server.frame_aggregation``): every update's frozen
+    factor is checked against it, and a reach-weighted design averages over it."""
 
 
 def node_seed(run_seed: int, server_round: int, partition_id: int) -> int:
@@ -233,7 +234,7 @@ class SentinelStrategy:
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})
             messages.append(Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=node.node_id))
         frames: dict[str, FrameBasis] | None = None
-        if factor is not None and self.design.reach_weighted and ranks:
+        if factor is not None and ranks:
             view_factors = views.factors[self.design.view_key(max(ranks.values()))]
             frames = frame_bases(
                 view_factors, modules, factor, max(ranks.values()), self.config.seed, server_round,
@@ -248,7 +249,10 @@ class SentinelStrategy:
     def check_replies(self, plan: TrainPlan, replies: Iterable[Message]) -> RoundOutcome:
         """A verdict for every reply: authentic, well-formed, within consent. Failed replies are listed, not raised."""
         outcome = RoundOutcome(
-            round=plan.server_round, bytes_down=plan.bytes_down, svd_residual=dict(plan.svd_residual), frames=plan.frames
+            round=plan.server_round,
+            bytes_down=plan.bytes_down,
+            svd_residual=dict(plan.svd_residual),
+            frames=plan.frames if self.design.reach_weighted else None,
         )
         answered: set[int] = set()
         # The grid gives each message an id when it sends it; a reply names the message it answers.
@@ -307,7 +311,7 @@ class SentinelStrategy:
 
         The checks run in order and the first problem is the reason: schema,
         signature, rank and scaling, structure against what was sent, the node's
-        claims, importance reports, then consent.
+        claims, importance reports, consent, then (under a frame design) the frozen factor against the round's frame.
         """
         view = plan.sent.get(src)
         if view is not None and not msg.has_error() and msg.metadata.src_node_id != src:
@@ -349,6 +353,11 @@ class SentinelStrategy:
             elif self.support_fn is not None:
                 result.supports = self.support_fn(result.arrays, view.permitted)
                 result.head_permitted = CLASSIFIER in view.permitted
+        if result.accepted and plan.frames is not None:
+            pairs, _ = split_adapter_arrays(result.arrays)
+            problem = frame_problem(pairs, plan.frames, result.supports)
+            if problem:
+                result.accepted, result.reason = False, problem
         return result
 
     def _authenticity_problem(self, result: NodeResult, server_round: int) -> str:

@@ -18,7 +18,9 @@ held-out test set (20%) for every setting of a seed:
 - (c) ``flora`` — a fresh LoRA each round on the *exact* global ΔW (FLoRA's
   stacked factors, compressed to the rank they have);
 - (d) ``chosen`` — the shared-frame design with its frozen factor an orthonormal basis at PEFT's
-  init norm, gain 4/√t in round t (``training_design = "frame-unit"``, ``frame_gain = 4``,
+  init norm, gain 4/√t in round t, rank-4 nodes training in the 4 combinations of the frame's 16
+  directions that carry most of their gradient, and each direction averaged over the nodes that reach
+  it (``training_design = "frame-unit-gradient-reach"``, ``frame_gain = 4``,
   ``frame_gain_schedule = "inverse-sqrt"``: the config's defaults; ``--chosen``/``--frame-gain``/``--frame-gain-schedule``);
 - ``continued`` — nodes resume the global adapter's top-r factors and send
   their adapter at rank r, the coordinator rebuilding the change at rank 2r (``training_design = "continued"``,
@@ -29,7 +31,9 @@ nodes at rank 16, (a) at rank 16 everywhere. (b), (c), (d) also run with all
 nodes at rank 16, and the suspects of the accuracy gap are ablated at the first
 seed: fresh vs frame adapter (b/c vs d), the rank mix (mixed vs all-16), the
 default consent policy (``consent=False``), the agency rule (a policy without
-it) and, for ``--chosen frame``, the frame schedule (``b`` only). Sentinel runs are accountable (ledger,
+it), the gradient sub-frame (``chosen-top-subframe``: the frame's leading r directions), the
+reach-weighted mean (``chosen-no-reach``), both (``chosen-unit``: ``frame-unit``) and, for ``--chosen
+frame``, the frame schedule (``b`` only). ``--ablation-seeds`` runs the ablations at more seeds. Sentinel runs are accountable (ledger,
 governance, validation, leave-one-out contributions), as ``sentinel simulate``
 runs them. Every federation uses the in-process ``LocalGrid`` (no Ray), so the
 figures measure learning, traffic and coordinator time, not Ray's scheduling.
@@ -89,13 +93,28 @@ class Setting:
         return f"{self.name}@{self.seed}"
 
 
-def settings(seeds: Sequence[int], chosen: str = "frame-unit") -> list[Setting]:
+CHOSEN = "frame-unit-gradient-reach"
+ABLATED: dict[str, dict[str, str]] = {
+    "frame-unit-gradient-reach": {"chosen-top-subframe": "frame-unit-reach", "chosen-no-reach": "frame-unit-gradient",
+                                  "chosen-unit": "frame-unit"},
+}
+"""The chosen design's parts, each taken away: ablation name → the design without it."""
+
+
+def settings(seeds: Sequence[int], chosen: str = CHOSEN, ablation_seeds: Sequence[int] | None = None) -> list[Setting]:
     """Every setting, the most informative first (a run cut short by its time budget is still useful):
-    the target comparison (chosen vs Flower) over every seed, today's design, then the ablations.
-    ``chosen`` is the design of (d) (a name of ``server.views.DESIGNS``)."""
-    s0 = seeds[0]
+    the target comparison (chosen vs Flower) over every seed, today's design, then the ablations (at
+    ``ablation_seeds``, default the first seed). ``chosen`` is the design of (d) (a name of ``server.views.DESIGNS``)."""
     target = [Setting(name, system, roles, s, design=design) for s in seeds for name, system, roles, design in
               (("chosen", "sentinel", MIXED, chosen), ("flower-fedavg", "flower", ALL16, chosen))]
+    first: list[Setting] = []
+    for s0 in ablation_seeds or seeds[:1]:
+        first += _ablations(s0, chosen)
+    return target[:2] + first[:1] + target[2:] + first[1:]
+
+
+def _ablations(s0: int, chosen: str) -> list[Setting]:
+    """The suspects of the accuracy gap, each alone, at seed ``s0``."""
     first = [
         Setting("today", "sentinel", MIXED, s0, design="legacy"),
         Setting("continued", "sentinel", MIXED, s0, design="continued"),
@@ -106,9 +125,10 @@ def settings(seeds: Sequence[int], chosen: str = "frame-unit") -> list[Setting]:
         Setting("chosen-no-policy", "sentinel", MIXED, s0, design=chosen, consent=False),
         Setting("chosen-no-agency", "sentinel", MIXED, s0, design=chosen, agency=False),
     ]
+    first += [Setting(name, "sentinel", MIXED, s0, design=design) for name, design in ABLATED.get(chosen, {}).items()]
     if chosen == "frame":  # the frame schedule's ablation exists for the balanced frame
         first.append(Setting("chosen-b-only", "sentinel", MIXED, s0, design="frame-b"))
-    return target[:2] + first[:1] + target[2:] + first[1:]
+    return first
 
 
 # ---------------------------------------------------------------- shared set-up
@@ -413,6 +433,7 @@ def _run_in_workers(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]
     base = [sys.executable, __file__, "--model", args.model, "--data", args.data, "--rounds", str(args.rounds), "--seeds", args.seeds,
             "--local-epochs", str(args.local_epochs), "--lr", str(args.lr), "--max-length", str(args.max_length),
             "--contribution-examples", str(args.contribution_examples), "--threads", "1", "--workers", "1", "--chosen", args.chosen,
+            *(["--ablation-seeds", args.ablation_seeds] if args.ablation_seeds else []),
             *(["--frame-gain", str(args.frame_gain)] if args.frame_gain is not None else []),
             "--frame-gain-schedule", args.frame_gain_schedule,
             *(["--no-validation"] if args.no_validation else [])]
@@ -444,7 +465,8 @@ def main() -> None:
     parser.add_argument("--contribution-examples", type=int, default=128)
     parser.add_argument("--max-minutes", type=float, default=90.0,
                         help="Start no setting that would end past this many minutes (by the mean time of those run); 0: no limit.")
-    parser.add_argument("--chosen", default="frame-unit", help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
+    parser.add_argument("--chosen", default=CHOSEN, help="Design of the chosen setting (d): a name of server.views.DESIGNS.")
+    parser.add_argument("--ablation-seeds", default="", help="Comma-separated seeds of the ablations (default: the first of --seeds).")
     parser.add_argument("--frame-gain", type=float, default=4.0,
                         help="FederationConfig.frame_gain of the frame designs (4: the best of 1, 2, 4 for frame-unit at seed 0).")
     parser.add_argument("--frame-gain-schedule", default="inverse-sqrt", choices=("constant", "inverse-sqrt"),
@@ -472,7 +494,9 @@ def main() -> None:
     saved = json.loads(path.read_text()) if args.resume and path.exists() else {"results": {}}
     results: dict[str, Any] = saved["results"]
     wanted = set(filter(None, args.only.split(",")))
-    todo = [s for s in settings([int(x) for x in args.seeds.split(",")], args.chosen) if s.key not in results and (not wanted or s.key in wanted)]
+    ablation_seeds = [int(x) for x in args.ablation_seeds.split(",") if x] or None
+    every = settings([int(x) for x in args.seeds.split(",")], args.chosen, ablation_seeds)
+    todo = [s for s in every if s.key not in results and (not wanted or s.key in wanted)]
     if args.workers > 1:
         results.update(_run_in_workers(args, [s.key for s in todo]))
         todo = []

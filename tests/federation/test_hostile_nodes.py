@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.clientapp import ClientApp
-from sentinel.client.adversarial import malformed_update_app, profile_lying_app
+from sentinel.client.adversarial import malformed_update_app, off_frame_app, profile_lying_app
 from sentinel.client.app import app as honest_app
 from sentinel.ledger.kinds import EntryKind
 from sentinel.server.coordinator import Coordinator
@@ -90,6 +90,25 @@ def test_a_malformed_update_is_rejected_with_its_reason_and_changes_nothing(kind
     for name, value in head.items():
         np.testing.assert_array_equal(state.head[name], value)
     assert all(np.isfinite(d).all() for d in state.deltas.values())
+
+
+def test_a_frozen_factor_off_the_shared_frame_is_rejected_and_changes_nothing(tmp_path: Path, tiny_config) -> None:
+    """Reproduced before the check: under a frame design the update was accepted and ΔW's rank grew past the frame's."""
+    coordinator, result, captured = _run(tiny_config, tmp_path / "off-frame", off_frame_app({ROGUE}), training_design="frame-unit")
+    row = result.history[-1]
+    rogue_id = next(n.key_id for n in result.nodes if n.node_id == IDS[ROGUE])
+    verdict = next(n for n in row["per_node"] if n["node_id"] == rogue_id)
+    assert not verdict["accepted"] and "outside the shared frame" in verdict["reason"], verdict["reason"]
+    assert row["accepted"] == 2
+    rejected = {e.payload["node"]: e.payload["reason"] for e in coordinator.ledger.iter_entries(kind=EntryKind.UPDATE_REJECTED)}
+    assert "outside the shared frame" in rejected[rogue_id]
+    outcome, previous, state = captured.rounds[-1]
+    honest = [r for r in outcome.results if r.accepted]
+    deltas, _ = aggregate_updates(honest, "exact", previous.deltas, previous.head)
+    for module, delta in deltas.items():
+        np.testing.assert_array_equal(state.deltas[module], delta)
+    ranks = [np.linalg.matrix_rank(d.astype(np.float64), tol=1e-6 * max(np.abs(d).max(), 1e-30)) for d in state.deltas.values()]
+    assert max(ranks) <= max(p.lora_rank for p in coordinator.config.profiles.values())  # still the frame's rank
 
 
 PROFILE_CASES = {

@@ -21,10 +21,12 @@ from sentinel.client.node import SIMULATED_KEYS, ensure_simulated_keys
 from sentinel.client.training import materialise_global, train_local
 from sentinel.models.global_model import materialise
 from sentinel.models.loading import LoadedModel, load_base_model
+from sentinel.models.lora import split_adapter_arrays
 from sentinel.protos import messages as P
 from sentinel.server.central import initial_state
 from sentinel.server.checkpoints import load_state
 from sentinel.server.coordinator import Coordinator
+from sentinel.server.frame_aggregation import frame_problem
 from sentinel.server.local_grid import LocalGrid
 from sentinel.server.observer import RoundObserver
 from sentinel.server.outcome import NodeInfo, NodeResult, RoundOutcome
@@ -51,8 +53,10 @@ def _context(node: NodeInfo, nodes: int, keys: Path) -> Context:
     return Context(run_id=1, node_id=node.node_id, node_config=config, state=RecordDict(), run_config={})
 
 
-def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_path: Path, tiny_config) -> None:
-    config = tiny_config(nodes=4, roles=["edge", "gpu", "gpu", "edge"], training_design="frame")
+@pytest.mark.parametrize("design", ["frame", "frame-unit-gradient-reach"])
+def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_path: Path, tiny_config, design: str) -> None:
+    """Under the gradient sub-frame and the reach-weighted mean too: both keep every update in the frame."""
+    config = tiny_config(nodes=4, roles=["edge", "gpu", "gpu", "edge"], training_design=design)
     keys = ensure_simulated_keys(tmp_path / "keys", config.nodes)
     LocalGrid({})  # sets Flower's task identity, which building Messages outside a run needs
     base = load_base_model(config.model, num_labels=2, seed=config.seed)
@@ -69,13 +73,19 @@ def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_pa
             node = plan.sent[msg.metadata.dst_node_id].node
             node_base, model, inputs = _node_model(msg, _context(node, config.nodes, keys))
             assert _max_weight_gap(model, truth) <= ATOL, f"round {rnd}, node {node.partition_id}"
+            ins = inputs.instruction
             update = train_local(
-                node_base, inputs.view, inputs.train_set, inputs.val_set, rank=inputs.instruction.lora_rank, steps=2,
+                node_base, inputs.view, inputs.train_set, inputs.val_set, rank=ins.lora_rank, steps=2,
                 batch_size=8, learning_rate=5e-3, max_length=config.max_length, seed=rnd * 10 + node.partition_id,
-                frame=inputs.train_factor, frame_seed=config.seed, server_round=rnd,
+                frame=inputs.train_factor, frame_seed=config.seed, server_round=rnd, frame_gain=ins.frame_gain,
+                frame_scale=ins.frame_scale, frame_rank=ins.frame_rank or None, subframe=ins.subframe,
             )
             results.append(NodeResult(node=node, accepted=True, num_examples=update.num_examples, rank=update.rank, arrays=update.arrays))
-        deltas, head = aggregate_updates(results, "exact", state.deltas, state.head)
+        assert plan.frames is not None
+        for r in results:  # every honest update lies in the round's frame (the coordinator's check)
+            assert frame_problem(split_adapter_arrays(r.arrays)[0], plan.frames) == ""
+        frames = plan.frames if strategy.design.reach_weighted else None
+        deltas, head = aggregate_updates(results, "exact", state.deltas, state.head, frames)
         state = GlobalState(deltas=deltas, head=head, round=rnd)
         # The frame keeps ΔW at the largest rank, so the exact view is as small as a rank-8 one.
         view_ranks = strategy.configure_train(rnd + 1, state, nodes[:1]).messages[0].content[P.REC_ARRAYS]

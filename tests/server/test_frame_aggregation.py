@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sentinel.client.frames import FILL_NORM, frame_rows
 from sentinel.server.aggregation import LoraUpdate, exact_aggregate
-from sentinel.server.frame_aggregation import FrameBasis, frame_bases, reach_weighted_aggregate
+from sentinel.server.frame_aggregation import FrameBasis, frame_bases, frame_problem, reach_weighted_aggregate
 from sentinel.server.views import TrainingDesign, design_named
 
 RNG = np.random.default_rng(11)
@@ -109,3 +109,23 @@ def test_the_coordinators_frame_is_the_one_nodes_build_and_the_design_needs_a_fr
     assert design_named("frame-unit-reach").reach_weighted and not design_named("frame-unit").reach_weighted
     with pytest.raises(ValueError, match="reach_weighted"):
         TrainingDesign(adapter="fresh", reach_weighted=True)
+
+
+def test_a_frozen_factor_off_the_frame_is_named_and_one_inside_it_passes() -> None:
+    """An update outside the frame would raise ΔW's rank, and with it every node's exact view: it is refused."""
+    frame = _frame()
+    frames = {M: FrameBasis(frame, "rows")}
+    inside = _b_update(frame, 2, 1.0, np.linalg.qr(RNG.standard_normal((R, 2)))[0])
+    assert frame_problem({M: (inside.a[M], inside.b[M])}, frames) == ""
+    off = RNG.standard_normal((2, IN)).astype(np.float32)  # random rows: mostly outside a 6-of-12 frame
+    assert "outside the shared frame" in frame_problem({M: (off, inside.b[M])}, frames) and f"`{M}`" in frame_problem(
+        {M: (off, inside.b[M])}, frames
+    )
+    columns = {M: FrameBasis(np.linalg.qr(RNG.standard_normal((OUT, 3)))[0].T, "columns")}
+    b_in = (columns[M].basis.T @ RNG.standard_normal((3, 2))).astype(np.float32)
+    assert frame_problem({M: (off, b_in)}, columns) == ""  # an A round: B is the frozen one, A trains freely
+    assert "outside the shared frame" in frame_problem({M: (off, RNG.standard_normal((OUT, 2)).astype(np.float32))}, columns)
+    # Consent zeroes the frame's forbidden input columns on the node (o-projection): checked against that frame.
+    keep = np.array([[True] * 7 + [False] * (IN - 7)])
+    masked = (inside.a[M] * keep).astype(np.float32)
+    assert frame_problem({M: (masked, inside.b[M])}, frames, {M: keep}) == ""
