@@ -217,13 +217,18 @@ def malformed_update_app(kind: str, partitions: Collection[int]) -> ClientApp:
         reply = honest.train(msg, context)
         if not _misbehaves(context, partitions):
             return reply
-        arrays = from_array_record(reply.content[P.REC_ARRAYS])
-        metrics = {k: v for k, v in reply.content[P.REC_METRICS].items()}
-        importance = from_array_record(reply.content[P.REC_IMPORTANCE])
-        mutate(arrays, metrics, importance)  # type: ignore[arg-type]
-        return honest.signed_update_reply(msg, context, arrays, metrics, importance)  # type: ignore[arg-type]
+        return _resigned(msg, context, reply, mutate)
 
     return _app_with_train(train)
+
+
+def _resigned(msg: Message, context: Context, reply: Message, mutate: Mutation) -> Message:
+    """An honest train ``reply`` changed by ``mutate`` (in place: arrays, metrics, importance), then validly re-signed."""
+    arrays = from_array_record(reply.content[P.REC_ARRAYS])
+    metrics = {k: v for k, v in reply.content[P.REC_METRICS].items()}
+    importance = from_array_record(reply.content[P.REC_IMPORTANCE])
+    mutate(arrays, metrics, importance)  # type: ignore[arg-type]
+    return honest.signed_update_reply(msg, context, arrays, metrics, importance)  # type: ignore[arg-type]
 
 
 def off_frame_app(partitions: Collection[int]) -> ClientApp:
@@ -240,16 +245,16 @@ def off_frame_app(partitions: Collection[int]) -> ClientApp:
         factor = str(msg.content[P.REC_CONFIG].get(P.C_TRAIN_FACTOR, ""))
         if not factor or not _misbehaves(context, partitions):
             return reply
-        arrays = from_array_record(reply.content[P.REC_ARRAYS])
-        rng = np.random.default_rng(0)
-        for pair in lora_pairs(arrays).values():
-            key = pair.a_key if factor == "b" else pair.b_key
-            frozen = arrays[key]
-            noise = rng.standard_normal(frozen.shape)
-            arrays[key] = (noise * np.linalg.norm(frozen) / max(np.linalg.norm(noise), 1e-12)).astype(frozen.dtype)
-        metrics = {k: v for k, v in reply.content[P.REC_METRICS].items()}
-        importance = from_array_record(reply.content[P.REC_IMPORTANCE])
-        return honest.signed_update_reply(msg, context, arrays, metrics, importance)  # type: ignore[arg-type]
+
+        def off_frame(arrays: Arrays, metrics: dict[str, int | float], importance: Arrays) -> None:
+            rng = np.random.default_rng(0)
+            for pair in lora_pairs(arrays).values():
+                key = pair.a_key if factor == "b" else pair.b_key
+                frozen = arrays[key]
+                noise = rng.standard_normal(frozen.shape)
+                arrays[key] = (noise * np.linalg.norm(frozen) / max(np.linalg.norm(noise), 1e-12)).astype(frozen.dtype)
+
+        return _resigned(msg, context, reply, off_frame)
 
     return _app_with_train(train)
 

@@ -147,6 +147,8 @@ def train_local(
     """
     if continued and frame is not None:
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
+    if frame_rank is not None and frame_rank < rank:
+        raise ValueError(f"the frame's rank ({frame_rank}) is below this node's LoRA rank ({rank})")
     boost_heads = boosted_heads(boost.heads, model_layout(base.model)) if boost is not None else {}
     torch.manual_seed(seed)
     if continued:  # the view's top-r part is the adapter's start; what it sends beyond rank r is merged into the base
@@ -155,8 +157,6 @@ def train_local(
     else:
         model = materialise_global(base, view)
     peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
-    if frame_rank is not None and frame_rank < rank:
-        raise ValueError(f"the frame's rank ({frame_rank}) is below this node's LoRA rank ({rank})")
     mixing: dict[str, np.ndarray] = {}
     if frame is not None and subframe == "gradient" and frame_rank is not None and frame_rank > rank:
         batches = list(sample_batches(base.tokenizer, train, batch_size, max_length, min(steps, SUBFRAME_BATCHES), seed))

@@ -29,6 +29,7 @@ __all__ = [
     "LoraUpdate",
     "Factorised",
     "normalised_weights",
+    "common_modules",
     "exact_aggregate",
     "naive_aggregate",
     "weighted_mean",
@@ -88,7 +89,8 @@ def normalised_weights(weights: Sequence[float]) -> np.ndarray:
     return w / total
 
 
-def _common_modules(updates: Sequence[LoraUpdate]) -> list[str]:
+def common_modules(updates: Sequence[LoraUpdate]) -> list[str]:
+    """The modules every update adapts, sorted; ``ValueError`` when they differ or a factor pair's ranks disagree."""
     modules = sorted(updates[0].a)
     for i, u in enumerate(updates):
         if sorted(u.a) != modules or sorted(u.b) != modules:
@@ -113,7 +115,7 @@ def exact_aggregate(
     that consent keeps out of a slice would pull that slice's mean toward zero
     by its weight: in the default policy edge nodes may not adapt layers 0–1.
     """
-    modules = _common_modules(updates)
+    modules = common_modules(updates)
     w = normalised_weights([u.weight for u in updates])
     if supports is not None and len(supports) != len(updates):
         raise ValueError(f"{len(supports)} supports for {len(updates)} updates")
@@ -145,7 +147,7 @@ def naive_aggregate(updates: Sequence[LoraUpdate]) -> dict[str, np.ndarray]:
     Provided as a baseline: (Σ wᵢ sᵢ Bᵢ)(Σ wᵢ Aᵢ) differs from Σ wᵢ sᵢ Bᵢ Aᵢ by
     the cross terms between clients.
     """
-    modules = _common_modules(updates)
+    modules = common_modules(updates)
     w = normalised_weights([u.weight for u in updates])
     out: dict[str, np.ndarray] = {}
     for m in modules:

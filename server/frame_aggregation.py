@@ -33,13 +33,13 @@ whole frame (a node that reaches every direction counts as a rank-R node).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from sentinel.client.frames import Factor, FrameScale, frame_columns, frame_rows, orthonormal_rows
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
-from sentinel.server.aggregation import LoraUpdate, exact_aggregate, normalised_weights
+from sentinel.server.aggregation import LoraUpdate, common_modules, exact_aggregate, normalised_weights
 
 Side = Literal["rows", "columns"]
 REACH_TOLERANCE = 1e-6
@@ -109,12 +109,9 @@ def frame_problem(
         if norm == 0.0:
             continue
         basis = frame.basis
-        mask = None if supports is None else supports.get(module)
-        if mask is not None:
-            along = np.asarray(mask, dtype=bool)
-            along = along.T if frame.side == "columns" else along
-            if along.shape[1] > 1:  # a slice along the frame: the node's frame has those entries zeroed
-                basis = orthonormal_rows(basis * along.reshape(1, -1), basis.shape[0], basis.shape[1])
+        along = _along_frame(None if supports is None else supports.get(module), frame.side)
+        if along is not None:  # a slice along the frame: the node's frame has those entries zeroed
+            basis = orthonormal_rows(basis * along[None, :], basis.shape[0], basis.shape[1])
         if basis.shape[0] == 0:
             return f"outside the shared frame: module `{module}` has a frozen factor where the round's frame is empty"
         residual = float(np.linalg.norm(frozen - (frozen @ basis.T) @ basis)) / norm
@@ -136,16 +133,29 @@ def _reach(basis: np.ndarray, frozen: np.ndarray) -> np.ndarray:
     return u @ u.T
 
 
-def _mask_kind(mask: np.ndarray | None, frame_axis: int) -> tuple[str, np.ndarray | None]:
+def _oriented(mask: np.ndarray, side: Side) -> np.ndarray:
+    """A consent support (broadcasting to ΔW) turned so that its axis 1 runs along the frame."""
+    m = np.asarray(mask, dtype=bool)
+    return m.T if side == "columns" else m
+
+
+def _along_frame(mask: np.ndarray | None, side: Side) -> np.ndarray | None:
+    """The entries along the frame a consent support keeps (None when it does not vary along the frame)."""
+    if mask is None:
+        return None
+    m = _oriented(mask, side)
+    return m.reshape(-1) if m.shape[1] > 1 else None
+
+
+def _mask_kind(mask: np.ndarray | None, side: Side) -> tuple[str, np.ndarray | None]:
     """How a consent support restricts a module: ``all``, ``none``, ``across`` (rows away from the frame) or ``along``."""
     if mask is None or bool(np.all(mask)):
         return "all", None
     if not bool(np.any(mask)):
         return "none", None
-    m = np.asarray(mask, dtype=bool)
-    if m.shape[frame_axis] > 1:
+    if _along_frame(mask, side) is not None:
         return "along", None
-    return "across", m.reshape(-1)
+    return "across", _oriented(mask, side).reshape(-1)
 
 
 def _module_mean(
@@ -156,7 +166,7 @@ def _module_mean(
     ``frozen`` holds each node's frozen factor with the frame's vectors as rows (A, or Bᵀ in an A round).
     """
     transpose = frame.side == "columns"  # work on ΔWᵀ, whose row space is the column frame
-    kinds = [_mask_kind(None if k is None else (k.T if transpose else k), 1) for k in masks]
+    kinds = [_mask_kind(k, frame.side) for k in masks]
     if any(kind == "along" for kind, _ in kinds):
         return None
     basis = frame.basis
@@ -193,18 +203,22 @@ def reach_weighted_aggregate(
     a module without one, or with a consent slice along its frame, is the
     consent-weighted mean of ``server.aggregation.exact_aggregate``.
     """
-    fallback = exact_aggregate(updates, supports)
+    modules = common_modules(updates)
     w = normalised_weights([u.weight for u in updates])
     out: dict[str, np.ndarray] = {}
-    for module, value in fallback.items():
+    for module in modules:
         frame = frames.get(module)
         if frame is None or frame.basis.shape[0] == 0:
-            out[module] = value
             continue
         masks = [s.get(module) for s in supports] if supports is not None else [None] * len(updates)
         frozen = [u.a[module] if frame.side == "rows" else u.b[module].T for u in updates]
         mean = _module_mean([u.delta(module) for u in updates], frozen, w, masks, frame)
-        out[module] = value if mean is None else mean
+        if mean is not None:
+            out[module] = mean
+    rest = [m for m in modules if m not in out]
+    if rest:  # the consent-weighted mean, computed only for the modules the frame does not decide
+        only = [replace(u, a={m: u.a[m] for m in rest}, b={m: u.b[m] for m in rest}) for u in updates]
+        out.update(exact_aggregate(only, supports))
     return out
 
 
