@@ -6,6 +6,7 @@ Thin by design: it parses messages, calls ``client.training`` and packs the repl
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example, load_examples
 from sentinel.client.data.federated import federated_split, node_train_val, own_train_val
+from sentinel.client.error_feedback import STATE_RESIDUAL, residual_from_record, residual_record
 from sentinel.client.frames import Factor, FrameScale, Subframe
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
@@ -69,6 +71,7 @@ class TrainInstruction(BaseModel):
     frame_scale: FrameScale = Field(alias=P.C_FRAME_SCALE, default="balanced")
     frame_rank: int = Field(alias=P.C_FRAME_RANK, default=0, ge=0, le=P.MAX_LORA_RANK)
     subframe: Subframe = Field(alias=P.C_SUBFRAME, default="top")
+    error_feedback: bool = Field(alias=P.C_ERROR_FEEDBACK, default=False)
     measure_gradient: bool = Field(alias=P.C_MEASURE_GRADIENT, default=True)
 
     @field_validator("boost_heads")
@@ -193,11 +196,22 @@ def resolve_round(msg: Message, context: Context) -> RoundInputs:
 def train(msg: Message, context: Context) -> Message:
     """Train a LoRA on the global model (in the shared frame, or fresh) within the permitted set and reply with it."""
     inputs = resolve_round(msg, context)
-    return update_reply(msg, context, local_update(inputs, inputs.train_set))
+    residual = None
+    if inputs.instruction.error_feedback:  # what this node trained but has not sent yet (none kept: start empty)
+        record = context.state.array_records.get(STATE_RESIDUAL)
+        residual = residual_from_record(record) if record is not None else {}
+    update = local_update(inputs, inputs.train_set, residual)
+    if update.residual is not None:
+        context.state[STATE_RESIDUAL] = residual_record(update.residual)
+    elif STATE_RESIDUAL in context.state:
+        del context.state[STATE_RESIDUAL]
+    return update_reply(msg, context, update)
 
 
-def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
-    """This round's local training on ``train_set``, as the train message instructs."""
+def local_update(
+    inputs: RoundInputs, train_set: list[Example], residual: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+) -> LocalUpdate:
+    """This round's local training on ``train_set``, as the train message instructs (``residual``: error feedback)."""
     ins = inputs.instruction
     return train_local(
         inputs.base,
@@ -222,6 +236,7 @@ def local_update(inputs: RoundInputs, train_set: list[Example]) -> LocalUpdate:
         measure_gradient=ins.measure_gradient,
         server_round=ins.server_round,
         boost=ins.boost(),
+        residual=residual,
     )
 
 

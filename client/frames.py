@@ -36,11 +36,14 @@ FrameScale = Literal["balanced", "unit"]
 the trained factor makes grows with ‖ΔW‖); ``unit``, an orthonormal basis of the same directions at PEFT's initial
 norm (:data:`FILL_NORM`), so every round's step is a fresh adapter's, whatever ‖ΔW‖."""
 FRAME_SCALES: Final = ("balanced", "unit")
-Subframe = Literal["top", "gradient"]
+Subframe = Literal["top", "gradient", "trained"]
 """Which r of the frame's R directions a node of rank r < R trains in: ``top``, the frame's leading r (the global
 update's largest); ``gradient``, the r combinations of all R that carry most of the node's own gradient
-(:func:`gradient_subframe`). Either way its update lies in the shared frame, so aggregation stays exact at rank ≤ R."""
-SUBFRAMES: Final = ("top", "gradient")
+(:func:`gradient_subframe`); ``trained``, none chosen beforehand: the node trains in the whole rank-R frame and
+sends the best rank-r truncation of what it trained (the top-r singular combinations of its trained factor,
+:func:`gradient_subframe` of that factor), so it uploads at its own rank and what it evaluated is what it sent.
+Either way its update lies in the shared frame, so aggregation stays exact at rank ≤ R."""
+SUBFRAMES: Final = ("top", "gradient", "trained")
 
 FILL_NORM: Final = 1.0 / np.sqrt(3.0)
 """Norm of a random frame direction: PEFT's initial row norm of A (``kaiming_uniform(a=√5)`` on (r, in))."""

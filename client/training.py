@@ -27,15 +27,16 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, iter_length_sorted_batches, sample_batches
+from sentinel.client.error_feedback import Residual, fold_residual, merged_residual
 from sentinel.client.frames import Factor, FrameScale, Subframe, frame_columns, frame_rows, gradient_subframe
 from sentinel.models.components import model_layout
 from sentinel.models.consent import restrict_lora_changes_to_heads, restrict_lora_to_heads
 from sentinel.models.continued import split_view_at_rank, start_factors
-from sentinel.models.global_model import evaluate_classifier, materialise_factors
+from sentinel.models.global_model import ClassifierTally, evaluate_classifier, materialise_factors
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import head_importance
 from sentinel.models.loading import LoadedModel
-from sentinel.models.lora import adapter_arrays, attach_lora, lora_scaling, module_path
+from sentinel.models.lora import adapter_arrays, attach_lora, lora_pairs, lora_scaling, module_path
 from sentinel.models.regrowth import HeadBoost, HeadLRBoost, boosted_heads
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 
@@ -68,6 +69,8 @@ class LocalUpdate:
     """None when the coordinator did not ask for it (``measure_gradient=False``)."""
     normalised_entropy: np.ndarray
     """Entropy ÷ log(keys seen): 1.0 is uniform attention (read by the consent agency rule)."""
+    residual: Residual | None = None
+    """What this node trained but did not send (``client.error_feedback``); None without error feedback."""
 
 
 def materialise_global(base: LoadedModel, view: GlobalView) -> torch.nn.Module:
@@ -121,6 +124,7 @@ def train_local(
     boost: HeadBoost | None = None,
     continued: bool = False,
     measure_gradient: bool = True,
+    residual: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> LocalUpdate:
     """Train a LoRA on top of the global model for ``steps`` steps and report the update.
 
@@ -143,7 +147,11 @@ def train_local(
     round; None: the node's own); a node of smaller rank trains in r of its
     directions, chosen by ``subframe`` (``client.frames.Subframe``: the leading r,
     or the r combinations that carry most of its gradient on its first
-    training batches, :func:`frame_subframes`).
+    training batches, :func:`frame_subframes`, or, ``trained``, the whole frame
+    and then the best rank-r part of what it trained, :func:`truncate_in_frame`).
+    ``residual`` turns on error feedback for a ``trained`` node below the frame's
+    rank (``client.error_feedback``; ``{}``: none kept yet): its in-frame part joins
+    this round's update before the cut, and the update's ``residual`` is what is left.
     """
     if continued and frame is not None:
         raise ValueError("a continued adapter does not train in the shared frame: give `frame` or `continued`, not both")
@@ -156,7 +164,9 @@ def train_local(
         model = materialise_factors(base, rest, view.head)
     else:
         model = materialise_global(base, view)
-    peft_model = attach_lora(model, rank=rank, alpha=LORA_ALPHA_PER_RANK * rank, seed=seed).to(device)
+    truncated = frame is not None and subframe == "trained" and frame_rank is not None and frame_rank > rank
+    adapter_rank = int(frame_rank) if truncated and frame_rank is not None else rank  # trains in the whole frame
+    peft_model = attach_lora(model, rank=adapter_rank, alpha=LORA_ALPHA_PER_RANK * adapter_rank, seed=seed).to(device)
     mixing: dict[str, np.ndarray] = {}
     if frame is not None and subframe == "gradient" and frame_rank is not None and frame_rank > rank:
         batches = list(sample_batches(base.tokenizer, train, batch_size, max_length, min(steps, SUBFRAME_BATCHES), seed))
@@ -188,18 +198,27 @@ def train_local(
         losses.append(loss.item())
     if booster is not None:
         booster.remove()
+    kept: dict[str, np.ndarray] = {}
+    new_residual: Residual | None = None
+    if truncated and frame is not None:  # send the best rank-r part; with error feedback, add what was left out before
+        carried = fold_residual(peft_model, frame, residual, lora_scaling(peft_model), mask) if residual else {}
+        kept, cut = truncate_in_frame(peft_model, frame, rank)
+        new_residual = merged_residual([carried, cut], adapter_rank) if residual is not None else None
     peft_model.eval()
-    val_acc, val_loss = evaluate_examples(peft_model, base, val, batch_size * 2, max_length)
+    # One pass over the validation data: the importance probe's first examples count towards accuracy and loss too.
     probe_examples = list(val or train)[: importance_batches * batch_size]
     probe = list(iter_batches(base.tokenizer, probe_examples, batch_size, max_length))
-    importance = head_importance(peft_model, probe, gradient=measure_gradient)
+    tally = ClassifierTally()
+    importance = head_importance(peft_model, probe, gradient=measure_gradient, tally=tally if val else None)
+    rest = list(val)[len(probe_examples) :] if val else []
+    val_acc, val_loss = evaluate_classifier(peft_model, iter_length_sorted_batches(base.tokenizer, rest, batch_size * 2, max_length), tally)
     if mask is not None:
         mask.remove()
     if gates is not None:
         gates.remove()
     for param in frozen:
         param.requires_grad_(True)
-    arrays = adapter_arrays(peft_model)
+    arrays = adapter_arrays(peft_model) if not kept else adapter_arrays_at_rank(adapter_arrays(peft_model), kept)
     return LocalUpdate(
         arrays=arrays,
         num_examples=len(train),
@@ -211,7 +230,52 @@ def train_local(
         entropy=np.asarray(importance.entropy, dtype=np.float32),
         gradient_importance=None if importance.gradient is None else np.asarray(importance.gradient, dtype=np.float32),
         normalised_entropy=np.asarray(importance.normalised_entropy, dtype=np.float32),
+        residual=new_residual,
     )
+
+
+def truncate_in_frame(peft_model: PeftModel, factor: Factor, rank: int) -> tuple[dict[str, np.ndarray], Residual]:
+    """Cut every trained rank-R frame adapter to its best rank-``rank`` part, in place.
+
+    Returns (module → the R × r mixing Q, module → the ΔW the cut left out as
+    factors (X, Y), the scaling included: the node's error-feedback residual, ``client.error_feedback``).
+
+    ``subframe="trained"``: the trained factor (B, out × R, in a B round; A,
+    R × in, in an A round) is projected onto its own top-r singular
+    combinations Q (:func:`client.frames.gradient_subframe` of the factor),
+    B ← B Q Qᵀ or A ← Q Qᵀ A, so the adapter computes the Eckart–Young best
+    rank-r part of the node's update within the frame (the frozen factor is
+    orthonormal up to scale). The node evaluates and probes that model, and
+    :func:`adapter_arrays_at_rank` sends it at rank r: ``(Qᵀ A, B Q)``. Consent
+    zeroes stay zero: a zero row of B (column of A) is one of B Q (Qᵀ A).
+    """
+    adapter = peft_model.active_adapter
+    scaling = lora_scaling(peft_model)
+    kept: dict[str, np.ndarray] = {}
+    cut: Residual = {}
+    for path, module in _lora_modules(peft_model):
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        trained = b if factor == "b" else a
+        q = gradient_subframe(trained.detach().cpu().numpy(), rank, factor)
+        a64, b64 = a.detach().cpu().double().numpy(), b.detach().cpu().double().numpy()
+        rest = np.eye(q.shape[0]) - q @ q.T
+        cut[module_path(path)] = (scaling * b64 @ rest, a64) if factor == "b" else (b64, scaling * rest @ a64)
+        projector = torch.from_numpy(q @ q.T).to(trained.device, trained.dtype)
+        with torch.no_grad():
+            trained.copy_(trained @ projector if factor == "b" else projector @ trained)
+        kept[module_path(path)] = q
+    return kept, cut
+
+
+def adapter_arrays_at_rank(arrays: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rank-R adapter arrays rewritten at rank r by each module's R × r mixing Q: A → Qᵀ A, B → B Q (the same product)."""
+    out = dict(arrays)
+    for module, pair in lora_pairs(arrays).items():
+        q = kept[module]
+        a, b = np.asarray(arrays[pair.a_key], np.float64), np.asarray(arrays[pair.b_key], np.float64)
+        out[pair.a_key] = (q.T @ a).astype(np.float32)
+        out[pair.b_key] = (b @ q).astype(np.float32)
+    return out
 
 
 SUBFRAME_BATCHES = 4

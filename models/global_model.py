@@ -41,25 +41,47 @@ def materialise_factors(
     return materialise(base, deltas, head)
 
 
-@torch.no_grad()
-def evaluate_classifier(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[float, float]:
+class ClassifierTally:
+    """Running accuracy and cross-entropy of a classifier's logits against their labels.
+
+    The one counting rule behind :func:`evaluate_classifier`; a node's importance
+    probe adds its own forward passes' logits to it (``models.importance.head_importance``),
+    so the examples it probes are not run through the model a second time.
+    """
+
+    def __init__(self) -> None:
+        self.correct, self.loss_sum, self.count = 0, 0.0, 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``logits`` (batch × labels) against ``labels`` (batch)."""
+        logits, labels = logits.detach(), labels.to(logits.device)
+        self.loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+        self.correct += int((logits.argmax(-1) == labels).sum())
+        self.count += int(labels.numel())
+
+    def result(self) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy); ``(nan, nan)`` when nothing was counted."""
+        if self.count == 0:
+            return float("nan"), float("nan")
+        return self.correct / self.count, self.loss_sum / self.count
+
+
+def evaluate_classifier(
+    model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], tally: ClassifierTally | None = None
+) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of a classifier over labelled ``batches`` (on the model's device).
 
     Each batch holds the model's inputs and ``labels``. ``(nan, nan)`` when there
-    are no examples. The model's train/eval mode is restored afterwards.
+    are no examples. The model's train/eval mode is restored afterwards. With
+    ``tally`` the batches are added to it (and the result is over all it holds).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct, loss_sum, count = 0, 0.0, 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(**batch).logits
-        labels = batch["labels"]
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        count += int(labels.numel())
+    tally = tally if tally is not None else ClassifierTally()
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            tally.add(model(**batch).logits, batch["labels"])
     model.train(was_training)
-    if count == 0:
-        return float("nan"), float("nan")
-    return correct / count, loss_sum / count
+    return tally.result()

@@ -22,6 +22,7 @@ from typing import cast
 import numpy as np
 import torch
 from sentinel.models.components import model_layout
+from sentinel.models.global_model import ClassifierTally
 from sentinel.models.head_mask import HeadGates, attention_sites
 
 LossFn = Callable[[object, Mapping[str, torch.Tensor]], torch.Tensor]
@@ -163,6 +164,7 @@ def head_importance(
     loss_fn: LossFn | None = None,
     *,
     gradient: bool = True,
+    tally: ClassifierTally | None = None,
 ) -> HeadImportance:
     """Attention entropy (raw and normalised) and gradient importance of every head over the same batches.
 
@@ -173,8 +175,11 @@ def head_importance(
     The values equal theirs (a test checks it). With ``gradient=False`` only
     the entropies are measured, in one forward pass without gradients (a third
     of the cost): gradient importance serves federated plasticity alone.
+    With ``tally`` the same forward passes also count the model's accuracy and
+    loss on the batches' labels, so a node that probes its validation data
+    need not run those examples through the model again.
     """
-    entropy, normalised_entropy, grad = _probe(model, batches, loss_fn, entropies=True, gradient=gradient)
+    entropy, normalised_entropy, grad = _probe(model, batches, loss_fn, entropies=True, gradient=gradient, tally=tally)
     return HeadImportance(entropy=cast(np.ndarray, entropy), gradient=grad, normalised_entropy=normalised_entropy)
 
 
@@ -185,6 +190,7 @@ def _probe(
     *,
     entropies: bool,
     gradient: bool,
+    tally: ClassifierTally | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(raw entropy, normalised entropy, gradient importance) from one pass per batch, each None when not asked for.
 
@@ -222,6 +228,8 @@ def _probe(
                 with torch.no_grad():
                     outputs = model(**inputs, output_attentions=True)
             examples += size
+            if tally is not None and "labels" in batch:
+                tally.add(outputs.logits, batch["labels"])
             if not entropies:
                 continue
             query_mask = inputs.get("attention_mask")

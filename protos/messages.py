@@ -111,7 +111,9 @@ C_FRAME_RANK: Final = "frame-rank"
 """Rank R of the shared frame this round (the largest rank the coordinator sent): a node of rank r < R trains in r of
 its directions, chosen by ``subframe``; absent or 0: the node's own rank."""
 C_SUBFRAME: Final = "subframe"
-"""How a node of rank r below the frame's picks its r directions: ``top`` or ``gradient`` (``client.frames.Subframe``)."""
+"""How a node of rank r below the frame's picks its r directions: ``top``, ``gradient`` or ``trained`` (``client.frames.Subframe``)."""
+C_ERROR_FEEDBACK: Final = "error-feedback"
+"""True: a ``trained`` node below the frame's rank keeps what its cut left out and adds it next round (``client.error_feedback``)."""
 MAX_FRAME_GAIN: Final = 64.0
 """The largest frame gain a node accepts (a larger one is a malformed message, not a step size)."""
 C_ADAPTER_START: Final = "adapter-start"

@@ -229,6 +229,8 @@ class SentinelStrategy:
                 config[P.C_FRAME_SCALE] = self.design.frame_scale
                 config[P.C_FRAME_RANK] = max(ranks.values())
                 config[P.C_SUBFRAME] = self.design.subframe
+                if self.design.error_feedback:
+                    config[P.C_ERROR_FEEDBACK] = True
             if self.design.adapter == "continue":
                 config[P.C_ADAPTER_START] = "continue"
             content = RecordDict({P.REC_ARRAYS: views.records[key], P.REC_CONFIG: config})

@@ -80,6 +80,9 @@ class TrainingDesign:
     reach_weighted: bool = False
     """For ``frame``: average each direction of the frame over the nodes that reach it (``server.frame_aggregation``),
     not over every node: a rank-r node's zero in the directions it cannot train does not pull them toward zero."""
+    error_feedback: bool = False
+    """For ``subframe="trained"``: a node below the frame's rank keeps what its cut left out and adds it to its next
+    update (``client.error_feedback``), so over rounds it delivers what it trained at its own uplink rank."""
 
     def __post_init__(self) -> None:
         if self.adapter not in ("frame", "fresh", "continue"):
@@ -93,6 +96,8 @@ class TrainingDesign:
             raise ValueError(f"`gain_schedule` must be one of {get_args(FrameGainSchedule)}, got {self.gain_schedule!r}")
         if self.reach_weighted and self.adapter != "frame":
             raise ValueError("`reach_weighted` averages over a shared frame: it needs `adapter='frame'`")
+        if self.error_feedback and self.subframe != "trained":
+            raise ValueError("`error_feedback` keeps what a `trained` sub-frame cut left out: it needs `subframe='trained'`")
         if self.subframe not in SUBFRAMES:
             raise ValueError(f"`subframe` must be one of {SUBFRAMES}, got {self.subframe!r}")
         if self.frame_scale not in FRAME_SCALES:
@@ -126,6 +131,9 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
     "frame-unit-gradient": TrainingDesign(frame_scale="unit", subframe="gradient"),
     "frame-unit-reach": TrainingDesign(frame_scale="unit", reach_weighted=True),
     "frame-unit-gradient-reach": TrainingDesign(frame_scale="unit", subframe="gradient", reach_weighted=True),
+    "frame-unit-trained": TrainingDesign(frame_scale="unit", subframe="trained"),
+    "frame-unit-trained-reach": TrainingDesign(frame_scale="unit", subframe="trained", reach_weighted=True),
+    "frame-unit-trained-reach-ef": TrainingDesign(frame_scale="unit", subframe="trained", reach_weighted=True, error_feedback=True),
     "flora": TrainingDesign(adapter="fresh", view="exact"),
     "continued": TrainingDesign(adapter="continue", view="truncated"),
     "continued-exact": TrainingDesign(adapter="continue", view="exact"),
@@ -135,7 +143,10 @@ DESIGNS: dict[TrainingDesignName, TrainingDesign] = {
 A/B, exact view), ``frame-b`` (shared frame, always B), ``frame-unit`` (shared frame, its frozen factor an
 orthonormal basis at PEFT's initial norm), ``frame-unit-gradient`` (the same, nodes below the frame's rank training in
 the r combinations of its directions that carry most of their gradient), ``frame-unit-reach`` and
-``frame-unit-gradient-reach`` (each direction of the frame averaged over the nodes that reach it), ``flora`` (fresh
+``frame-unit-gradient-reach`` (each direction of the frame averaged over the nodes that reach it),
+``frame-unit-trained`` and ``frame-unit-trained-reach`` (nodes below the frame's rank train in the whole frame
+and send the best rank-r truncation of what they trained), ``frame-unit-trained-reach-ef`` (the same with error
+feedback: what the cut left out joins the node's next update), ``flora`` (fresh
 adapter on the exact view: FLoRA's stacked factors, compressed to their rank), ``continued``
 (the global adapter's top-r factors resumed on the truncated view, both trained; FlexLoRA's start)."""
 

@@ -53,9 +53,10 @@ def _context(node: NodeInfo, nodes: int, keys: Path) -> Context:
     return Context(run_id=1, node_id=node.node_id, node_config=config, state=RecordDict(), run_config={})
 
 
-@pytest.mark.parametrize("design", ["frame", "frame-unit-gradient-reach"])
+@pytest.mark.parametrize("design", ["frame", "frame-unit-gradient-reach", "frame-unit-trained-reach-ef"])
 def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_path: Path, tiny_config, design: str) -> None:
-    """Under the gradient sub-frame and the reach-weighted mean too: both keep every update in the frame."""
+    """Under the gradient or trained sub-frame (with error feedback) and the reach-weighted mean too: each keeps every
+    update in the frame."""
     config = tiny_config(nodes=4, roles=["edge", "gpu", "gpu", "edge"], training_design=design)
     keys = ensure_simulated_keys(tmp_path / "keys", config.nodes)
     LocalGrid({})  # sets Flower's task identity, which building Messages outside a run needs
@@ -65,6 +66,7 @@ def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_pa
     # Node 1 misses round 2; node 3 joins in round 3; round 4 has only some of them.
     taking_part = {1: [0, 1, 2], 2: [0, 2], 3: [0, 1, 2, 3], 4: [1, 3]}
     state = initial_state(base)
+    residuals: dict[int, dict] = {}  # each node's error-feedback remainder, as its Context.state keeps it
     for rnd, members in taking_part.items():
         plan = strategy.configure_train(rnd, state, [nodes[i] for i in members])
         truth = materialise(base, state.deltas, state.head)
@@ -79,7 +81,10 @@ def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_pa
                 batch_size=8, learning_rate=5e-3, max_length=config.max_length, seed=rnd * 10 + node.partition_id,
                 frame=inputs.train_factor, frame_seed=config.seed, server_round=rnd, frame_gain=ins.frame_gain,
                 frame_scale=ins.frame_scale, frame_rank=ins.frame_rank or None, subframe=ins.subframe,
+                residual=residuals.get(node.partition_id, {}) if ins.error_feedback else None,
             )
+            if update.residual is not None:
+                residuals[node.partition_id] = update.residual
             results.append(NodeResult(node=node, accepted=True, num_examples=update.num_examples, rank=update.rank, arrays=update.arrays))
         assert plan.frames is not None
         for r in results:  # every honest update lies in the round's frame (the coordinator's check)
@@ -91,6 +96,7 @@ def test_views_are_exact_for_mixed_ranks_a_missed_round_and_a_late_joiner(tmp_pa
         view_ranks = strategy.configure_train(rnd + 1, state, nodes[:1]).messages[0].content[P.REC_ARRAYS]
         a_shapes = [v.shape[0] for k, v in view_ranks.items() if k.startswith(P.KEY_LORA_A)]
         assert max(a_shapes) <= max(p.lora_rank for p in config.profiles.values())
+    assert bool(residuals) == strategy.design.error_feedback  # the edge nodes kept a remainder
 
 
 class _StateLog(RoundObserver):

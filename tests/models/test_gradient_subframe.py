@@ -115,6 +115,36 @@ def test_a_low_rank_node_trains_inside_the_full_frame_where_its_gradient_is(base
     assert moved  # the update is non-zero and (checked above) lies in the rank-R frame
 
 
+@pytest.mark.parametrize("factor", ["b", "a"])
+def test_a_trained_subframe_sends_the_best_rank_r_part_of_its_full_frame_training(base: LoadedModel, factor: str) -> None:
+    """``subframe="trained"``: the node trains in the whole rank-R frame and sends, at its own rank, the
+    Eckart–Young best rank-r part of that update (inside the frame, so aggregation stays exact)."""
+    view = _view(base)
+    common = dict(steps=2, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame=factor, frame_seed=7,
+                  server_round=2, frame_gain=2.0, frame_scale="unit", frame_rank=FRAME_RANK)
+    full = _pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=FRAME_RANK, **common).arrays)  # type: ignore[arg-type]
+    cut = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, subframe="trained", **common)  # type: ignore[arg-type]
+    assert cut.rank == RANK
+    pairs = _pairs(cut.arrays)
+    assert pairs.keys() == full.keys()
+    moved = 0
+    for key, (a, b) in pairs.items():
+        assert a.shape[0] == RANK and b.shape[1] == RANK  # uplink at the node's own rank
+        delta_full = full[key][1].astype(np.float64) @ full[key][0]
+        delta = b.astype(np.float64) @ a
+        sigma = np.linalg.svd(delta_full, compute_uv=False)
+        assert np.linalg.matrix_rank(delta, tol=1e-8 * max(sigma[0], 1e-30)) <= RANK
+        # the best rank-r approximation of the full-frame update: its error is the trailing singular values
+        np.testing.assert_allclose(np.linalg.norm(delta_full - delta), np.sqrt(np.sum(sigma[RANK:] ** 2)), atol=1e-6, rtol=1e-4)
+        view_a, view_b = view.factors[_module(key)]
+        if factor == "b":
+            assert _residual(a, frame_rows(view_a, FRAME_RANK, P.LORA_ALPHA_PER_RANK, 7, 2, _module(key), gain=2.0, scale="unit")) < 1e-5
+        else:
+            assert _residual(b.T, frame_columns(view_b, FRAME_RANK, P.LORA_ALPHA_PER_RANK, gain=2.0, scale="unit").T) < 1e-5
+        moved += int(sigma[0] > 0)
+    assert moved
+
+
 def test_without_a_larger_frame_nothing_changes_and_a_frame_below_the_rank_is_refused(base: LoadedModel) -> None:
     view = _view(base)
     common = dict(steps=1, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame="b", frame_seed=7, server_round=2)
@@ -152,3 +182,103 @@ def test_the_coordinator_sends_the_frame_rank_and_a_node_refuses_one_below_its_r
     content = RecordDict({P.REC_ARRAYS: global_view_record({}, state.head), P.REC_CONFIG: node_config})
     (bad,) = grid.send_and_receive([Message(content=content, message_type=P.MSG_TRAIN, dst_node_id=NODE)])
     assert bad.has_error() and P.C_FRAME_RANK in bad.error.reason
+
+
+def _delta(pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    a, b = pair
+    return P.LORA_ALPHA_PER_RANK * (b.astype(np.float64) @ a.astype(np.float64))
+
+
+def _residual_delta(residual: dict[str, tuple[np.ndarray, np.ndarray]], module: str) -> np.ndarray:
+    x, y = residual[module]
+    return np.asarray(x, np.float64) @ np.asarray(y, np.float64)
+
+
+def test_error_feedback_delivers_what_the_cut_left_out_in_a_later_round(base: LoadedModel) -> None:
+    """With error feedback nothing a ``trained`` node trained is lost: what it sends plus what it keeps is all it
+    trained, in round 1, and in round 2 (the other factor) its update carries round 1's remainder in the frame."""
+    view = _view(base)
+    common = dict(steps=2, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame_seed=7, frame_gain=2.0,
+                  frame_scale="unit", frame_rank=FRAME_RANK)
+    rounds = (("b", 2), ("a", 3))
+    full = [_pairs(train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=FRAME_RANK, frame=f, server_round=t, **common).arrays)  # type: ignore[arg-type]
+            for f, t in rounds]
+    first = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, subframe="trained", frame="b", server_round=2,
+                        residual={}, **common)  # type: ignore[arg-type]
+    assert first.residual is not None
+    second = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, subframe="trained", frame="a", server_round=3,
+                         residual=first.residual, **common)  # type: ignore[arg-type]
+    assert second.residual is not None
+    without = train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, subframe="trained", frame="a", server_round=3, **common)  # type: ignore[arg-type]
+    assert without.residual is None
+    sent = [_pairs(first.arrays), _pairs(second.arrays)]
+    changed = 0
+    for key in full[0]:
+        module = _module(key)
+        r1, r2 = _residual_delta(first.residual, module), _residual_delta(second.residual, module)
+        scale = max(np.linalg.norm(_delta(full[0][key])), 1e-30)
+        # round 1: sent + kept = trained; round 2: sent + kept = trained + round 1's remainder
+        np.testing.assert_allclose(_delta(sent[0][key]) + r1, _delta(full[0][key]), atol=1e-5 * scale)
+        np.testing.assert_allclose(_delta(sent[1][key]) + r2, _delta(full[1][key]) + r1, atol=1e-5 * scale)
+        frame = frame_columns(view.factors[module][1], FRAME_RANK, P.LORA_ALPHA_PER_RANK, gain=2.0, scale="unit")
+        assert _residual(sent[1][key][1].T, frame.T) < 1e-5  # round 2's update still lies in its frame
+        changed += int(np.linalg.norm(_delta(sent[1][key]) - _delta(_pairs(without.arrays)[key])) > 1e-6 * scale)
+    assert changed  # the remainder reached round 2's update
+
+
+def test_error_feedback_keeps_consent_zeroes() -> None:
+    """A remainder from a round with wider consent never puts a change into a slice the node may not touch now."""
+    from sentinel.models.components import model_layout
+
+    model = load_base_model("tiny-bert", task="classification", num_labels=2, seed=0)
+    view = _view(model)
+    layout = model_layout(model.model)
+    allowed = {f"layer.{i}.head.{h}" for i in range(layout.num_layers) for h in range(layout.num_heads)} - {"layer.0.head.0"}
+    common = dict(steps=1, batch_size=4, learning_rate=1e-2, max_length=12, seed=3, frame_seed=7, frame_gain=2.0,
+                  frame_scale="unit", frame_rank=FRAME_RANK, rank=RANK, subframe="trained", frame="b", server_round=2)
+    first = train_local(model, view, EXAMPLES, EXAMPLES[:2], residual={}, **common)  # type: ignore[arg-type]
+    assert first.residual
+    second = train_local(model, view, EXAMPLES, EXAMPLES[:2], residual=first.residual, permitted=allowed, **common)  # type: ignore[arg-type]
+    head_dim, checked = layout.head_dim, 0
+    for key, pair in _pairs(second.arrays).items():
+        if "layer.0." in key and any(p in key for p in (".query", ".key", ".value")):
+            assert not _delta(pair)[:head_dim].any()  # head 0 of layer 0: exactly zero
+            assert _delta(pair)[head_dim:].any()  # the heads it may change did change
+            checked += 1
+    assert checked == 3
+
+
+@pytest.mark.usefixtures("inside_a_server_app")
+def test_a_node_keeps_its_remainder_in_its_context_state_between_rounds(base: LoadedModel) -> None:
+    """Under ``frame-unit-trained-reach-ef`` the coordinator asks for error feedback, and the ClientApp keeps the
+    node's remainder in ``Context.state`` from one round to the next (and drops it when a round does not ask)."""
+    from sentinel.client.error_feedback import STATE_RESIDUAL, residual_from_record
+
+    config = FederationConfig.model_validate(
+        dict(
+            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=2, max_length=16,
+            training_design="frame-unit-trained-reach-ef",
+            profiles={"gpu": RoleProfile(lora_rank=FRAME_RANK, local_steps=1, batch_size=4),
+                      "edge": RoleProfile(lora_rank=RANK, local_steps=1, batch_size=4)},
+        )
+    )
+    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    state = initial_state(base)
+    grid = LocalGrid({NODE: client_app}, {NODE: {"partition-id": 1, "num-partitions": 2, "role": "edge", "device": "cpu"}})
+    kept = []
+    for rnd in (1, 3):  # two B rounds (with the global update still zero, an A round's frame is empty)
+        plan = strategy.configure_train(rnd, state, [NodeInfo(1, 0, "gpu", ""), NodeInfo(NODE, 1, "edge", "")])
+        (message,) = [m for m in plan.messages if m.metadata.dst_node_id == NODE]
+        sent = message.content[P.REC_CONFIG]
+        assert sent[P.C_ERROR_FEEDBACK] is True and sent[P.C_SUBFRAME] == "trained"
+        (reply,) = grid.send_and_receive([message])
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        arrays = reply.content[P.REC_ARRAYS]
+        assert all(v.shape[0] == RANK for k, v in arrays.items() if "lora_A" in k)  # uplink at the node's rank
+        kept.append(residual_from_record(grid._contexts[NODE].state.array_records[STATE_RESIDUAL]))
+    assert kept[0] and kept[0].keys() == kept[1].keys()
+    assert any(not np.allclose(kept[0][m][0] @ kept[0][m][1], kept[1][m][0] @ kept[1][m][1]) for m in kept[0])
+    plain = strategy.node_config(NodeInfo(NODE, 1, "edge", ""), 3)  # a round without error feedback drops it
+    (reply,) = grid.send_and_receive([Message(content=RecordDict({P.REC_ARRAYS: global_view_record({}, state.head),
+                                                                  P.REC_CONFIG: plain}), message_type=P.MSG_TRAIN, dst_node_id=NODE)])
+    assert not reply.has_error() and STATE_RESIDUAL not in grid._contexts[NODE].state

@@ -180,3 +180,23 @@ def test_without_gradient_the_probe_measures_the_same_entropies_in_one_forward_p
     assert entropies_only.gradient is None and "gradient" not in entropies_only.to_dict()
     np.testing.assert_allclose(entropies_only.entropy, full.entropy, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(entropies_only.normalised_entropy, full.normalised_entropy, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("gradient", [False, True])
+def test_the_probe_counts_accuracy_and_loss_as_evaluation_does(gradient: bool) -> None:
+    """A node probes its validation data once: the probe's own forward passes give the accuracy and loss a
+    separate evaluation would (so a node does not run those examples through the model twice)."""
+    from sentinel.models.global_model import ClassifierTally, evaluate_classifier
+
+    base = load_base_model("tiny-bert", task="classification", num_labels=2, seed=0)
+    batches = [_batch(base, TEXTS[:2]), _batch(base, TEXTS[2:])]
+    tally = ClassifierTally()
+    probed = head_importance(base.model, batches, gradient=gradient, tally=tally)
+    assert tally.count == len(TEXTS)
+    accuracy, loss = evaluate_classifier(base.model, batches)
+    assert tally.result() == pytest.approx((accuracy, loss), abs=1e-6)
+    np.testing.assert_array_equal(probed.entropy, head_importance(base.model, batches, gradient=gradient).entropy)
+    # the rest of the data evaluated into the same tally gives the whole set's figures
+    rest = [_batch(base, ["one more", "and the last one here"])]
+    assert evaluate_classifier(base.model, rest, tally) == pytest.approx(evaluate_classifier(base.model, batches + rest), abs=1e-6)
+    assert all(math.isnan(x) for x in ClassifierTally().result())  # nothing counted
