@@ -244,8 +244,8 @@ def truncate_in_frame(peft_model: PeftModel, factor: Factor, rank: int) -> tuple
     R × in, in an A round) is projected onto its own top-r singular
     combinations Q (:func:`client.frames.gradient_subframe` of the factor),
     B ← B Q Qᵀ or A ← Q Qᵀ A, so the adapter computes the Eckart–Young best
-    rank-r part of the node's update within the frame (the frozen factor is
-    orthonormal up to scale). The node evaluates and probes that model, and
+    rank-r part of the node's update within the frame (with a ``unit`` frame,
+    whose frozen factor is orthonormal up to scale and consent's zeroes). The node evaluates and probes that model, and
     :func:`adapter_arrays_at_rank` sends it at rank r: ``(Qᵀ A, B Q)``. Consent
     zeroes stay zero: a zero row of B (column of A) is one of B Q (Qᵀ A).
     """

@@ -18,10 +18,11 @@ held-out test set (20%) for every setting of a seed:
 - (c) ``flora`` — a fresh LoRA each round on the *exact* global ΔW (FLoRA's
   stacked factors, compressed to the rank they have);
 - (d) ``chosen`` — the shared-frame design with its frozen factor an orthonormal basis at PEFT's
-  init norm, gain 4/√t in round t, rank-4 nodes training in the 4 combinations of the frame's 16
-  directions that carry most of their gradient, and each direction averaged over the nodes that reach
-  it (``training_design = "frame-unit-gradient-reach"``, ``frame_gain = 4``,
-  ``frame_gain_schedule = "inverse-sqrt"``: the config's defaults; ``--chosen``/``--frame-gain``/``--frame-gain-schedule``);
+  init norm, gain 4/√t in round t, rank-4 nodes training in the whole rank-16 frame and sending the
+  best rank-4 part of what they trained, keeping the rest for their next update (error feedback), and
+  each direction averaged over the nodes that reach it (``training_design = "frame-unit-trained-reach-ef"``,
+  ``frame_gain = 4``, ``frame_gain_schedule = "inverse-sqrt"``: the config's defaults;
+  ``--chosen``/``--frame-gain``/``--frame-gain-schedule``);
 - ``continued`` — nodes resume the global adapter's top-r factors and send
   their adapter at rank r, the coordinator rebuilding the change at rank 2r (``training_design = "continued"``,
   ``models.continued``).
@@ -31,8 +32,9 @@ nodes at rank 16, (a) at rank 16 everywhere. (b), (c), (d) also run with all
 nodes at rank 16, and the suspects of the accuracy gap are ablated at the first
 seed: fresh vs frame adapter (b/c vs d), the rank mix (mixed vs all-16), the
 default consent policy (``consent=False``), the agency rule (a policy without
-it), the gradient sub-frame (``chosen-top-subframe``: the frame's leading r directions), the
-reach-weighted mean (``chosen-no-reach``), both (``chosen-unit``: ``frame-unit``) and, for ``--chosen
+it), error feedback (``chosen-no-ef``), the trained sub-frame (``chosen-gradient-subframe``: the r
+combinations chosen by the gradient of a probe; ``chosen-top-subframe``: the frame's leading r
+directions), reach weighting with the leading sub-frame too (``chosen-unit``: ``frame-unit``) and, for ``--chosen
 frame``, the frame schedule (``b`` only). ``--ablation-seeds`` runs the ablations at more seeds. Sentinel runs are accountable (ledger,
 governance, validation, leave-one-out contributions), as ``sentinel simulate``
 runs them. Every federation uses the in-process ``LocalGrid`` (no Ray), so the
@@ -94,8 +96,10 @@ class Setting:
         return f"{self.name}@{self.seed}"
 
 
-CHOSEN = "frame-unit-gradient-reach"
+CHOSEN = "frame-unit-trained-reach-ef"
 ABLATED: dict[str, dict[str, str]] = {
+    "frame-unit-trained-reach-ef": {"chosen-no-ef": "frame-unit-trained-reach", "chosen-gradient-subframe": "frame-unit-gradient-reach",
+                                    "chosen-top-subframe": "frame-unit-reach", "chosen-unit": "frame-unit"},
     "frame-unit-gradient-reach": {"chosen-top-subframe": "frame-unit-reach", "chosen-no-reach": "frame-unit-gradient",
                                   "chosen-unit": "frame-unit"},
 }
