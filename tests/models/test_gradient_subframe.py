@@ -156,20 +156,25 @@ def test_without_a_larger_frame_nothing_changes_and_a_frame_below_the_rank_is_re
         train_local(base, view, EXAMPLES, EXAMPLES[:2], rank=RANK, frame_rank=1, **common)  # type: ignore[arg-type]
 
 
+def _two_node_strategy(design: str) -> SentinelStrategy:
+    """A coordinator strategy for one gpu node at the frame's rank and one edge node below it, under ``design``."""
+    config = FederationConfig.model_validate(
+        dict(
+            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=2, max_length=16,
+            training_design=design,
+            profiles={"gpu": RoleProfile(lora_rank=FRAME_RANK, local_steps=1, batch_size=4),
+                      "edge": RoleProfile(lora_rank=RANK, local_steps=1, batch_size=4)},
+        )
+    )
+    return SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+
+
 @pytest.mark.usefixtures("inside_a_server_app")
 def test_the_coordinator_sends_the_frame_rank_and_a_node_refuses_one_below_its_rank(base: LoadedModel) -> None:
     assert design_named("frame-unit-gradient").subframe == "gradient" and design_named("frame-unit").subframe == "top"
     with pytest.raises(ValueError, match="subframe"):
         TrainingDesign(subframe="best")  # type: ignore[arg-type]
-    config = FederationConfig.model_validate(
-        dict(
-            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=2, max_length=16,
-            training_design="frame-unit-gradient",
-            profiles={"gpu": RoleProfile(lora_rank=FRAME_RANK, local_steps=1, batch_size=4),
-                      "edge": RoleProfile(lora_rank=RANK, local_steps=1, batch_size=4)},
-        )
-    )
-    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    strategy = _two_node_strategy("frame-unit-gradient")
     state = initial_state(base)
     plan = strategy.configure_train(1, state, [NodeInfo(1, 0, "gpu", ""), NodeInfo(2, 1, "edge", "")])
     for message in plan.messages:
@@ -254,15 +259,7 @@ def test_a_node_keeps_its_remainder_in_its_context_state_between_rounds(base: Lo
     node's remainder in ``Context.state`` from one round to the next (and drops it when a round does not ask)."""
     from sentinel.client.error_feedback import STATE_RESIDUAL, residual_from_record
 
-    config = FederationConfig.model_validate(
-        dict(
-            model="tiny-bert", dataset="builtin:reviews?n=120", partition="iid", nodes=2, rounds=2, max_length=16,
-            training_design="frame-unit-trained-reach-ef",
-            profiles={"gpu": RoleProfile(lora_rank=FRAME_RANK, local_steps=1, batch_size=4),
-                      "edge": RoleProfile(lora_rank=RANK, local_steps=1, batch_size=4)},
-        )
-    )
-    strategy = SentinelStrategy(config, touched_fn=lambda arrays, head: set(), require_signatures=False)
+    strategy = _two_node_strategy("frame-unit-trained-reach-ef")
     state = initial_state(base)
     grid = LocalGrid({NODE: client_app}, {NODE: {"partition-id": 1, "num-partitions": 2, "role": "edge", "device": "cpu"}})
     kept = []
