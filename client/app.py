@@ -6,6 +6,7 @@ Thin by design: it parses messages, calls ``client.training`` and packs the repl
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +19,14 @@ from flwr.clientapp import ClientApp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sentinel.client.data import Example, load_examples
 from sentinel.client.data.federated import federated_split, node_train_val, own_train_val
-from sentinel.client.error_feedback import STATE_RESIDUAL, residual_from_record, residual_record
+from sentinel.client.error_feedback import (
+    STATE_RESIDUAL,
+    load_residual,
+    residual_from_record,
+    residual_record,
+    residual_store_dir,
+    save_residual,
+)
 from sentinel.client.frames import Factor, FrameScale, Subframe
 from sentinel.client.node import NodeIdentity, cached_base_model, node_identity, node_key, node_public_key
 from sentinel.client.training import GlobalView, LocalUpdate, resolve_device, train_local
@@ -196,16 +204,26 @@ def resolve_round(msg: Message, context: Context) -> RoundInputs:
 def train(msg: Message, context: Context) -> Message:
     """Train a LoRA on the global model (in the shared frame, or fresh) within the permitted set and reply with it."""
     inputs = resolve_round(msg, context)
-    residual = None
-    if inputs.instruction.error_feedback:  # what this node trained but has not sent yet (none kept: start empty)
-        record = context.state.array_records.get(STATE_RESIDUAL)
-        residual = residual_from_record(record) if record is not None else {}
+    ins, residual = inputs.instruction, None
+    kept = STATE_RESIDUAL in context.state
+    store = residual_store(inputs.identity, ins, context) if ins.error_feedback or kept else None
+    if ins.error_feedback and store is not None:  # what this node trained but has not sent yet (none kept: start empty)
+        record = context.state.array_records.get(STATE_RESIDUAL)  # this process's copy; after a restart, the disk's
+        residual = residual_from_record(record) if record is not None else (load_residual(store, ins.server_round) or {})
     update = local_update(inputs, inputs.train_set, residual)
-    if update.residual is not None:
+    if update.residual is not None and store is not None:
         context.state[STATE_RESIDUAL] = residual_record(update.residual)
-    elif STATE_RESIDUAL in context.state:
+        save_residual(store, ins.server_round, update.residual)
+    elif kept and store is not None:  # error feedback has ended for this node: drop its remainder everywhere
         del context.state[STATE_RESIDUAL]
+        shutil.rmtree(store, ignore_errors=True)
     return update_reply(msg, context, update)
+
+
+def residual_store(ident: NodeIdentity, ins: TrainInstruction, context: Context) -> Path:
+    """Where this node keeps its error-feedback residual on disk (``client.error_feedback.residual_store_dir``)."""
+    key = node_key(ident.partition_id, ident.key_file, ins.run_seed)
+    return residual_store_dir(ident.state_dir, ident.node_keys, ident.partition_id, key_id(key), context.run_id)
 
 
 def local_update(

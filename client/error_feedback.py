@@ -8,6 +8,11 @@ and adds it to its next round's update before truncating again, the error
 feedback of compressed SGD (Seide et al. 2014; Karimireddy et al. 2019, EF-SGD).
 Over rounds the node delivers what it trained, at its own uplink rank.
 
+The residual is also written to the node's disk after every round (:func:`save_residual`, atomically, one
+directory per round, the newest :data:`KEEP` kept), so a node that restarts, or a simulation resumed with
+``--resume``, takes up the residual of its newest round before the one it trains (:func:`load_residual`): a
+resumed run's nodes send what an uninterrupted run's would.
+
 Only the part of the residual that lies in the round's frame can join an
 update (every update stays in the shared frame, so aggregation stays exact);
 the rest is carried on, and the residual is kept at rank ≤ R (its best rank-R
@@ -18,7 +23,11 @@ exactly zero, and what consent removes is dropped, not carried.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +36,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from sentinel.client.frames import Factor
 from sentinel.models.consent import ConsentMask
+from sentinel.models.fileio import write_dir_atomically
 from sentinel.models.lora import module_path
 from sentinel.protos.records import from_array_record, to_array_record
 
@@ -58,6 +68,48 @@ def residual_from_record(record: ArrayRecord) -> Residual:
             raise ValueError(f"the error-feedback residual of module `{module}` is malformed")
         residual[module] = (x.astype(np.float64), y.astype(np.float64))
     return residual
+
+
+KEEP = 2
+"""Rounds of residuals a node keeps on disk: the newest and the one before (a resumed round reads the one before)."""
+_ROUND_DIR = re.compile(r"round-(\d+)")
+_FILE = "residual.npz"
+
+
+def residual_store_dir(configured: str | None, node_keys: str | None, partition_id: int, key_id: str, run_id: int) -> Path:
+    """Where a node keeps its residuals: the configured directory, else beside a simulation's node keys (the run's
+    own output directory, so ``--resume`` finds them), else the user cache under its key id and Flower run id."""
+    if configured:
+        return Path(configured).expanduser()
+    if node_keys:
+        return Path(node_keys).parent / "node-state" / f"partition-{int(partition_id)}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "sentinel" / "node-state" / key_id / f"run-{int(run_id)}"
+
+
+def _rounds(store: Path) -> list[tuple[int, Path]]:
+    if not store.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in store.iterdir() if (m := _ROUND_DIR.fullmatch(p.name)) and (p / _FILE).is_file()]
+    return sorted(found)
+
+
+def save_residual(store: Path, server_round: int, residual: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write the residual left after ``server_round`` to ``store`` atomically; keep the newest :data:`KEEP` rounds."""
+    arrays = {k: v.numpy() for k, v in residual_record(residual).items()}
+    target = write_dir_atomically(store / f"round-{int(server_round):06d}", lambda d: np.savez(d / _FILE, **arrays))
+    for _, old in _rounds(store)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_residual(store: Path, before_round: int) -> Residual | None:
+    """The residual of the newest round before ``before_round`` kept in ``store`` (None when there is none)."""
+    earlier = [p for r, p in _rounds(store) if r < before_round]
+    if not earlier:
+        return None
+    with np.load(earlier[-1] / _FILE, allow_pickle=False) as data:
+        return residual_from_record(to_array_record({k: data[k] for k in data.files}))
 
 
 def _lora_modules(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
@@ -121,4 +173,15 @@ def merged_residual(parts: list[Mapping[str, tuple[np.ndarray, np.ndarray]]], ma
     return merged
 
 
-__all__ = ["STATE_RESIDUAL", "Residual", "fold_residual", "merged_residual", "residual_from_record", "residual_record"]
+__all__ = [
+    "KEEP",
+    "STATE_RESIDUAL",
+    "Residual",
+    "fold_residual",
+    "load_residual",
+    "merged_residual",
+    "residual_from_record",
+    "residual_record",
+    "residual_store_dir",
+    "save_residual",
+]

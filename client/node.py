@@ -57,6 +57,11 @@ class NodeIdentity(BaseModel):
         alias="edge-bundle-dir",
         description="Where this edge node keeps the bundles the coordinator delivers; None: beside its key or the user cache.",
     )
+    state_dir: str | None = Field(
+        default=None,
+        alias="state-dir",
+        description="Where this node keeps state across restarts (its error-feedback residual); None: beside its key or the user cache.",
+    )
 
 
 SIMULATED_KEYS = "node-keys"

@@ -169,10 +169,17 @@ def test_a_node_that_missed_a_round_is_given_the_exact_global_model_next_round(o
 
 
 @pytest.mark.slow
-def test_a_resumed_run_gives_nodes_the_views_of_an_uninterrupted_one(tmp_path: Path, tiny_config) -> None:
-    _, _, full, _ = _run(tiny_config(rounds=2, validation=False, training_design="frame"), tmp_path / "full")
-    _run(tiny_config(rounds=1, validation=False, training_design="frame"), tmp_path / "split")
-    _, _, resumed, _ = _run(tiny_config(rounds=2, validation=False, training_design="frame"), tmp_path / "split", resume=True)
-    assert {k for k in resumed} == {k for k in full if k[0] == 2}
+@pytest.mark.parametrize(("design", "rounds", "split"), [("frame", 2, 1), ("frame-unit-trained-reach-ef", 4, 2)])
+def test_a_resumed_run_gives_nodes_the_views_of_an_uninterrupted_one(
+    tmp_path: Path, tiny_config, design: str, rounds: int, split: int
+) -> None:
+    """With error feedback too: the edge node's remainders, kept on its disk, carry over the resume (resumed after
+    round 2 of 4, so round 4's views depend on round 3's updates, which used remainders from round 2). Consent is
+    off there: the default policy keeps edge nodes off layers 0-1, which is all of tiny-bert, so they would keep none."""
+    settings = dict(validation=False, training_design=design, consent=design == "frame")
+    _, _, full, _ = _run(tiny_config(rounds=rounds, **settings), tmp_path / "full")
+    _run(tiny_config(rounds=split, **settings), tmp_path / "split")
+    _, _, resumed, _ = _run(tiny_config(rounds=rounds, **settings), tmp_path / "split", resume=True)
+    assert {k for k in resumed} == {k for k in full if k[0] > split}
     for key, model in resumed.items():
         assert _max_weight_gap(model, full[key]) <= 1e-6, key

@@ -10,6 +10,8 @@ exactness), with more of its gradient in reach.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Message, RecordDict
@@ -20,7 +22,7 @@ from sentinel.client.frames import frame_columns, frame_rows, gradient_subframe
 from sentinel.client.training import SUBFRAME_BATCHES, FrameStart, GlobalView, frame_subframes, train_local
 from sentinel.models.loading import LoadedModel, load_base_model
 from sentinel.protos import messages as P
-from sentinel.protos.records import global_view_record
+from sentinel.protos.records import from_array_record, global_view_record
 from sentinel.server.central import initial_state
 from sentinel.server.config import FederationConfig, RoleProfile
 from sentinel.server.local_grid import LocalGrid
@@ -253,29 +255,67 @@ def test_error_feedback_keeps_consent_zeroes() -> None:
     assert checked == 3
 
 
+def _edge_grid(state_dir: Path) -> LocalGrid:
+    return LocalGrid({NODE: client_app}, {NODE: {"partition-id": 1, "num-partitions": 2, "role": "edge", "device": "cpu",
+                                                 "state-dir": str(state_dir)}})
+
+
+def _edge_round(strategy: SentinelStrategy, grid: LocalGrid, base: LoadedModel, rnd: int) -> dict[str, np.ndarray]:
+    """Round ``rnd`` of the edge node on ``grid`` (the global model left at its start): its reply's arrays."""
+    plan = strategy.configure_train(rnd, initial_state(base), [NodeInfo(1, 0, "gpu", ""), NodeInfo(NODE, 1, "edge", "")])
+    (message,) = [m for m in plan.messages if m.metadata.dst_node_id == NODE]
+    sent = message.content[P.REC_CONFIG]
+    assert sent[P.C_ERROR_FEEDBACK] is True and sent[P.C_SUBFRAME] == "trained"
+    (reply,) = grid.send_and_receive([message])
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    return from_array_record(reply.content[P.REC_ARRAYS])
+
+
 @pytest.mark.usefixtures("inside_a_server_app")
-def test_a_node_keeps_its_remainder_in_its_context_state_between_rounds(base: LoadedModel) -> None:
-    """Under ``frame-unit-trained-reach-ef`` the coordinator asks for error feedback, and the ClientApp keeps the
-    node's remainder in ``Context.state`` from one round to the next (and drops it when a round does not ask)."""
-    from sentinel.client.error_feedback import STATE_RESIDUAL, residual_from_record
+def test_a_node_keeps_its_remainder_between_rounds_and_across_a_restart(base: LoadedModel, tmp_path: Path) -> None:
+    """Under ``frame-unit-trained-reach-ef`` the coordinator asks for error feedback; the ClientApp keeps the node's
+    remainder in ``Context.state`` and on its disk, so a node that restarts (a resumed run) sends what an
+    uninterrupted one would; a round that does not ask for error feedback drops the remainder."""
+    from sentinel.client.error_feedback import STATE_RESIDUAL, load_residual, residual_from_record
 
     strategy = _two_node_strategy("frame-unit-trained-reach-ef")
-    state = initial_state(base)
-    grid = LocalGrid({NODE: client_app}, {NODE: {"partition-id": 1, "num-partitions": 2, "role": "edge", "device": "cpu"}})
+    grid = _edge_grid(tmp_path / "state")
     kept = []
     for rnd in (1, 3):  # two B rounds (with the global update still zero, an A round's frame is empty)
-        plan = strategy.configure_train(rnd, state, [NodeInfo(1, 0, "gpu", ""), NodeInfo(NODE, 1, "edge", "")])
-        (message,) = [m for m in plan.messages if m.metadata.dst_node_id == NODE]
-        sent = message.content[P.REC_CONFIG]
-        assert sent[P.C_ERROR_FEEDBACK] is True and sent[P.C_SUBFRAME] == "trained"
-        (reply,) = grid.send_and_receive([message])
-        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-        arrays = reply.content[P.REC_ARRAYS]
+        arrays = _edge_round(strategy, grid, base, rnd)
         assert all(v.shape[0] == RANK for k, v in arrays.items() if "lora_A" in k)  # uplink at the node's rank
         kept.append(residual_from_record(grid._contexts[NODE].state.array_records[STATE_RESIDUAL]))
     assert kept[0] and kept[0].keys() == kept[1].keys()
     assert any(not np.allclose(kept[0][m][0] @ kept[0][m][1], kept[1][m][0] @ kept[1][m][1]) for m in kept[0])
-    plain = strategy.node_config(NodeInfo(NODE, 1, "edge", ""), 3)  # a round without error feedback drops it
-    (reply,) = grid.send_and_receive([Message(content=RecordDict({P.REC_ARRAYS: global_view_record({}, state.head),
+    on_disk = load_residual(tmp_path / "state", 2)
+    assert on_disk is not None and all(np.allclose(on_disk[m][0] @ on_disk[m][1], kept[0][m][0] @ kept[0][m][1], atol=1e-7)
+                                       for m in kept[0])
+
+    # The node restarted after round 1 (round 3 in a fresh process: empty Context.state, the same state directory,
+    # as `--resume` starts it) sends what the uninterrupted node sent; one that never kept a remainder does not.
+    _edge_round(strategy, _edge_grid(tmp_path / "restarted"), base, 1)
+    restarted = _edge_round(strategy, _edge_grid(tmp_path / "restarted"), base, 3)
+    forgetful = _edge_round(strategy, _edge_grid(tmp_path / "empty"), base, 3)
+    for key, value in arrays.items():  # the uninterrupted node's round 3
+        np.testing.assert_array_equal(value, restarted[key])
+    assert any(not np.array_equal(arrays[k], forgetful[k]) for k in forgetful)
+
+    plain = strategy.node_config(NodeInfo(NODE, 1, "edge", ""), 5)  # a round without error feedback drops it
+    (reply,) = grid.send_and_receive([Message(content=RecordDict({P.REC_ARRAYS: global_view_record({}, initial_state(base).head),
                                                                   P.REC_CONFIG: plain}), message_type=P.MSG_TRAIN, dst_node_id=NODE)])
     assert not reply.has_error() and STATE_RESIDUAL not in grid._contexts[NODE].state
+    assert load_residual(tmp_path / "state", 10) is None
+
+
+def test_a_node_keeps_its_newest_remainders_on_disk_and_reads_the_one_before_the_round(tmp_path: Path) -> None:
+    from sentinel.client.error_feedback import KEEP, load_residual, residual_from_record, save_residual
+    from sentinel.protos.records import to_array_record
+
+    for rnd in (1, 2, 3):
+        save_residual(tmp_path, rnd, {"m": (np.full((3, 1), float(rnd)), np.ones((1, 4)))})
+    assert len(list(tmp_path.iterdir())) == KEEP == 2  # round 1 pruned, no temporary directories left
+    before_3 = load_residual(tmp_path, 3)
+    assert before_3 is not None and np.allclose(before_3["m"][0], 2.0)  # a resumed round 3 reads round 2's
+    assert load_residual(tmp_path, 2) is None and load_residual(tmp_path / "missing", 9) is None
+    with pytest.raises(ValueError, match="malformed"):
+        residual_from_record(to_array_record({"m::x": np.ones((3, 2)), "m::y": np.ones((1, 4))}))
