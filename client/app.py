@@ -204,17 +204,20 @@ def resolve_round(msg: Message, context: Context) -> RoundInputs:
 def train(msg: Message, context: Context) -> Message:
     """Train a LoRA on the global model (in the shared frame, or fresh) within the permitted set and reply with it."""
     inputs = resolve_round(msg, context)
-    ins, residual = inputs.instruction, None
+    ins = inputs.instruction
     kept = STATE_RESIDUAL in context.state
-    store = residual_store(inputs.identity, ins, context) if ins.error_feedback or kept else None
-    if ins.error_feedback and store is not None:  # what this node trained but has not sent yet (none kept: start empty)
+    if not (ins.error_feedback or kept):
+        return update_reply(msg, context, local_update(inputs, inputs.train_set))
+    store = residual_store(inputs.identity, ins, context)
+    residual = None
+    if ins.error_feedback:  # what this node trained but has not sent yet (none kept: start empty)
         record = context.state.array_records.get(STATE_RESIDUAL)  # this process's copy; after a restart, the disk's
         residual = residual_from_record(record) if record is not None else (load_residual(store, ins.server_round) or {})
     update = local_update(inputs, inputs.train_set, residual)
-    if update.residual is not None and store is not None:
+    if update.residual is not None:
         context.state[STATE_RESIDUAL] = residual_record(update.residual)
         save_residual(store, ins.server_round, update.residual)
-    elif kept and store is not None:  # error feedback has ended for this node: drop its remainder everywhere
+    elif kept:  # error feedback has ended for this node: drop its remainder everywhere
         del context.state[STATE_RESIDUAL]
         shutil.rmtree(store, ignore_errors=True)
     return update_reply(msg, context, update)

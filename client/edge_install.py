@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from sentinel.client.node import node_local_dir
 from sentinel.models.edge_bundle import MANIFEST_FILE, BundleError, BundleFile, BundleManifest, load_bundle
 
 __all__ = ["KEEP", "MAX_BUNDLE_BYTES", "bundle_store_dir", "install_bundle", "installed_bundle"]
@@ -37,12 +38,7 @@ MAX_BUNDLE_BYTES = 4 << 30
 
 def bundle_store_dir(configured: str | None, node_keys: str | None, partition_id: int, key_id: str) -> Path:
     """The directory a node keeps delivered bundles in (module docstring: configured, simulation, or user cache)."""
-    if configured:
-        return Path(configured).expanduser()
-    if node_keys:
-        return Path(node_keys).parent / "node-bundles" / f"partition-{int(partition_id)}"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "sentinel" / "edge-bundles" / key_id
+    return node_local_dir(configured, node_keys, partition_id, "node-bundles", "edge-bundles", key_id)
 
 
 def installed_bundle(store: Path, manifest_sha256: str) -> Path | None:

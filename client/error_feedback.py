@@ -23,7 +23,6 @@ exactly zero, and what consent removes is dropped, not carried.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -33,11 +32,11 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from sentinel.client.frames import Factor
+from sentinel.client.node import node_local_dir
 from sentinel.models.consent import ConsentMask
 from sentinel.models.fileio import write_dir_atomically
-from sentinel.models.lora import module_path
+from sentinel.models.lora import lora_layers
 from sentinel.protos.records import from_array_record, to_array_record
 
 Residual = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -77,14 +76,9 @@ _FILE = "residual.npz"
 
 
 def residual_store_dir(configured: str | None, node_keys: str | None, partition_id: int, key_id: str, run_id: int) -> Path:
-    """Where a node keeps its residuals: the configured directory, else beside a simulation's node keys (the run's
-    own output directory, so ``--resume`` finds them), else the user cache under its key id and Flower run id."""
-    if configured:
-        return Path(configured).expanduser()
-    if node_keys:
-        return Path(node_keys).parent / "node-state" / f"partition-{int(partition_id)}"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "sentinel" / "node-state" / key_id / f"run-{int(run_id)}"
+    """Where a node keeps its residuals (``client.node.node_local_dir``): configured, beside a simulation's node keys,
+    or the user cache under its key id and Flower run id."""
+    return node_local_dir(configured, node_keys, partition_id, "node-state", "node-state", key_id, f"run-{int(run_id)}")
 
 
 def _rounds(store: Path) -> list[tuple[int, Path]]:
@@ -112,11 +106,6 @@ def load_residual(store: Path, before_round: int) -> Residual | None:
         return residual_from_record(to_array_record({k: data[k] for k in data.files}))
 
 
-def _lora_modules(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
-    adapter = peft_model.active_adapter
-    return [(module_path(p), m) for p, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
-
-
 def fold_residual(
     peft_model: PeftModel, factor: Factor, residual: Mapping[str, tuple[np.ndarray, np.ndarray]], scaling: float,
     mask: ConsentMask | None,
@@ -129,7 +118,7 @@ def fold_residual(
     """
     adapter = peft_model.active_adapter
     carried: Residual = {}
-    for name, module in _lora_modules(peft_model):
+    for name, module in lora_layers(peft_model):
         if name not in residual:
             continue
         x, y = (np.asarray(v, dtype=np.float64) for v in residual[name])
@@ -168,7 +157,8 @@ def merged_residual(parts: list[Mapping[str, tuple[np.ndarray, np.ndarray]]], ma
         qx, rx = np.linalg.qr(x)
         qy, ry = np.linalg.qr(y.T)
         u, sigma, vt = np.linalg.svd(rx @ ry.T)
-        keep = int(min(max_rank, int((sigma > sigma[:1].max(initial=0.0) * 1e-12).sum()) if sigma.size else 0))
+        top = float(sigma[0]) if sigma.size else 0.0
+        keep = min(max_rank, int((sigma > top * 1e-12).sum()))  # drop the numerically zero directions
         merged[module] = ((qx @ u[:, :keep]) * sigma[:keep], vt[:keep] @ qy.T)
     return merged
 

@@ -64,6 +64,19 @@ class NodeIdentity(BaseModel):
     )
 
 
+def node_local_dir(configured: str | None, node_keys: str | None, partition_id: int, simulated: str, *cached: str) -> Path:
+    """Where a node keeps files of its own between rounds and restarts (delivered bundles, error-feedback state).
+
+    The ``configured`` directory; else, in a simulation, ``<run output>/<simulated>/partition-<i>`` beside the run's
+    node keys (so ``--resume`` finds it); else the user cache, ``$XDG_CACHE_HOME/sentinel/<cached...>``.
+    """
+    if configured:
+        return Path(configured).expanduser()
+    if node_keys:
+        return Path(node_keys).parent / simulated / f"partition-{int(partition_id)}"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sentinel" / Path(*cached)
+
+
 SIMULATED_KEYS = "node-keys"
 """Node-config key: the directory of a simulated run's node keys (set by the simulation, never by a run)."""
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from sentinel.client.data import Example
 from sentinel.client.data.batching import iter_batches, iter_length_sorted_batches, sample_batches
 from sentinel.client.error_feedback import Residual, fold_residual, merged_residual
@@ -36,7 +35,7 @@ from sentinel.models.global_model import ClassifierTally, evaluate_classifier, m
 from sentinel.models.head_mask import apply_head_mask
 from sentinel.models.importance import head_importance
 from sentinel.models.loading import LoadedModel
-from sentinel.models.lora import adapter_arrays, attach_lora, lora_pairs, lora_scaling, module_path
+from sentinel.models.lora import adapter_arrays, attach_lora, lora_layers, lora_pairs, lora_scaling
 from sentinel.models.regrowth import HeadBoost, HeadLRBoost, boosted_heads
 from sentinel.protos.messages import LORA_ALPHA_PER_RANK
 
@@ -253,17 +252,17 @@ def truncate_in_frame(peft_model: PeftModel, factor: Factor, rank: int) -> tuple
     scaling = lora_scaling(peft_model)
     kept: dict[str, np.ndarray] = {}
     cut: Residual = {}
-    for path, module in _lora_modules(peft_model):
+    for name, module in lora_layers(peft_model):
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         trained = b if factor == "b" else a
         q = gradient_subframe(trained.detach().cpu().numpy(), rank, factor)
         a64, b64 = a.detach().cpu().double().numpy(), b.detach().cpu().double().numpy()
         rest = np.eye(q.shape[0]) - q @ q.T
-        cut[module_path(path)] = (scaling * b64 @ rest, a64) if factor == "b" else (b64, scaling * rest @ a64)
+        cut[name] = (scaling * b64 @ rest, a64) if factor == "b" else (b64, scaling * rest @ a64)
         projector = torch.from_numpy(q @ q.T).to(trained.device, trained.dtype)
         with torch.no_grad():
             trained.copy_(trained @ projector if factor == "b" else projector @ trained)
-        kept[module_path(path)] = q
+        kept[name] = q
     return kept, cut
 
 
@@ -324,10 +323,10 @@ def frame_subframes(
             hooks.remove()
     adapter = probe.active_adapter
     mixing: dict[str, np.ndarray] = {}
-    for path, module in _lora_modules(probe):
+    for name, module in lora_layers(probe):
         trained = module.lora_B[adapter].weight if frame.factor == "b" else module.lora_A[adapter].weight
         grad = trained.grad.detach().cpu().numpy() if trained.grad is not None else np.zeros(tuple(trained.shape))
-        mixing[module_path(path)] = gradient_subframe(grad, rank, frame.factor)
+        mixing[name] = gradient_subframe(grad, rank, frame.factor)
     return mixing
 
 
@@ -354,10 +353,9 @@ def _start_in_frame(
     """
     frozen: list[torch.nn.Parameter] = []
     adapter = peft_model.active_adapter
-    for path, module in _lora_modules(peft_model):
+    for name, module in lora_layers(peft_model):
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         rank, (out, inp) = a.shape[0], (b.shape[0], a.shape[1])
-        name = module_path(path)
         q = (mixing or {}).get(name)
         frame_rank_here = rank if q is None else int(frame_rank or rank)
         view_a, view_b = view.factors.get(name, (np.zeros((0, inp)), np.zeros((out, 0))))
@@ -375,11 +373,6 @@ def _start_in_frame(
     return frozen
 
 
-def _lora_modules(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
-    adapter = peft_model.active_adapter
-    return [(path, m) for path, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
-
-
 def _start_continued(peft_model: PeftModel, view: GlobalView) -> None:
     """Set every LoRA module to the start the view's factors give (``models.continued.start_factors``).
 
@@ -388,9 +381,8 @@ def _start_continued(peft_model: PeftModel, view: GlobalView) -> None:
     top-r part on the base weights: the model the node was sent.
     """
     adapter = peft_model.active_adapter
-    for path, module in _lora_modules(peft_model):
+    for name, module in lora_layers(peft_model):
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-        name = module_path(path)
         if name not in view.factors:
             raise KeyError(f"the view has no factors for adapted module `{name}`")
         a_sent, b_sent = view.factors[name]

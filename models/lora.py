@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from sentinel.models.components import task_head_component
 from sentinel.models.exceptions import AdapterError
 from sentinel.models.fileio import write_dir_atomically
@@ -204,6 +205,12 @@ def load_adapter(
 def module_path(key: str) -> str:
     """The base-model module path in an adapter key (PEFT's ``base_model.model.`` prefix removed)."""
     return key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
+
+
+def lora_layers(peft_model: PeftModel) -> list[tuple[str, LoraLayer]]:
+    """(base-model module path, LoRA layer) of every module the active adapter adapts, in model order."""
+    adapter = peft_model.active_adapter
+    return [(module_path(p), m) for p, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
 
 
 def lora_pairs(arrays: Mapping[str, object]) -> dict[str, LoraPair]:
