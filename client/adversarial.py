@@ -166,9 +166,11 @@ def _float64(arrays: Arrays, metrics: dict[str, int | float], importance: Arrays
 
 
 def _huge_values(arrays: Arrays, metrics: dict[str, int | float], importance: Arrays) -> None:
+    # B scaled until its largest entry is 1e18: the update keeps its directions (so under a shared-frame
+    # design it stays in the frame, and only its norm gives it away) and ‖ΔW‖ grows by ~1e18 / max|B|.
     for key in lora_pairs(arrays).values():
-        arrays[key.b_key] = np.full_like(arrays[key.b_key], 1e18)
-        arrays[key.a_key] = np.full_like(arrays[key.a_key], 1.0)
+        b = arrays[key.b_key]
+        arrays[key.b_key] = (b * (1e18 / max(float(np.abs(b).max()), 1e-30))).astype(b.dtype)
 
 
 def _negative_examples(arrays: Arrays, metrics: dict[str, int | float], importance: Arrays) -> None:

@@ -68,9 +68,10 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("design", ["frame-unit-trained-reach-ef", "legacy"])  # the default, and the design before it
 @pytest.mark.parametrize("kind", sorted(CASES))
-def test_a_malformed_update_is_rejected_with_its_reason_and_changes_nothing(kind: str, tmp_path: Path, tiny_config) -> None:
-    coordinator, result, captured = _run(tiny_config, tmp_path / kind, malformed_update_app(kind, {ROGUE}))
+def test_a_malformed_update_is_rejected_with_its_reason_and_changes_nothing(kind: str, design: str, tmp_path: Path, tiny_config) -> None:
+    coordinator, result, captured = _run(tiny_config, tmp_path / kind, malformed_update_app(kind, {ROGUE}), training_design=design)
     row = result.history[-1]
     rogue_id = next(n.key_id for n in result.nodes if n.node_id == IDS[ROGUE])
     verdict = next(n for n in row["per_node"] if n["node_id"] == rogue_id)
