@@ -30,6 +30,7 @@ from flwr.app import Context, Message
 from pydantic import BaseModel, ConfigDict, Field
 from sentinel.ledger.crypto import Ed25519PrivateKey, generate_private_key, load_private_key, private_key_to_pem, public_key_b64
 from sentinel.models.loading import LoadedModel, load_base_model
+from sentinel.protos.messages import NODE_EDGE_BUNDLE_DIR, NODE_STATE_DIR
 from sentinel.protos.vocabulary import ROLES, Role
 
 
@@ -54,12 +55,12 @@ class NodeIdentity(BaseModel):
     )
     edge_bundle_dir: str | None = Field(
         default=None,
-        alias="edge-bundle-dir",
+        alias=NODE_EDGE_BUNDLE_DIR,
         description="Where this edge node keeps the bundles the coordinator delivers; None: beside its key or the user cache.",
     )
     state_dir: str | None = Field(
         default=None,
-        alias="state-dir",
+        alias=NODE_STATE_DIR,
         description="Where this node keeps state across restarts (its error-feedback residual); None: beside its key or the user cache.",
     )
 

@@ -174,6 +174,9 @@ REC_BUNDLE: Final = "bundle"
 """ArrayRecord of an ``evaluate.edge`` message: the bundle's files as uint8 arrays keyed by relative path (``protos.records.bundle_record``)."""
 NODE_EDGE_BUNDLE_DIR: Final = "edge-bundle-dir"
 """Node-config key (the operator's): where an edge node keeps the bundles delivered to it (default: beside its key, or the user cache)."""
+NODE_STATE_DIR: Final = "state-dir"
+"""Node-config key (the operator's): where a node keeps its state across restarts, its error-feedback remainder
+(default: beside its key in a simulation, else the user cache)."""
 
 # Distillation on central nodes: teacher = base + global adapter (the view in REC_ARRAYS), all heads;
 # student = the teacher with the view's head mask applied physically and FFNs narrowed where consent allows.

@@ -90,6 +90,14 @@ def node_command(
     edge_bundle_dir: Annotated[
         Optional[Path], typer.Option(help="Edge nodes: where to keep delivered edge bundles (default ~/.cache/sentinel/edge-bundles/<key id>).", file_okay=False)
     ] = None,
+    state_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Where to keep this node's state across restarts: the error-feedback remainder a node below the frame's "
+            "rank carries to its next update (default: the user cache, ~/.cache/sentinel/...). Put it on a persistent volume.",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Start a SuperNode for this machine (this process becomes it). Refuses to start without a key file."""
     from sentinel.server.deploy_node import NodeSettings
@@ -98,7 +106,7 @@ def node_command(
         settings = NodeSettings(
             key_file=key_file, superlink=superlink, ca=ca, insecure=insecure, auth_key=auth_key, role=role,
             partition_id=partition_id, num_partitions=num_partitions, dataset=dataset, lora_rank=lora_rank, device=device, port=port,
-            edge_bundle_dir=edge_bundle_dir,
+            edge_bundle_dir=edge_bundle_dir, state_dir=state_dir,
         ).checked()
     except ValueError as e:
         raise fail(console, str(e)) from e

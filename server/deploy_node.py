@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sentinel.protos.messages import NODE_EDGE_BUNDLE_DIR
+from sentinel.protos.messages import NODE_EDGE_BUNDLE_DIR, NODE_STATE_DIR
 from sentinel.protos.vocabulary import ROLES
 from sentinel.server.processes import flower_bin, flower_env
 
@@ -39,6 +39,7 @@ class NodeSettings:
     port: int = 9094
     home: Path | None = None
     edge_bundle_dir: Path | None = None
+    state_dir: Path | None = None
 
     def checked(self) -> NodeSettings:
         """These settings, validated (``ValueError`` names the problem); the default auth key filled in."""
@@ -84,6 +85,8 @@ class NodeSettings:
             items["lora-rank"] = self.lora_rank
         if self.edge_bundle_dir is not None:
             items[NODE_EDGE_BUNDLE_DIR] = str(Path(self.edge_bundle_dir).expanduser().resolve())
+        if self.state_dir is not None:
+            items[NODE_STATE_DIR] = str(Path(self.state_dir).expanduser().resolve())
         return " ".join(f"{k}={_toml(v)}" for k, v in items.items())
 
     def argv(self) -> list[str]:

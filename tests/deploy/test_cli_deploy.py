@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from sentinel.client.node import NodeIdentity
 from sentinel.server.deploy_node import NodeSettings
 from sentinel.server.deploy_run import REPORT_MARK, marked, report_line, wait_for_nodes, write_app_dir
 from sentinel.server.deploy_server import ServerSettings, TlsFiles
@@ -95,9 +96,12 @@ def test_the_submitted_app_declares_every_key_and_the_report_travels_in_one_line
     assert marked(lines, REPORT_MARK) == report_line(report).removeprefix(REPORT_MARK)
 
 
-def test_an_edge_node_names_where_it_keeps_delivered_bundles(tmp_path: Path, tls: TlsFiles) -> None:
+def test_an_edge_node_names_where_it_keeps_delivered_bundles_and_its_state(tmp_path: Path, tls: TlsFiles) -> None:
     bundle = make_node_keys(tmp_path, "edge-0")
-    node = NodeSettings(bundle.key, ca=tls.ca, role="edge", edge_bundle_dir=tmp_path / "bundles").checked()
+    node = NodeSettings(bundle.key, ca=tls.ca, role="edge", edge_bundle_dir=tmp_path / "bundles", state_dir=tmp_path / "state").checked()
     argv = node.argv()
     config = tomllib.loads(argv[argv.index("--node-config") + 1].replace(" ", "\n"))
     assert config["edge-bundle-dir"] == str((tmp_path / "bundles").resolve())
+    # The node reads both back from its node config (what the ClientApp sees).
+    ident = NodeIdentity.model_validate(config)
+    assert ident.state_dir == str((tmp_path / "state").resolve()) and ident.edge_bundle_dir == config["edge-bundle-dir"]
