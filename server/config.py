@@ -94,7 +94,7 @@ class FederationConfig(BaseModel):
         default_factory=lambda: ["gpu", "central"], min_length=1, description="Roles whose nodes validate others' updates."
     )
     training_design: TrainingDesignName = Field(
-        default="frame-unit-trained-reach-ef",
+        default="legacy",
         description="How nodes train each round and what view of the global ΔW they get (see server.views.DESIGNS).",
     )
     frame_gain: float = Field(
