@@ -131,7 +131,7 @@ def test_edge_nodes_in_a_flower_simulation_answer_evaluation_from_the_bundle(set
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = discover_nodes(grid, config, 120).nodes
+        nodes = discover_nodes(grid, config, config.timeout_s)  # the run's own deadline: a loaded machine starts Ray slowly.nodes
         messages = [
             Message(
                 content=RecordDict({P.REC_ARRAYS: exact_view_record(state), P.REC_CONFIG: strategy.node_config(node, 1)}),
