@@ -131,7 +131,8 @@ def test_edge_nodes_in_a_flower_simulation_answer_evaluation_from_the_bundle(set
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = discover_nodes(grid, config, config.timeout_s)  # the run's own deadline: a loaded machine starts Ray slowly.nodes
+        # The run's own deadline, not a short one: on a loaded machine Ray's nodes are slow to answer.
+        nodes = discover_nodes(grid, config, config.timeout_s).nodes
         messages = [
             Message(
                 content=RecordDict({P.REC_ARRAYS: exact_view_record(state), P.REC_CONFIG: strategy.node_config(node, 1)}),
