@@ -42,7 +42,7 @@ def test_the_server_sees_the_run_config_nodes_their_keys_and_nothing_is_deprecat
         while len(list(grid.get_node_ids())) < 2:
             time.sleep(0.1)
         msgs = [Message(RecordDict(), dst_node_id=n, message_type="query.probe") for n in grid.get_node_ids()]
-        seen["replies"] = sorted((r.content["r"]["pid"], r.content["r"]["keys"]) for r in grid.send_and_receive(msgs, timeout=120))
+        seen["replies"] = sorted((r.content["r"]["pid"], r.content["r"]["keys"]) for r in grid.send_and_receive(msgs, timeout=900))
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
