@@ -83,10 +83,9 @@ class NodeSettings:
             items["dataset"] = self.dataset
         if self.lora_rank is not None:
             items["lora-rank"] = self.lora_rank
-        if self.edge_bundle_dir is not None:
-            items[NODE_EDGE_BUNDLE_DIR] = str(Path(self.edge_bundle_dir).expanduser().resolve())
-        if self.state_dir is not None:
-            items[NODE_STATE_DIR] = str(Path(self.state_dir).expanduser().resolve())
+        for key, directory in ((NODE_EDGE_BUNDLE_DIR, self.edge_bundle_dir), (NODE_STATE_DIR, self.state_dir)):
+            if directory is not None:  # absolute: the ClientApp does not run in the operator's working directory
+                items[key] = str(Path(directory).expanduser().resolve())
         return " ".join(f"{k}={_toml(v)}" for k, v in items.items())
 
     def argv(self) -> list[str]:

@@ -68,7 +68,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("design", ["frame-unit-trained-reach-ef", "legacy"])  # the default, and the design before it
+@pytest.mark.parametrize("design", ["legacy", "frame-unit-trained-reach-ef"])  # the default, and the shared frame with error feedback
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_a_malformed_update_is_rejected_with_its_reason_and_changes_nothing(kind: str, design: str, tmp_path: Path, tiny_config) -> None:
     coordinator, result, captured = _run(tiny_config, tmp_path / kind, malformed_update_app(kind, {ROGUE}), training_design=design)
